@@ -1,0 +1,736 @@
+//! The master: owns the catalog (databases, tables, tablet placement, catalog version) and
+//! the list of distributed snapshots, persisted as one JSON file written atomically. DDL is
+//! serialised by one lock and bumps the catalog version; snapshots do not take that lock
+//! while nodes checkpoint, and instead fence on the catalog version, so a racing DDL makes
+//! the snapshot fail cleanly (retryable) rather than capture a half-changed schema.
+
+use crate::client::connect_node;
+use crate::encoding;
+use crate::error::{from_status, Error, Result};
+use crate::hlc::{Hlc, HybridTime};
+use crate::types::{self, DatabaseId, NodeId, SnapshotId, TableId, TabletId};
+use futures::future::join_all;
+use pb::master_server::{Master, MasterServer};
+use pb::tablet_server_client::TabletServerClient;
+use serde::{Deserialize, Serialize};
+use snapfleet_proto::tabletdb as pb;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::{info, info_span, warn, Instrument};
+
+/// A node is live if it heartbeated within this long.
+pub const NODE_LIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to run a master.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Tablets per table when CREATE TABLE does not say.
+    pub default_tablets: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct NodeRecord {
+    node_id: NodeId,
+    address: String,
+}
+
+/// Everything the master persists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    format: u32,
+    version: u64,
+    databases: Vec<pb::DatabaseInfo>,
+    tables: Vec<pb::TableInfo>,
+    nodes: Vec<NodeRecord>,
+    snapshots: Vec<pb::SnapshotInfo>,
+}
+
+impl State {
+    fn database(&self, name: &str) -> Result<pb::DatabaseInfo> {
+        self.databases
+            .iter()
+            .find(|d| d.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("database {name:?}")))
+    }
+
+    fn node_address(&self, id: NodeId) -> Result<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .map(|n| n.address.clone())
+            .ok_or_else(|| Error::Unavailable(format!("node {id} has never registered")))
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    state: Mutex<State>,
+    hlc: Hlc,
+    heartbeats: std::sync::Mutex<HashMap<NodeId, Instant>>,
+    clients: std::sync::Mutex<HashMap<String, TabletServerClient<Channel>>>,
+    default_tablets: u32,
+}
+
+/// The master's gRPC service.
+#[derive(Clone)]
+pub struct MasterService {
+    inner: Arc<Inner>,
+}
+
+fn persist(path: &Path, state: &State) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(state).expect("state is serialisable");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+impl MasterService {
+    /// Loads (or creates) the master state in `data_dir`.
+    pub fn open(data_dir: &Path, default_tablets: u32) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+        let path = data_dir.join("master-state.json");
+        let state = if path.exists() {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let s: State = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                what: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            if s.format != 1 {
+                return Err(Error::Corrupt {
+                    what: path.display().to_string(),
+                    detail: format!("unknown master state format {}", s.format),
+                });
+            }
+            s
+        } else {
+            let s = State {
+                format: 1,
+                version: 1,
+                ..Default::default()
+            };
+            persist(&path, &s)?;
+            s
+        };
+        let hlc = Hlc::new();
+        // Never hand out a time below one already recorded.
+        if let Some(max) = state.snapshots.iter().map(|s| s.hybrid_time).max() {
+            hlc.update(HybridTime(max));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                state: Mutex::new(state),
+                hlc,
+                heartbeats: Default::default(),
+                clients: Default::default(),
+                default_tablets: default_tablets.max(1),
+            }),
+        })
+    }
+
+    fn live_nodes(&self, state: &State) -> Vec<NodeId> {
+        let hb = self.inner.heartbeats.lock().expect("heartbeats lock");
+        state
+            .nodes
+            .iter()
+            .filter(|n| {
+                hb.get(&n.node_id)
+                    .is_some_and(|t| t.elapsed() < NODE_LIVE_TIMEOUT)
+            })
+            .map(|n| n.node_id)
+            .collect()
+    }
+
+    async fn node_client(
+        &self,
+        state: &State,
+        node: NodeId,
+    ) -> Result<TabletServerClient<Channel>> {
+        let addr = state.node_address(node)?;
+        if let Some(c) = self.inner.clients.lock().expect("clients lock").get(&addr) {
+            return Ok(c.clone());
+        }
+        let c = connect_node(&addr)
+            .await
+            .map_err(|e| Error::Unavailable(format!("node {node} at {addr}: {e}")))?;
+        self.inner
+            .clients
+            .lock()
+            .expect("clients lock")
+            .insert(addr, c.clone());
+        Ok(c)
+    }
+
+    fn catalog(&self, state: &State) -> pb::Catalog {
+        let hb = self.inner.heartbeats.lock().expect("heartbeats lock");
+        pb::Catalog {
+            version: state.version,
+            databases: state.databases.clone(),
+            tables: state.tables.clone(),
+            nodes: state
+                .nodes
+                .iter()
+                .map(|n| {
+                    let age = hb.get(&n.node_id).map(|t| t.elapsed());
+                    pb::NodeInfo {
+                        node_id: n.node_id,
+                        address: n.address.clone(),
+                        live: age.is_some_and(|a| a < NODE_LIVE_TIMEOUT),
+                        last_heartbeat_ms_ago: age
+                            .map(|a| a.as_millis() as u64)
+                            .unwrap_or(u64::MAX),
+                    }
+                })
+                .collect(),
+            hybrid_time: self.inner.hlc.now().0,
+        }
+    }
+
+    fn tablet_meta(table: &pb::TableInfo, tablet: &pb::TabletInfo) -> pb::TabletMeta {
+        pb::TabletMeta {
+            tablet_id: tablet.tablet_id.clone(),
+            table_id: table.table_id.clone(),
+            table_name: table.name.clone(),
+            database_id: table.database_id.clone(),
+            schema: table.schema.clone(),
+            schema_version: table.schema_version,
+            hash_start: tablet.hash_start,
+            hash_end: tablet.hash_end,
+            hidden: vec![],
+        }
+    }
+
+    async fn create_table_locked(
+        &self,
+        state: &mut State,
+        req: pb::CreateTableRequest,
+    ) -> Result<pb::TableInfo> {
+        let db = state.database(&req.database)?;
+        types::check_name("table", &req.name)?;
+        if let Some(t) = state
+            .tables
+            .iter()
+            .find(|t| t.database_id == db.database_id && t.name == req.name)
+        {
+            if req.if_not_exists && t.state == pb::TableState::Active as i32 {
+                return Ok(t.clone());
+            }
+            return Err(Error::AlreadyExists(format!(
+                "table {:?} in database {:?}",
+                req.name, req.database
+            )));
+        }
+        let schema = req
+            .schema
+            .ok_or_else(|| Error::InvalidArgument("CREATE TABLE without a schema".into()))?;
+        types::check_schema(&schema)?;
+        let n = if req.num_tablets == 0 {
+            self.inner.default_tablets
+        } else {
+            req.num_tablets
+        };
+        if n > 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "{n} tablets is too many (at most 4096)"
+            )));
+        }
+        let mut live = self.live_nodes(state);
+        if live.is_empty() {
+            return Err(Error::Unavailable(
+                "no live tablet servers; start nodes with `snapfleet db node`".into(),
+            ));
+        }
+        // Least-loaded first, then round-robin: spreads tablets evenly over any node count.
+        let mut load: HashMap<NodeId, usize> = live.iter().map(|&n| (n, 0)).collect();
+        for t in &state.tables {
+            for tb in &t.tablets {
+                if let Some(c) = tb.replicas.first().and_then(|n| load.get_mut(n)) {
+                    *c += 1;
+                }
+            }
+        }
+        live.sort_by_key(|n| (load[n], *n));
+        let version = state.version + 1;
+        let table = pb::TableInfo {
+            table_id: TableId::generate().0,
+            name: req.name.clone(),
+            database_id: db.database_id.clone(),
+            schema: Some(schema),
+            tablets: encoding::tablet_ranges(n)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (s, e))| pb::TabletInfo {
+                    tablet_id: TabletId::generate().0,
+                    hash_start: s,
+                    hash_end: e,
+                    replicas: vec![live[i % live.len()]],
+                })
+                .collect(),
+            schema_version: version,
+            state: if req.for_restore {
+                pb::TableState::Restoring as i32
+            } else {
+                pb::TableState::Active as i32
+            },
+        };
+        if !req.for_restore {
+            let mut calls = Vec::new();
+            for tb in &table.tablets {
+                let node = tb.replicas[0];
+                let mut c = self.node_client(state, node).await?;
+                let meta = Self::tablet_meta(&table, tb);
+                calls.push(async move {
+                    let id = meta.tablet_id.clone();
+                    let r = c
+                        .create_tablet(pb::CreateTabletRequest { meta: Some(meta) })
+                        .await;
+                    (node, id, r)
+                });
+            }
+            let results = join_all(calls).await;
+            if let Some((node, _, Err(s))) = results.iter().find(|r| r.2.is_err()) {
+                let err = format!("creating a tablet on node {node} failed: {}", s.message());
+                // Roll back the tablets that were created.
+                for (node, id, r) in &results {
+                    if r.is_ok() {
+                        if let Ok(mut c) = self.node_client(state, *node).await {
+                            let _ = c
+                                .delete_tablet(pb::DeleteTabletRequest {
+                                    tablet_id: id.clone(),
+                                })
+                                .await;
+                        }
+                    }
+                }
+                return Err(Error::Unavailable(err));
+            }
+        }
+        state.tables.push(table.clone());
+        state.version = version;
+        persist(&self.inner.path, state)?;
+        info!(table = %table.name, tablets = n, version, for_restore = req.for_restore, "created table");
+        Ok(table)
+    }
+
+    async fn drop_table_locked(&self, state: &mut State, table_id: &str) -> Result<()> {
+        let Some(pos) = state.tables.iter().position(|t| t.table_id == table_id) else {
+            return Err(Error::NotFound(format!("table id {table_id}")));
+        };
+        let table = state.tables[pos].clone();
+        for tb in &table.tablets {
+            let node = tb.replicas[0];
+            let mut c = self.node_client(state, node).await?;
+            match c
+                .delete_tablet(pb::DeleteTabletRequest {
+                    tablet_id: tb.tablet_id.clone(),
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => {
+                    return Err(Error::Unavailable(format!(
+                        "dropping tablet {} on node {node}: {}",
+                        tb.tablet_id,
+                        s.message()
+                    )))
+                }
+            }
+        }
+        state.tables.remove(pos);
+        state.version += 1;
+        persist(&self.inner.path, state)?;
+        info!(table = %table.name, version = state.version, "dropped table");
+        Ok(())
+    }
+
+    async fn delete_snapshot_on_nodes(&self, snapshot_id: &str) {
+        let state = self.inner.state.lock().await.clone();
+        for n in &state.nodes {
+            if let Ok(mut c) = self.node_client(&state, n.node_id).await {
+                if let Err(s) = c
+                    .delete_tablet_snapshots(pb::DeleteTabletSnapshotsRequest {
+                        snapshot_id: snapshot_id.to_string(),
+                    })
+                    .await
+                {
+                    warn!(node = n.node_id, error = %s.message(), "could not delete snapshot files");
+                }
+            }
+        }
+    }
+
+    async fn create_snapshot_inner(
+        &self,
+        req: pb::CreateSnapshotRequest,
+    ) -> Result<pb::SnapshotInfo> {
+        let (v1, db, tables, state_copy) = {
+            let st = self.inner.state.lock().await;
+            let db = st.database(&req.database)?;
+            let tables: Vec<pb::TableInfo> = st
+                .tables
+                .iter()
+                .filter(|t| {
+                    t.database_id == db.database_id && t.state == pb::TableState::Active as i32
+                })
+                .cloned()
+                .collect();
+            (st.version, db, tables, st.clone())
+        };
+        let now = self.inner.hlc.now();
+        let t = if req.hybrid_time == 0 {
+            now
+        } else if req.hybrid_time > now.0 {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot time {} is in the future (now is {now})",
+                req.hybrid_time
+            )));
+        } else {
+            HybridTime(req.hybrid_time)
+        };
+        let snapshot_id = SnapshotId::generate().0;
+        let mut info = pb::SnapshotInfo {
+            snapshot_id: snapshot_id.clone(),
+            database_id: db.database_id.clone(),
+            database_name: db.name.clone(),
+            hybrid_time: t.0,
+            catalog_version: v1,
+            tables: tables.clone(),
+            created_unix_ms: chrono::Utc::now().timestamp_millis(),
+            total_bytes: 0,
+            total_files: 0,
+        };
+        let catalog_json = serde_json::to_string(&info).expect("serialisable");
+        let mut by_node: HashMap<NodeId, Vec<String>> = HashMap::new();
+        for table in &tables {
+            for tb in &table.tablets {
+                by_node
+                    .entry(tb.replicas[0])
+                    .or_default()
+                    .push(tb.tablet_id.clone());
+            }
+        }
+        let mut calls = Vec::new();
+        for (node, ids) in by_node {
+            let mut c = self.node_client(&state_copy, node).await?;
+            let req = pb::SnapshotTabletsRequest {
+                snapshot_id: snapshot_id.clone(),
+                hybrid_time: t.0,
+                tablet_ids: ids,
+                catalog_json: catalog_json.clone(),
+            };
+            calls.push(async move { (node, c.snapshot_tablets(req).await) });
+        }
+        let mut failure = None;
+        for (node, r) in join_all(calls).await {
+            match r {
+                Ok(resp) => {
+                    for ts in resp.into_inner().tablets {
+                        info.total_bytes += ts.bytes;
+                        info.total_files += ts.files;
+                    }
+                }
+                Err(s) => {
+                    failure.get_or_insert_with(|| {
+                        let e = from_status(&format!("node {node}"), s);
+                        match e {
+                            Error::Rpc { peer, status } => Error::Unavailable(format!(
+                                "{peer} could not take its part of the snapshot: {}",
+                                status.message()
+                            )),
+                            other => other,
+                        }
+                    });
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.delete_snapshot_on_nodes(&snapshot_id).await;
+            return Err(e);
+        }
+        let mut st = self.inner.state.lock().await;
+        if st.version != v1 {
+            let v2 = st.version;
+            drop(st);
+            self.delete_snapshot_on_nodes(&snapshot_id).await;
+            return Err(Error::Aborted(format!(
+                "the catalog changed from version {v1} to {v2} while the snapshot was being \
+                 taken (concurrent DDL); the snapshot was discarded, retry it"
+            )));
+        }
+        st.snapshots.push(info.clone());
+        persist(&self.inner.path, &st)?;
+        info!(snapshot = %snapshot_id, ht = t.0, bytes = info.total_bytes, "snapshot created");
+        Ok(info)
+    }
+}
+
+#[tonic::async_trait]
+impl Master for MasterService {
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let req = request.into_inner();
+        if req.node_id == 0 || req.address.is_empty() {
+            return Err(Status::invalid_argument(
+                "node_id must be > 0 and address set",
+            ));
+        }
+        self.inner.hlc.update(HybridTime(req.hybrid_time));
+        let mut st = self.inner.state.lock().await;
+        let changed = match st.nodes.iter_mut().find(|n| n.node_id == req.node_id) {
+            Some(n) if n.address == req.address => false,
+            Some(n) => {
+                info!(node = req.node_id, old = %n.address, new = %req.address, "node moved");
+                n.address = req.address.clone();
+                true
+            }
+            None => {
+                info!(node = req.node_id, address = %req.address, "node registered");
+                st.nodes.push(NodeRecord {
+                    node_id: req.node_id,
+                    address: req.address.clone(),
+                });
+                true
+            }
+        };
+        if changed {
+            persist(&self.inner.path, &st)?;
+            self.inner
+                .clients
+                .lock()
+                .expect("clients lock")
+                .remove(&req.address);
+        }
+        self.inner
+            .heartbeats
+            .lock()
+            .expect("heartbeats lock")
+            .insert(req.node_id, Instant::now());
+        Ok(Response::new(pb::RegisterNodeResponse {
+            catalog_version: st.version,
+            hybrid_time: self.inner.hlc.now().0,
+        }))
+    }
+
+    async fn get_catalog(
+        &self,
+        _request: Request<pb::GetCatalogRequest>,
+    ) -> Result<Response<pb::Catalog>, Status> {
+        let st = self.inner.state.lock().await;
+        Ok(Response::new(self.catalog(&st)))
+    }
+
+    async fn now(
+        &self,
+        _request: Request<pb::NowRequest>,
+    ) -> Result<Response<pb::NowResponse>, Status> {
+        Ok(Response::new(pb::NowResponse {
+            hybrid_time: self.inner.hlc.now().0,
+        }))
+    }
+
+    async fn create_database(
+        &self,
+        request: Request<pb::CreateDatabaseRequest>,
+    ) -> Result<Response<pb::DatabaseInfo>, Status> {
+        let req = request.into_inner();
+        types::check_name("database", &req.name)?;
+        let span = info_span!("create_database", name = %req.name);
+        let mut st = self.inner.state.lock().instrument(span).await;
+        if let Some(d) = st.databases.iter().find(|d| d.name == req.name) {
+            if req.if_not_exists {
+                return Ok(Response::new(d.clone()));
+            }
+            return Err(Error::AlreadyExists(format!("database {:?}", req.name)).into());
+        }
+        let db = pb::DatabaseInfo {
+            database_id: DatabaseId::generate().0,
+            name: req.name,
+        };
+        st.databases.push(db.clone());
+        st.version += 1;
+        persist(&self.inner.path, &st)?;
+        Ok(Response::new(db))
+    }
+
+    async fn drop_database(
+        &self,
+        request: Request<pb::DropDatabaseRequest>,
+    ) -> Result<Response<pb::DropDatabaseResponse>, Status> {
+        let req = request.into_inner();
+        let span = info_span!("drop_database", name = %req.name);
+        async {
+            let mut st = self.inner.state.lock().await;
+            let db = st.database(&req.name)?;
+            let ids: Vec<String> = st
+                .tables
+                .iter()
+                .filter(|t| t.database_id == db.database_id)
+                .map(|t| t.table_id.clone())
+                .collect();
+            for id in ids {
+                self.drop_table_locked(&mut st, &id).await?;
+            }
+            st.databases.retain(|d| d.database_id != db.database_id);
+            st.version += 1;
+            persist(&self.inner.path, &st)?;
+            Ok(Response::new(pb::DropDatabaseResponse {
+                catalog_version: st.version,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn create_table(
+        &self,
+        request: Request<pb::CreateTableRequest>,
+    ) -> Result<Response<pb::TableInfo>, Status> {
+        let req = request.into_inner();
+        let span = info_span!("create_table", db = %req.database, table = %req.name);
+        async {
+            let mut st = self.inner.state.lock().await;
+            Ok(Response::new(self.create_table_locked(&mut st, req).await?))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn drop_table(
+        &self,
+        request: Request<pb::DropTableRequest>,
+    ) -> Result<Response<pb::DropTableResponse>, Status> {
+        let req = request.into_inner();
+        let span = info_span!("drop_table", db = %req.database, table = %req.name);
+        async {
+            let mut st = self.inner.state.lock().await;
+            let db = st.database(&req.database)?;
+            let id = st
+                .tables
+                .iter()
+                .find(|t| t.database_id == db.database_id && t.name == req.name)
+                .map(|t| t.table_id.clone())
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "table {:?} in database {:?}",
+                        req.name, req.database
+                    ))
+                })?;
+            self.drop_table_locked(&mut st, &id).await?;
+            Ok(Response::new(pb::DropTableResponse {
+                catalog_version: st.version,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn activate_table(
+        &self,
+        request: Request<pb::ActivateTableRequest>,
+    ) -> Result<Response<pb::TableInfo>, Status> {
+        let req = request.into_inner();
+        let mut st = self.inner.state.lock().await;
+        let version = st.version + 1;
+        let t = st
+            .tables
+            .iter_mut()
+            .find(|t| t.table_id == req.table_id)
+            .ok_or_else(|| Error::NotFound(format!("table id {}", req.table_id)))?;
+        if t.state != pb::TableState::Active as i32 {
+            t.state = pb::TableState::Active as i32;
+            let t = t.clone();
+            st.version = version;
+            persist(&self.inner.path, &st)?;
+            info!(table = %t.name, version, "table activated");
+            return Ok(Response::new(t));
+        }
+        Ok(Response::new(t.clone()))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let req = request.into_inner();
+        let span = info_span!("create_snapshot", db = %req.database);
+        Ok(Response::new(
+            self.create_snapshot_inner(req).instrument(span).await?,
+        ))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let req = request.into_inner();
+        let st = self.inner.state.lock().await;
+        let snapshots = st
+            .snapshots
+            .iter()
+            .filter(|s| req.database.is_empty() || s.database_name == req.database)
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        types::check_id("snapshot", &req.snapshot_id)?;
+        {
+            let st = self.inner.state.lock().await;
+            if !st
+                .snapshots
+                .iter()
+                .any(|s| s.snapshot_id == req.snapshot_id)
+            {
+                return Err(Error::NotFound(format!("snapshot {}", req.snapshot_id)).into());
+            }
+        }
+        self.delete_snapshot_on_nodes(&req.snapshot_id).await;
+        let mut st = self.inner.state.lock().await;
+        st.snapshots.retain(|s| s.snapshot_id != req.snapshot_id);
+        persist(&self.inner.path, &st)?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+}
+
+/// Runs a master until `shutdown` resolves. Writes the bound address to `<data>/master.addr`.
+pub async fn run_master(
+    cfg: MasterConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let svc = MasterService::open(&cfg.data_dir, cfg.default_tablets)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::io(cfg.listen.to_string(), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io(cfg.listen.to_string(), e))?;
+    info!(address = %bound, data = %cfg.data_dir.display(), "master listening");
+    crate::node::write_addr_file(&cfg.data_dir.join("master.addr"), &bound.to_string())?;
+    tonic::transport::Server::builder()
+        .add_service(MasterServer::new(svc))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Unavailable(format!("master stopped: {e}")))
+}

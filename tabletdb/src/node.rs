@@ -1,0 +1,610 @@
+//! A tablet server ("node"): hosts tablets, serves reads, writes, scans, snapshots and
+//! restore imports over gRPC, and heartbeats to the master. All RocksDB work runs on the
+//! blocking pool so slow disks never stall the RPC runtime.
+
+use crate::error::{from_status, Error, Result};
+use crate::hlc::{Hlc, HybridTime};
+use crate::tablet::{self, HistoryPolicy, Tablet};
+use crate::types::{self, NodeId};
+use pb::master_client::MasterClient;
+use pb::tablet_server_server::{TabletServer, TabletServerServer};
+use snapfleet_proto::tabletdb as pb;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+use tracing::{info, info_span, warn, Instrument};
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Address others use to reach this node (default: the bound address).
+    pub advertise: Option<String>,
+    pub master: String,
+    /// Versions older than this may be compacted away (0 = keep all).
+    pub history_retention: Duration,
+}
+
+/// Shared state of a running node.
+pub struct NodeState {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub hlc: Arc<Hlc>,
+    pub policy: HistoryPolicy,
+    tablets: RwLock<HashMap<String, Arc<Tablet>>>,
+}
+
+impl NodeState {
+    /// Opens every tablet found under `data_dir`.
+    pub fn open(node_id: NodeId, data_dir: &Path, retention: Duration) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+        let hlc = Arc::new(Hlc::new());
+        let policy = HistoryPolicy::new(hlc.clone(), retention);
+        let mut tablets = HashMap::new();
+        for meta_path in find_tablet_metas(data_dir)? {
+            let t = Tablet::open(&meta_path, data_dir, policy.clone())?;
+            tablets.insert(t.meta().tablet_id.clone(), Arc::new(t));
+        }
+        info!(node_id, tablets = tablets.len(), "opened tablets");
+        Ok(Self {
+            node_id,
+            data_dir: data_dir.to_path_buf(),
+            hlc,
+            policy,
+            tablets: RwLock::new(tablets),
+        })
+    }
+
+    fn tablet(&self, id: &str) -> Result<Arc<Tablet>> {
+        self.tablets
+            .read()
+            .expect("tablets lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "tablet {id} is not hosted on node {}; refresh the catalog",
+                    self.node_id
+                ))
+            })
+    }
+
+    pub fn tablet_ids(&self) -> Vec<String> {
+        self.tablets
+            .read()
+            .expect("tablets lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn all_tablets(&self) -> Vec<Arc<Tablet>> {
+        self.tablets
+            .read()
+            .expect("tablets lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn read_time(&self, requested: u64, propagated: u64) -> HybridTime {
+        self.hlc.update(HybridTime(propagated));
+        if requested == 0 {
+            self.hlc.now()
+        } else {
+            HybridTime(requested)
+        }
+    }
+}
+
+/// `<data>/*/table-*/tablet-*.meta`
+fn find_tablet_metas(data_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let read = |p: &Path| -> Result<Vec<PathBuf>> {
+        Ok(std::fs::read_dir(p)
+            .map_err(|e| Error::io(p, e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect())
+    };
+    for db in read(data_dir)? {
+        if !db.is_dir() {
+            continue;
+        }
+        for table in read(&db)? {
+            let is_table = table
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("table-"));
+            if !is_table || !table.is_dir() {
+                continue;
+            }
+            for f in read(&table)? {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if name.starts_with("tablet-") && name.ends_with(".meta") {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Snapshot directories of `snapshot_id` under every tablet, including dropped ones.
+fn find_snapshot_dirs(data_dir: &Path, snapshot_id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for db in std::fs::read_dir(data_dir).into_iter().flatten().flatten() {
+        for table in std::fs::read_dir(db.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(table.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = f.file_name();
+                let name = name.to_str().unwrap_or("");
+                if name.starts_with("tablet-") && name.ends_with(".snapshots") {
+                    let d = f.path().join(snapshot_id);
+                    if d.exists() {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable(format!("worker task failed: {e}")))?
+}
+
+/// The gRPC service of a node.
+#[derive(Clone)]
+pub struct TabletService {
+    state: Arc<NodeState>,
+}
+
+impl TabletService {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+}
+
+fn req_meta(m: Option<pb::TabletMeta>) -> Result<pb::TabletMeta> {
+    let m = m.ok_or_else(|| Error::InvalidArgument("missing tablet meta".into()))?;
+    types::check_id("tablet", &m.tablet_id)?;
+    types::check_id("table", &m.table_id)?;
+    types::check_id("database", &m.database_id)?;
+    let schema = m
+        .schema
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("tablet meta has no schema".into()))?;
+    types::check_schema(schema)?;
+    if m.hash_start >= m.hash_end || m.hash_end > crate::encoding::HASH_SPACE {
+        return Err(Error::InvalidArgument(format!(
+            "bad hash range [{}, {})",
+            m.hash_start, m.hash_end
+        )));
+    }
+    Ok(m)
+}
+
+#[tonic::async_trait]
+impl TabletServer for TabletService {
+    async fn create_tablet(
+        &self,
+        request: Request<pb::CreateTabletRequest>,
+    ) -> Result<Response<pb::CreateTabletResponse>, Status> {
+        let meta = req_meta(request.into_inner().meta)?;
+        let span = info_span!("create_tablet", tablet = %meta.tablet_id);
+        let st = self.state.clone();
+        async move {
+            if st.tablet(&meta.tablet_id).is_ok() {
+                return Ok(Response::new(pb::CreateTabletResponse {}));
+            }
+            let id = meta.tablet_id.clone();
+            let st2 = st.clone();
+            let t =
+                blocking(move || Tablet::create(&st2.data_dir, meta, st2.policy.clone())).await?;
+            st.tablets
+                .write()
+                .expect("tablets lock")
+                .insert(id, Arc::new(t));
+            Ok(Response::new(pb::CreateTabletResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete_tablet(
+        &self,
+        request: Request<pb::DeleteTabletRequest>,
+    ) -> Result<Response<pb::DeleteTabletResponse>, Status> {
+        let id = request.into_inner().tablet_id;
+        types::check_id("tablet", &id)?;
+        info!(tablet = %id, "delete_tablet");
+        let removed = self
+            .state
+            .tablets
+            .write()
+            .expect("tablets lock")
+            .remove(&id);
+        if let Some(t) = removed {
+            // Wait for in-flight requests to let go of the tablet, then remove its files.
+            let mut t = t;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match Arc::try_unwrap(t) {
+                    Ok(owned) => {
+                        blocking(move || owned.destroy()).await?;
+                        break;
+                    }
+                    Err(back) if std::time::Instant::now() < deadline => {
+                        t = back;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(_) => {
+                        return Err(Status::unavailable(format!(
+                            "tablet {id} is still busy; retry the delete"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(Response::new(pb::DeleteTabletResponse {}))
+    }
+
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let req = request.into_inner();
+        let t = self.state.tablet(&req.tablet_id)?;
+        let span = info_span!("write", tablet = %req.tablet_id, ops = req.ops.len());
+        let st = self.state.clone();
+        st.hlc.update(HybridTime(req.propagated_ht));
+        let ht = blocking(move || t.write(&st.hlc, req.catalog_version, &req.ops))
+            .instrument(span)
+            .await?;
+        Ok(Response::new(pb::WriteResponse { hybrid_time: ht.0 }))
+    }
+
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let req = request.into_inner();
+        let t = self.state.tablet(&req.tablet_id)?;
+        let st = self.state.clone();
+        let at = st.read_time(req.read_ht, req.propagated_ht);
+        let key = req
+            .key
+            .ok_or_else(|| Status::invalid_argument("read without a key"))?;
+        let span = info_span!("read", tablet = %req.tablet_id);
+        let found = blocking(move || {
+            t.wait_safe(&st.hlc, at);
+            t.read(&key, at)
+        })
+        .instrument(span)
+        .await?;
+        let hybrid_time = self.state.hlc.peek().0;
+        Ok(Response::new(match found {
+            Some((row, ht)) => pb::ReadResponse {
+                found: true,
+                row: Some(row),
+                version_ht: ht.0,
+                hybrid_time,
+            },
+            None => pb::ReadResponse {
+                hybrid_time,
+                ..Default::default()
+            },
+        }))
+    }
+
+    type ScanStream = ReceiverStream<Result<pb::ScanResponse, Status>>;
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<Self::ScanStream>, Status> {
+        let req = request.into_inner();
+        let t = self.state.tablet(&req.tablet_id)?;
+        let st = self.state.clone();
+        let at = st.read_time(req.read_ht, req.propagated_ht);
+        let limit = if req.limit == 0 { u64::MAX } else { req.limit };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let span = info_span!("scan", tablet = %req.tablet_id, read_ht = at.0);
+        tokio::task::spawn_blocking(move || {
+            let _g = span.entered();
+            t.wait_safe(&st.hlc, at);
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            let mut sent = 0u64;
+            let res = t.scan(at, |row, ht| {
+                bytes += prost::Message::encoded_len(&row);
+                batch.push(pb::RowVersion {
+                    row: Some(row),
+                    version_ht: ht.0,
+                });
+                sent += 1;
+                if batch.len() >= 1024 || bytes >= (1 << 20) {
+                    let msg = pb::ScanResponse {
+                        rows: std::mem::take(&mut batch),
+                        read_ht: at.0,
+                    };
+                    bytes = 0;
+                    if tx.blocking_send(Ok(msg)).is_err() {
+                        return false; // client went away
+                    }
+                }
+                sent < limit
+            });
+            let last = match res {
+                Ok(()) => Ok(pb::ScanResponse {
+                    rows: batch,
+                    read_ht: at.0,
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn snapshot_tablets(
+        &self,
+        request: Request<pb::SnapshotTabletsRequest>,
+    ) -> Result<Response<pb::SnapshotTabletsResponse>, Status> {
+        let req = request.into_inner();
+        types::check_id("snapshot", &req.snapshot_id)?;
+        let at = HybridTime(req.hybrid_time);
+        let cutoff = self.state.policy.cutoff();
+        if at == HybridTime::MIN || at < cutoff {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot time {at} is outside node {}'s history window (cut-off {cutoff}); \
+                 pick a later time or raise --history-retention",
+                self.state.node_id
+            ))
+            .into());
+        }
+        let catalog: serde_json::Value = serde_json::from_str(&req.catalog_json)
+            .map_err(|e| Status::invalid_argument(format!("catalog_json: {e}")))?;
+        let tablets = req
+            .tablet_ids
+            .iter()
+            .map(|id| self.state.tablet(id))
+            .collect::<Result<Vec<_>>>()?;
+        let span =
+            info_span!("snapshot_tablets", snapshot = %req.snapshot_id, tablets = tablets.len());
+        let st = self.state.clone();
+        let snap_id = req.snapshot_id.clone();
+        let out = blocking(move || {
+            tablets
+                .iter()
+                .map(|t| t.snapshot(&st.hlc, &snap_id, at, &catalog))
+                .collect::<Result<Vec<_>>>()
+        })
+        .instrument(span)
+        .await?;
+        Ok(Response::new(pb::SnapshotTabletsResponse { tablets: out }))
+    }
+
+    async fn delete_tablet_snapshots(
+        &self,
+        request: Request<pb::DeleteTabletSnapshotsRequest>,
+    ) -> Result<Response<pb::DeleteTabletSnapshotsResponse>, Status> {
+        let id = request.into_inner().snapshot_id;
+        types::check_id("snapshot", &id)?;
+        let data = self.state.data_dir.clone();
+        let span = info_span!("delete_tablet_snapshots", snapshot = %id);
+        let deleted = blocking(move || {
+            let dirs = find_snapshot_dirs(&data, &id);
+            for d in &dirs {
+                std::fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+            Ok(dirs.len() as u32)
+        })
+        .instrument(span)
+        .await?;
+        Ok(Response::new(pb::DeleteTabletSnapshotsResponse { deleted }))
+    }
+
+    async fn import_tablet(
+        &self,
+        request: Request<pb::ImportTabletRequest>,
+    ) -> Result<Response<pb::ImportTabletResponse>, Status> {
+        let req = request.into_inner();
+        let meta = req_meta(req.meta)?;
+        let staged = PathBuf::from(&req.staged_dir);
+        if !staged.is_absolute()
+            || staged
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(Status::invalid_argument(format!(
+                "staged_dir {:?} must be an absolute path without '..'",
+                req.staged_dir
+            )));
+        }
+        let span = info_span!("import_tablet", tablet = %meta.tablet_id);
+        let st = self.state.clone();
+        let id = meta.tablet_id.clone();
+        if st.tablet(&id).is_ok() {
+            return Ok(Response::new(pb::ImportTabletResponse {
+                hybrid_time: st.hlc.now().0,
+            }));
+        }
+        let st2 = st.clone();
+        let t = blocking(move || {
+            Tablet::import(
+                &st2.data_dir,
+                meta,
+                &staged,
+                HybridTime(req.restore_ht),
+                st2.policy.clone(),
+            )
+        })
+        .instrument(span)
+        .await?;
+        st.tablets
+            .write()
+            .expect("tablets lock")
+            .insert(id, Arc::new(t));
+        Ok(Response::new(pb::ImportTabletResponse {
+            hybrid_time: st.hlc.now().0,
+        }))
+    }
+
+    async fn compact_tablet(
+        &self,
+        request: Request<pb::CompactTabletRequest>,
+    ) -> Result<Response<pb::CompactTabletResponse>, Status> {
+        let id = request.into_inner().tablet_id;
+        let t = self.state.tablet(&id)?;
+        let span = info_span!("compact_tablet", tablet = %id);
+        blocking(move || t.compact()).instrument(span).await?;
+        Ok(Response::new(pb::CompactTabletResponse {}))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        let mut tablets: Vec<pb::TabletStatus> = self
+            .state
+            .all_tablets()
+            .iter()
+            .map(|t| pb::TabletStatus {
+                tablet_id: t.meta().tablet_id.clone(),
+                table_id: t.meta().table_id.clone(),
+                database_id: t.meta().database_id.clone(),
+                dir: t.paths().dir.display().to_string(),
+                snapshots: t.snapshots(),
+            })
+            .collect();
+        tablets.sort_by(|a, b| a.tablet_id.cmp(&b.tablet_id));
+        Ok(Response::new(pb::NodeStatusResponse {
+            node_id: self.state.node_id,
+            hybrid_time: self.state.hlc.now().0,
+            data_dir: self.state.data_dir.display().to_string(),
+            tablets,
+            history_retention_secs: self
+                .state
+                .policy
+                .retention_micros
+                .load(std::sync::atomic::Ordering::Relaxed)
+                / 1_000_000,
+        }))
+    }
+}
+
+/// Writes `addr` to `path` atomically (harnesses wait for this file).
+pub fn write_addr_file(path: &Path, addr: &str) -> Result<()> {
+    let tmp = path.with_extension("addr.tmp");
+    std::fs::write(&tmp, addr).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+async fn heartbeat_loop(state: Arc<NodeState>, master: String, advertise: String) {
+    let mut client: Option<MasterClient<tonic::transport::Channel>> = None;
+    let mut warned = false;
+    loop {
+        if client.is_none() {
+            client = crate::client::connect_master(&master).await.ok();
+        }
+        if let Some(c) = client.as_mut() {
+            let req = pb::RegisterNodeRequest {
+                node_id: state.node_id,
+                address: advertise.clone(),
+                tablet_ids: state.tablet_ids(),
+                hybrid_time: state.hlc.now().0,
+            };
+            match c.register_node(req).await {
+                Ok(resp) => {
+                    state.hlc.update(HybridTime(resp.into_inner().hybrid_time));
+                    warned = false;
+                }
+                Err(s) => {
+                    if !warned {
+                        warn!(master = %master, error = %from_status(&master, s), "heartbeat failed");
+                        warned = true;
+                    }
+                    client = None;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn housekeeping_loop(state: Arc<NodeState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for t in state.all_tablets() {
+            let r = tokio::task::spawn_blocking(move || t.truncate_changelog()).await;
+            if let Ok(Err(e)) = r {
+                warn!(error = %e, "change-log truncation failed");
+            }
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves. Writes the bound address to `<data>/node.addr`.
+pub async fn run_node(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let state = Arc::new(NodeState::open(
+        cfg.node_id,
+        &cfg.data_dir,
+        cfg.history_retention,
+    )?);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| Error::io(cfg.listen.to_string(), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io(cfg.listen.to_string(), e))?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
+    info!(node_id = cfg.node_id, address = %advertise, data = %cfg.data_dir.display(), "tablet server listening");
+    let hb = tokio::spawn(heartbeat_loop(
+        state.clone(),
+        cfg.master.clone(),
+        advertise.clone(),
+    ));
+    let hk = tokio::spawn(housekeeping_loop(state.clone()));
+    write_addr_file(&cfg.data_dir.join("node.addr"), &advertise)?;
+    let res = tonic::transport::Server::builder()
+        .add_service(
+            TabletServerServer::new(TabletService::new(state))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    hb.abort();
+    hk.abort();
+    res.map_err(|e| Error::Unavailable(format!("tablet server stopped: {e}")))
+}
+
+/// Exposed for tests: a node's tablets directory listing helper.
+pub fn snapshot_dirs(data_dir: &Path, snapshot_id: &str) -> Vec<PathBuf> {
+    find_snapshot_dirs(data_dir, snapshot_id)
+}
+
+/// Exposed for restores: the snapshot metadata stored beside a tablet snapshot.
+pub fn read_snapshot_meta(dir: &Path) -> Result<tablet::SnapshotMeta> {
+    let p = dir.join(tablet::SNAPSHOT_META_FILE);
+    let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        what: p.display().to_string(),
+        detail: e.to_string(),
+    })
+}

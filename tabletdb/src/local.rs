@@ -46,6 +46,8 @@ pub struct LocalOptions {
     /// Passed to nodes as `--history-retention` (e.g. `15m`, `0s` = keep all).
     pub history_retention: String,
     pub default_tablets: u32,
+    /// Where the master listens (`127.0.0.1:0` = any free port).
+    pub master_listen: String,
 }
 
 impl Default for LocalOptions {
@@ -54,6 +56,7 @@ impl Default for LocalOptions {
             nodes: 3,
             history_retention: "15m".into(),
             default_tablets: 6,
+            master_listen: "127.0.0.1:0".into(),
         }
     }
 }
@@ -151,7 +154,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
         let addr_file = data.join("master.addr");
         let listen = if self.master_addr.is_empty() {
-            "127.0.0.1:0".to_string()
+            self.opts.master_listen.clone()
         } else {
             self.master_addr.clone()
         };
@@ -256,10 +259,12 @@ impl LocalCluster {
                 Ok((_, false)) | Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
-                Ok((_, false)) => return Err(Error::Unavailable(format!(
+                Ok((_, false)) => {
+                    return Err(Error::Unavailable(format!(
                     "nodes {want:?} did not all register with the master within 60 s (logs in {})",
                     self.dir.display()
-                ))),
+                )))
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -177,3 +177,38 @@ pub async fn restore_snapshot(
         }
     }
 }
+
+/// Where a source tablet's snapshot files are under its node's data directory.
+pub fn tablet_snapshot_dir(
+    node_data_dir: &Path,
+    snapshot: &pb::SnapshotInfo,
+    tablet_id: &str,
+) -> Result<PathBuf> {
+    let table = snapshot
+        .tables
+        .iter()
+        .find(|t| t.tablets.iter().any(|tb| tb.tablet_id == tablet_id))
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "tablet {tablet_id} in snapshot {}",
+                snapshot.snapshot_id
+            ))
+        })?;
+    let meta = pb::TabletMeta {
+        tablet_id: tablet_id.to_string(),
+        table_id: table.table_id.clone(),
+        database_id: table.database_id.clone(),
+        ..Default::default()
+    };
+    Ok(crate::tablet::TabletPaths::new(node_data_dir, &meta)?.snapshot_dir(&snapshot.snapshot_id))
+}
+
+/// The node (first replica) that held `tablet_id` when the snapshot was taken.
+pub fn tablet_node(snapshot: &pb::SnapshotInfo, tablet_id: &str) -> Option<u32> {
+    snapshot
+        .tables
+        .iter()
+        .flat_map(|t| &t.tablets)
+        .find(|tb| tb.tablet_id == tablet_id)
+        .and_then(|tb| tb.replicas.first().copied())
+}

@@ -180,6 +180,9 @@ pub struct LoadArgs {
     /// Tablets per new table (0 = master default).
     #[arg(long, default_value_t = 0)]
     tablets: u32,
+    /// Bulk: start row ids after this (add to an earlier load instead of overwriting it).
+    #[arg(long, default_value_t = 0)]
+    id_offset: u64,
     /// Counter: where to log `<key> <ht>` lines.
     #[arg(long, default_value = "counter.log")]
     log: PathBuf,
@@ -460,6 +463,7 @@ async fn load(a: LoadArgs, json: bool) -> Result<()> {
                     row_size: a.row_size,
                     batch: a.batch.max(1),
                     concurrency: a.concurrency.max(1),
+                    id_offset: a.id_offset,
                 },
                 progress,
             )

@@ -2,6 +2,7 @@
 //! progress go to stderr; `--json` puts one JSON document on stdout. Exit status: 0 success,
 //! 1 the operation failed (the message says why and what to do), 2 usage error.
 
+mod bench;
 mod db;
 mod demo;
 mod util;
@@ -33,6 +34,9 @@ enum Cmd {
     /// Run the whole job on a local fleet: 3-node cluster, load, snapshot, restore into a
     /// new 2-node cluster, verify, report.
     Demo(demo::DemoArgs),
+    /// Benchmarks (see bench/README.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn init_tracing() {
@@ -62,6 +66,7 @@ fn main() {
         match cli.cmd {
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
+            Cmd::Bench(b) => bench::run(b, cli.json).await,
         }
     });
     if let Err(e) = res {

@@ -458,11 +458,14 @@ impl MasterService {
                 }
             }
         }
-        if let Some(e) = failure {
+        let mut st = self.inner.state.lock().await;
+        // A concurrent DDL explains (and takes precedence over) any node failure: a tablet
+        // dropped mid-snapshot answers NotFound. Either way nothing partial is kept.
+        if let Some(e) = failure.filter(|_| st.version == v1) {
+            drop(st);
             self.delete_snapshot_on_nodes(&snapshot_id).await;
             return Err(e);
         }
-        let mut st = self.inner.state.lock().await;
         if st.version != v1 {
             let v2 = st.version;
             drop(st);

@@ -59,6 +59,8 @@ pub struct LoadOptions {
     pub row_size: usize,
     pub batch: usize,
     pub concurrency: usize,
+    /// Row ids start after this (to add rows to an existing load instead of overwriting).
+    pub id_offset: u64,
 }
 
 impl Default for LoadOptions {
@@ -74,6 +76,7 @@ impl Default for LoadOptions {
             row_size: 256,
             batch: 200,
             concurrency: 8,
+            id_offset: 0,
         }
     }
 }
@@ -186,7 +189,13 @@ pub async fn run_load(
                 }
                 let table = &tables[(first / opts.batch as u64) as usize % tables.len()];
                 let rows: Vec<pb::Row> = (0..n)
-                    .map(|i| make_row((first + i) as i64 + 1, opts.row_size, &mut rng))
+                    .map(|i| {
+                        make_row(
+                            (opts.id_offset + first + i) as i64 + 1,
+                            opts.row_size,
+                            &mut rng,
+                        )
+                    })
                     .collect();
                 let bytes: u64 = rows
                     .iter()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the benchmarks and writes bench/out/<name>.md. Usage: bench/run.sh [db] [ARGS…]
+# Not part of the tests: numbers depend on the machine; compare ratios within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+cargo build --bin snapfleet
+bin="$CARGO_TARGET_DIR/debug/snapfleet"
+mkdir -p bench/out
+what="${1:-db}"
+shift || true
+case "$what" in
+  db)
+    {
+      echo "# tabletdb benchmark — $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores"
+      echo
+      "$bin" bench db "$@"
+    } | tee bench/out/db.md
+    ;;
+  *) echo "unknown benchmark $what (have: db)" >&2; exit 2 ;;
+esac

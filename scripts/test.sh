@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs every test: unit tests and the multi-process end-to-end
+# tests (real tabletdb processes on loopback ports). Extra arguments go to nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+
+start=$(date +%s)
+cargo build --workspace --bins --tests
+echo "build: $(( $(date +%s) - start )) s" >&2
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test: cargo-nextest missing, installing it" >&2
+  cargo install cargo-nextest --locked >/dev/null 2>&1 || true
+fi
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  echo "test: falling back to cargo test" >&2
+  cargo test --workspace --no-fail-fast
+fi
+echo "total: $(( $(date +%s) - start )) s" >&2

@@ -7,8 +7,10 @@ bash scripts/setup.sh
 source scripts/env.sh
 
 start=$(date +%s)
+cargo fmt --all -- --check
 cargo build --workspace --bins --tests
 echo "build: $(( $(date +%s) - start )) s" >&2
+cargo clippy --workspace --all-targets -- -D warnings
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test: cargo-nextest missing, installing it" >&2

@@ -732,6 +732,7 @@ pub async fn run_master(
     info!(address = %bound, data = %cfg.data_dir.display(), "master listening");
     crate::node::write_addr_file(&cfg.data_dir.join("master.addr"), &bound.to_string())?;
     tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", role = "master", method = %req.uri().path()))
         .add_service(MasterServer::new(svc))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -581,7 +581,9 @@ pub async fn run_node(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send
     ));
     let hk = tokio::spawn(housekeeping_loop(state.clone()));
     write_addr_file(&cfg.data_dir.join("node.addr"), &advertise)?;
+    let node_id = cfg.node_id;
     let res = tonic::transport::Server::builder()
+        .trace_fn(move |req| tracing::info_span!("rpc", node = node_id, method = %req.uri().path()))
         .add_service(
             TabletServerServer::new(TabletService::new(state))
                 .max_decoding_message_size(64 << 20)

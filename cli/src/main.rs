@@ -5,6 +5,7 @@
 mod bench;
 mod db;
 mod demo;
+mod export;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Cmd {
     /// Run the whole job on a local fleet: 3-node cluster, load, snapshot, restore into a
     /// new 2-node cluster, verify, report.
     Demo(demo::DemoArgs),
+    /// Export a database as a SQL (PostgreSQL) or CQL script, consistent at one time.
+    Export(export::ExportArgs),
     /// Benchmarks (see bench/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -66,6 +69,7 @@ fn main() {
         match cli.cmd {
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
+            Cmd::Export(a) => export::run(a, cli.json).await,
             Cmd::Bench(b) => bench::run(b, cli.json).await,
         }
     });

@@ -3,6 +3,8 @@
 //! a scenario reads like a story:
 //! `let mut c = TestCluster::start(3); … c.kill_node(2); c.start_node(2); …`.
 
+pub mod pg;
+
 use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;

@@ -6,6 +6,7 @@ mod bench;
 mod db;
 mod demo;
 mod export;
+mod import;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Export a database as a SQL (PostgreSQL) or CQL script, consistent at one time.
     Export(export::ExportArgs),
+    /// Import a SQL script (a snapfleet export or plain pg_dump output) into a database.
+    Import(import::ImportArgs),
     /// Benchmarks (see bench/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -70,6 +73,7 @@ fn main() {
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
             Cmd::Export(a) => export::run(a, cli.json).await,
+            Cmd::Import(a) => import::run(a, cli.json).await,
             Cmd::Bench(b) => bench::run(b, cli.json).await,
         }
     });

@@ -333,6 +333,23 @@ impl Client {
         }
     }
 
+    /// Writes to a table by its routing information, including hidden (RESTORING) tables
+    /// that name lookups do not see. Retries while a node is briefly unreachable.
+    pub async fn write_to(&self, route: &TableRoute, ops: Vec<pb::RowOp>) -> Result<HybridTime> {
+        let mut attempt = 0;
+        loop {
+            match self.write_routed(route, ops.clone()).await {
+                Ok(ht) => return Ok(ht),
+                Err(e) if e.is_retryable() && attempt < 4 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    self.refresh().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn write_routed(&self, route: &TableRoute, ops: Vec<pb::RowOp>) -> Result<HybridTime> {
         let schema = route.schema();
         let mut groups: HashMap<String, (pb::TabletInfo, Vec<pb::RowOp>)> = HashMap::new();

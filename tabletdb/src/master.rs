@@ -281,7 +281,7 @@ impl MasterService {
                 })
                 .collect(),
             schema_version: version,
-            state: if req.for_restore {
+            state: if req.for_restore || req.hidden {
                 pb::TableState::Restoring as i32
             } else {
                 pb::TableState::Active as i32

@@ -105,6 +105,7 @@ pub async fn restore_snapshot(
                     num_tablets: src.tablets.len() as u32,
                     if_not_exists: false,
                     for_restore: true,
+                    hidden: false,
                 })
                 .await?;
             created.push(t.clone());

@@ -51,7 +51,8 @@ fn unsupported(what: impl std::fmt::Display) -> Error {
     ))
 }
 
-fn last_ident(name: &ast::ObjectName) -> String {
+/// The last part of a possibly qualified name (`public.t` → `t`), unquoted.
+pub fn last_ident(name: &ast::ObjectName) -> String {
     name.0
         .last()
         .map(|p| p.to_string().trim_matches('"').to_string())
@@ -76,75 +77,16 @@ async fn execute_one(
             Ok(SqlOutput::Done("CREATE DATABASE".into()))
         }
         Statement::CreateTable(ct) => {
-            let name = last_ident(&ct.name);
-            let mut columns = Vec::new();
-            let mut pk: Vec<u32> = Vec::new();
-            for (i, c) in ct.columns.iter().enumerate() {
-                let t = types::parse_type_name(&c.data_type.to_string())?;
-                let mut nullable = true;
-                for o in &c.options {
-                    match &o.option {
-                        ColumnOption::NotNull => nullable = false,
-                        ColumnOption::PrimaryKey(_) => {
-                            nullable = false;
-                            pk.push(i as u32);
-                        }
-                        ColumnOption::Null => {}
-                        other => return Err(unsupported(format!("column option {other}"))),
-                    }
-                }
-                columns.push(pb::Column {
-                    name: c.name.value.clone(),
-                    data_type: t as i32,
-                    nullable,
-                });
-            }
-            for con in &ct.constraints {
-                match con {
-                    TableConstraint::PrimaryKey(p) => {
-                        if !pk.is_empty() {
-                            return Err(Error::InvalidArgument("two primary keys".into()));
-                        }
-                        for ic in &p.columns {
-                            let col = ic.column.expr.to_string().trim_matches('"').to_string();
-                            let idx =
-                                columns.iter().position(|c| c.name == col).ok_or_else(|| {
-                                    Error::InvalidArgument(format!(
-                                        "primary key names unknown column {col:?}"
-                                    ))
-                                })?;
-                            columns[idx].nullable = false;
-                            pk.push(idx as u32);
-                        }
-                    }
-                    other => return Err(unsupported(format!("constraint {other}"))),
-                }
-            }
-            let mut tablets = 0;
-            if let ast::CreateTableOptions::With(opts) = &ct.table_options {
-                for o in opts {
-                    let text = o.to_string();
-                    let (k, v) = text.split_once('=').ok_or_else(|| unsupported(&text))?;
-                    if k.trim().eq_ignore_ascii_case("tablets") {
-                        tablets = v.trim().parse().map_err(|_| {
-                            Error::InvalidArgument(format!("tablets must be a number, got {v:?}"))
-                        })?;
-                    } else {
-                        return Err(unsupported(format!("table option {text}")));
-                    }
-                }
-            }
+            let def = table_from_create(&ct, false)?;
             client
                 .create_table(pb::CreateTableRequest {
                     database: db.into(),
-                    name,
-                    schema: Some(pb::TableSchema {
-                        columns,
-                        primary_key: pk,
-                    }),
-                    num_tablets: tablets,
+                    name: def.name,
+                    schema: Some(def.schema),
+                    num_tablets: def.tablets,
                     if_not_exists: ct.if_not_exists,
                     for_restore: false,
+                    hidden: false,
                 })
                 .await?;
             Ok(SqlOutput::Done("CREATE TABLE".into()))
@@ -384,6 +326,108 @@ async fn execute_one(
     }
 }
 
+/// A table definition taken from a CREATE TABLE statement.
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    pub name: String,
+    pub schema: pb::TableSchema,
+    /// 0 = the master's default.
+    pub tablets: u32,
+    /// Clauses that were ignored (only in lenient mode).
+    pub ignored: Vec<String>,
+}
+
+/// Converts CREATE TABLE into a schema. Strict mode refuses clauses tabletdb cannot honour
+/// (defaults, checks, unique constraints…); lenient mode (imports) ignores them and lists
+/// them in `ignored`. A missing primary key is allowed here (an import may add it later with
+/// ALTER TABLE … ADD PRIMARY KEY); `types::check_schema` catches it before creation.
+pub fn table_from_create(ct: &ast::CreateTable, lenient: bool) -> Result<TableDef> {
+    let name = last_ident(&ct.name);
+    let mut ignored = Vec::new();
+    let mut columns = Vec::new();
+    let mut pk: Vec<u32> = Vec::new();
+    for (i, c) in ct.columns.iter().enumerate() {
+        let t = types::parse_type_name(&c.data_type.to_string()).map_err(|e| {
+            Error::InvalidArgument(format!("column {:?} of table {name:?}: {e}", c.name.value))
+        })?;
+        let mut nullable = true;
+        for o in &c.options {
+            match &o.option {
+                ColumnOption::NotNull => nullable = false,
+                ColumnOption::PrimaryKey(_) => {
+                    nullable = false;
+                    pk.push(i as u32);
+                }
+                ColumnOption::Null => {}
+                other if lenient => ignored.push(format!("column {}: {other}", c.name.value)),
+                other => return Err(unsupported(format!("column option {other}"))),
+            }
+        }
+        columns.push(pb::Column {
+            name: c.name.value.clone(),
+            data_type: t as i32,
+            nullable,
+        });
+    }
+    for con in &ct.constraints {
+        match con {
+            TableConstraint::PrimaryKey(p) => {
+                if !pk.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "table {name:?} has two primary keys"
+                    )));
+                }
+                let cols: Vec<String> = p
+                    .columns
+                    .iter()
+                    .map(|ic| ic.column.expr.to_string())
+                    .collect();
+                pk = primary_key_indexes(&mut columns, &cols)?;
+            }
+            other if lenient => ignored.push(format!("constraint {other}")),
+            other => return Err(unsupported(format!("constraint {other}"))),
+        }
+    }
+    let mut tablets = 0;
+    if let ast::CreateTableOptions::With(opts) = &ct.table_options {
+        for o in opts {
+            let text = o.to_string();
+            match text.split_once('=') {
+                Some((k, v)) if k.trim().eq_ignore_ascii_case("tablets") => {
+                    tablets = v.trim().parse().map_err(|_| {
+                        Error::InvalidArgument(format!("tablets must be a number, got {v:?}"))
+                    })?;
+                }
+                _ if lenient => ignored.push(format!("table option {text}")),
+                _ => return Err(unsupported(format!("table option {text}"))),
+            }
+        }
+    }
+    Ok(TableDef {
+        name,
+        schema: pb::TableSchema {
+            columns,
+            primary_key: pk,
+        },
+        tablets,
+        ignored,
+    })
+}
+
+/// Resolves primary-key column names to indexes and marks those columns NOT NULL.
+pub fn primary_key_indexes(columns: &mut [pb::Column], names: &[String]) -> Result<Vec<u32>> {
+    let mut pk = Vec::new();
+    for n in names {
+        let col = n.trim_matches('"');
+        let idx = columns.iter().position(|c| c.name == col).ok_or_else(|| {
+            Error::InvalidArgument(format!("primary key names unknown column {col:?}"))
+        })?;
+        columns[idx].nullable = false;
+        pk.push(idx as u32);
+    }
+    Ok(pk)
+}
+
 /// `col = literal [AND …]` → (column index, value) pairs.
 fn conditions(route: &TableRoute, e: &Expr) -> Result<Vec<(usize, pb::Value)>> {
     match e {
@@ -415,7 +459,7 @@ fn conditions(route: &TableRoute, e: &Expr) -> Result<Vec<(usize, pb::Value)>> {
 }
 
 /// Converts a literal expression into a value of column `c`'s type.
-fn literal(c: &pb::Column, e: &Expr) -> Result<pb::Value> {
+pub fn literal(c: &pb::Column, e: &Expr) -> Result<pb::Value> {
     let t = pb::DataType::try_from(c.data_type).unwrap_or_default();
     let text = match e {
         Expr::Value(v) => match &v.value {

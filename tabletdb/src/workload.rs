@@ -145,6 +145,7 @@ pub async fn run_load(
                 num_tablets: opts.tablets,
                 if_not_exists: true,
                 for_restore: false,
+                hidden: false,
             })
             .await?;
     }
@@ -299,6 +300,7 @@ pub async fn run_counter(
             num_tablets: opts.tablets,
             if_not_exists: false,
             for_restore: false,
+            hidden: false,
         })
         .await
         .map_err(|e| match e {

@@ -161,15 +161,9 @@ fn parse_add_pk(stmt: &str) -> Option<(String, Vec<String>)> {
             rest = rest[kw.len()..].trim_start();
         }
     }
-    let name_end = if rest.starts_with('"') {
-        rest[1..].find('"').map(|i| i + 2)?
-    } else {
-        rest.find(char::is_whitespace)?
-    };
-    // A qualified name may continue after a quoted part (`public."T"`): take up to " ADD".
+    // The (possibly qualified, quoted) name runs up to " ADD ".
     let add_at = up[up.len() - rest.len()..].find(" ADD ")? + (up.len() - rest.len());
     let name = stmt[up.len() - rest.len()..add_at].trim();
-    let _ = name_end;
     let pk_at = up.find("PRIMARY KEY")? + "PRIMARY KEY".len();
     let open = stmt[pk_at..].find('(')? + pk_at;
     let close = stmt[open..].find(')')? + open;

@@ -18,5 +18,12 @@ case "$what" in
       "$bin" bench db "$@"
     } | tee bench/out/db.md
     ;;
-  *) echo "unknown benchmark $what (have: db)" >&2; exit 2 ;;
+  dump)
+    {
+      echo "# export/import benchmark — $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores"
+      echo
+      bash bench/dump.sh "$@"
+    } | tee bench/out/dump.md
+    ;;
+  *) echo "unknown benchmark $what (have: db, dump)" >&2; exit 2 ;;
 esac

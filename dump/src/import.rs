@@ -400,8 +400,8 @@ pub async fn import(
     }
 }
 
-async fn load(
-    client: &Client,
+async fn load<'a>(
+    client: &'a Client,
     opts: &ImportOptions,
     tables: &mut [Target],
     by_name: &HashMap<String, usize>,
@@ -429,6 +429,7 @@ async fn load(
     let mut pending: Vec<Vec<pb::RowOp>> = vec![Vec::new(); tables.len()];
     // The current COPY: (table index, column positions, start line).
     let mut copy: Option<(usize, Vec<usize>)> = None;
+    let mut inflight: Inflight = Default::default();
     for item in ScriptReader::new(open(&opts.file)?) {
         match item? {
             Item::Statement { line, text } => match classify(&text) {
@@ -482,8 +483,17 @@ async fn load(
                             delete: false,
                         });
                     }
-                    flush_if_full(client, tables, &mut pending, ti, batch, report, progress)
-                        .await?;
+                    flush_if_full(
+                        client,
+                        tables,
+                        &mut pending,
+                        &mut inflight,
+                        ti,
+                        batch,
+                        report,
+                        progress,
+                    )
+                    .await?;
                 }
                 Kind::Copy => {
                     let (name, names) = parse_copy(&text).ok_or_else(|| {
@@ -540,14 +550,34 @@ async fn load(
                     row: Some(pb::Row { values: vals }),
                     delete: false,
                 });
-                flush_if_full(client, tables, &mut pending, ti, batch, report, progress).await?;
+                flush_if_full(
+                    client,
+                    tables,
+                    &mut pending,
+                    &mut inflight,
+                    ti,
+                    batch,
+                    report,
+                    progress,
+                )
+                .await?;
             }
             Item::CopyEnd { .. } => copy = None,
             Item::Meta { .. } => {}
         }
     }
     for ti in 0..tables.len() {
-        flush_if_full(client, tables, &mut pending, ti, 1, report, progress).await?;
+        flush_if_full(
+            client,
+            tables,
+            &mut pending,
+            &mut inflight,
+            ti,
+            1,
+            report,
+            progress,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -572,25 +602,45 @@ fn column_positions(
         .collect()
 }
 
-async fn flush_if_full(
-    client: &Client,
+type Inflight<'a> = futures::stream::FuturesUnordered<
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(usize, u64)>> + Send + 'a>>,
+>;
+
+/// Writes this many batches concurrently while the script is read on.
+const MAX_INFLIGHT: usize = 8;
+
+/// Sends table `ti`'s pending rows once `batch` have gathered (or, with `batch` 1, whatever
+/// is left), keeping up to MAX_INFLIGHT writes in flight.
+#[allow(clippy::too_many_arguments)]
+async fn flush_if_full<'a>(
+    client: &'a Client,
     tables: &mut [Target],
     pending: &mut [Vec<pb::RowOp>],
+    inflight: &mut Inflight<'a>,
     ti: usize,
     batch: usize,
     report: &mut ImportReport,
     progress: &AtomicU64,
 ) -> Result<()> {
-    if pending[ti].len() < batch || pending[ti].is_empty() {
-        return Ok(());
+    if pending[ti].len() >= batch && !pending[ti].is_empty() {
+        let ops = std::mem::take(&mut pending[ti]);
+        let n = ops.len() as u64;
+        let route = tables[ti].route.clone().expect("created before loading");
+        inflight.push(Box::pin(async move {
+            client.write_to(&route, ops).await?;
+            Ok((ti, n))
+        }));
     }
-    let ops = std::mem::take(&mut pending[ti]);
-    let n = ops.len() as u64;
-    let route = tables[ti].route.as_ref().expect("created before loading");
-    client.write_to(route, ops).await?;
-    tables[ti].rows += n;
-    report.rows += n;
-    progress.fetch_add(n, Ordering::Relaxed);
+    while inflight.len() >= MAX_INFLIGHT || (batch == 1 && !inflight.is_empty()) {
+        use futures::StreamExt;
+        let Some(done) = inflight.next().await else {
+            break;
+        };
+        let (t, n) = done?;
+        tables[t].rows += n;
+        report.rows += n;
+        progress.fetch_add(n, Ordering::Relaxed);
+    }
     Ok(())
 }
 

@@ -299,10 +299,12 @@ pub fn format_value(t: pb::DataType, v: &pb::Value) -> String {
         Some(Kind::Boolean(b)) => if *b { "t" } else { "f" }.into(),
         Some(Kind::Text(s)) => s.clone(),
         Some(Kind::Bytes(b)) => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             let mut s = String::with_capacity(2 + b.len() * 2);
             s.push_str("\\x");
             for x in b {
-                s.push_str(&format!("{x:02x}"));
+                s.push(HEX[(x >> 4) as usize] as char);
+                s.push(HEX[(x & 15) as usize] as char);
             }
             s
         }
@@ -374,12 +376,20 @@ pub fn parse_value(t: pb::DataType, s: &str) -> Result<pb::Value> {
             if hex.len() % 2 != 0 {
                 return Err(bad(" (odd number of hex digits)"));
             }
+            fn nibble(c: u8) -> Option<u8> {
+                match c {
+                    b'0'..=b'9' => Some(c - b'0'),
+                    b'a'..=b'f' => Some(c - b'a' + 10),
+                    b'A'..=b'F' => Some(c - b'A' + 10),
+                    _ => None,
+                }
+            }
             let mut out = Vec::with_capacity(hex.len() / 2);
-            for i in (0..hex.len()).step_by(2) {
-                out.push(
-                    u8::from_str_radix(hex.get(i..i + 2).ok_or_else(|| bad(""))?, 16)
-                        .map_err(|_| bad(" (not hex)"))?,
-                );
+            for pair in hex.as_bytes().chunks_exact(2) {
+                match (nibble(pair[0]), nibble(pair[1])) {
+                    (Some(h), Some(l)) => out.push(h << 4 | l),
+                    _ => return Err(bad(" (not hex)")),
+                }
             }
             Kind::Bytes(out)
         }

@@ -115,6 +115,9 @@ fn classify(stmt: &str) -> Kind {
     if starts(&["COPY"]) {
         return Kind::Copy;
     }
+    if starts(&["CREATE", "KEYSPACE"]) || starts(&["USE"]) {
+        return Kind::Other;
+    }
     const SKIP: &[&str] = &[
         "CREATE", "ALTER", "GRANT", "REVOKE", "COMMENT", "DROP", "SECURITY", "REFRESH",
     ];
@@ -315,6 +318,16 @@ pub async fn import(
                 report.warnings.push(format!(
                     "line {line}: skipped unsupported statement `{first} …`"
                 ));
+            }
+            Kind::Other
+                if text.starts_with("//")
+                    || text.to_ascii_uppercase().contains("CREATE KEYSPACE") =>
+            {
+                return Err(script_err(
+                    line,
+                    &text,
+                    "this is a CQL script; import reads SQL (export with --format sql)",
+                ))
             }
             Kind::Other => {
                 return Err(script_err(

@@ -536,6 +536,11 @@ async fn malformed_scripts_fail_with_a_line_number_and_change_nothing() {
             "line 4:",
         ),
         ("no_pk.sql", "\n\nCREATE TABLE t (k int8, v text);\n", "line 3:"),
+        (
+            "cql.sql",
+            "// snapfleet export\nCREATE KEYSPACE IF NOT EXISTS \"m\" WITH replication = {'class': 'SimpleStrategy'};\n",
+            "CQL script",
+        ),
     ];
     for (name, text, want) in cases {
         let f = dir.path().join(name);

@@ -413,8 +413,8 @@ pub async fn import(
     }
 }
 
-async fn load<'a>(
-    client: &'a Client,
+async fn load(
+    client: &Client,
     opts: &ImportOptions,
     tables: &mut [Target],
     by_name: &HashMap<String, usize>,

@@ -43,6 +43,7 @@ struct LoadResult {
 #[derive(serde::Serialize)]
 struct SnapResult {
     scale: &'static str,
+    clone_median_ms: f64,
     data_bytes: u64,
     files: u64,
     median_ms: f64,
@@ -111,8 +112,27 @@ pub async fn run(cmd: BenchCmd, json: bool) -> Result<()> {
             last = Some(s);
         }
         let s = last.expect("at least one trial");
+        let mut clones = Vec::new();
+        for i in 0..a.trials.max(1) {
+            let name = format!("clone_{scale}_{i}");
+            let t = Instant::now();
+            client
+                .master()
+                .clone_database(snapfleet_tabletdb::pb::CloneDatabaseRequest {
+                    source: "bench".into(),
+                    target: name.clone(),
+                    hybrid_time: 0,
+                })
+                .await?;
+            clones.push(t.elapsed().as_secs_f64() * 1000.0);
+            client
+                .master()
+                .drop_database(snapfleet_tabletdb::pb::DropDatabaseRequest { name })
+                .await?;
+        }
         snaps.push(SnapResult {
             scale,
+            clone_median_ms: median(clones),
             data_bytes: s.total_bytes,
             files: s.total_files,
             median_ms: median(times.clone()),
@@ -121,11 +141,12 @@ pub async fn run(cmd: BenchCmd, json: bool) -> Result<()> {
         });
     }
     let ratio = snaps[1].median_ms / snaps[0].median_ms.max(1e-9);
+    let clone_ratio = snaps[1].clone_median_ms / snaps[0].clone_median_ms.max(1e-9);
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"loads": loads, "snapshots": snaps, "snapshot_10x_over_1x": ratio})
+                &serde_json::json!({"loads": loads, "snapshots": snaps, "snapshot_10x_over_1x": ratio, "clone_10x_over_1x": clone_ratio})
             )?
         );
         return Ok(());
@@ -142,20 +163,21 @@ pub async fn run(cmd: BenchCmd, json: bool) -> Result<()> {
             l.mb_per_sec
         );
     }
-    println!("\n| snapshot | tablet data | files | median ms | min ms | max ms |\n|---|---|---|---|---|---|");
+    println!("\n| snapshot | tablet data | files | median ms | min ms | max ms | clone median ms |\n|---|---|---|---|---|---|---|");
     for s in &snaps {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             s.scale,
             human_bytes(s.data_bytes),
             s.files,
             s.median_ms,
             s.min_ms,
-            s.max_ms
+            s.max_ms,
+            s.clone_median_ms
         );
     }
     println!(
-        "\nsnapshot time 10x / 1x: **{ratio:.2}** (data grew {:.1}x)",
+        "\nsnapshot time 10x / 1x: **{ratio:.2}**; clone time 10x / 1x: **{clone_ratio:.2}** (data grew {:.1}x)",
         snaps[1].data_bytes as f64 / snaps[0].data_bytes.max(1) as f64
     );
     Ok(())

@@ -3,6 +3,7 @@
 //! 1 the operation failed (the message says why and what to do), 2 usage error.
 
 mod bench;
+mod clone;
 mod db;
 mod demo;
 mod export;
@@ -36,6 +37,8 @@ enum Cmd {
     /// Run the whole job on a local fleet: 3-node cluster, load, snapshot, restore into a
     /// new 2-node cluster, verify, report.
     Demo(demo::DemoArgs),
+    /// Instant clone: a new database from hard links of a snapshot at one time.
+    Clone(clone::CloneArgs),
     /// Export a database as a SQL (PostgreSQL) or CQL script, consistent at one time.
     Export(export::ExportArgs),
     /// Import a SQL script (a snapfleet export or plain pg_dump output) into a database.
@@ -72,6 +75,7 @@ fn main() {
         match cli.cmd {
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
+            Cmd::Clone(a) => clone::run(a, cli.json).await,
             Cmd::Export(a) => export::run(a, cli.json).await,
             Cmd::Import(a) => import::run(a, cli.json).await,
             Cmd::Bench(b) => bench::run(b, cli.json).await,

@@ -431,6 +431,7 @@ async fn load(
                 if_not_exists: false,
                 for_restore: false,
                 hidden: true,
+                placement: vec![],
             })
             .await?;
         t.route = Some(TableRoute {

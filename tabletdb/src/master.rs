@@ -264,6 +264,19 @@ impl MasterService {
             }
         }
         live.sort_by_key(|n| (load[n], *n));
+        if !req.placement.is_empty() {
+            if req.placement.len() != n as usize {
+                return Err(Error::InvalidArgument(format!(
+                    "placement names {} nodes for {n} tablets",
+                    req.placement.len()
+                )));
+            }
+            if let Some(bad) = req.placement.iter().find(|p| !live.contains(p)) {
+                return Err(Error::Unavailable(format!(
+                    "placement names node {bad}, which is not live"
+                )));
+            }
+        }
         let version = state.version + 1;
         let table = pb::TableInfo {
             table_id: TableId::generate().0,
@@ -277,7 +290,11 @@ impl MasterService {
                     tablet_id: TabletId::generate().0,
                     hash_start: s,
                     hash_end: e,
-                    replicas: vec![live[i % live.len()]],
+                    replicas: vec![req
+                        .placement
+                        .get(i)
+                        .copied()
+                        .unwrap_or(live[i % live.len()])],
                 })
                 .collect(),
             schema_version: version,
@@ -479,6 +496,133 @@ impl MasterService {
         persist(&self.inner.path, &st)?;
         info!(snapshot = %snapshot_id, ht = t.0, bytes = info.total_bytes, "snapshot created");
         Ok(info)
+    }
+}
+
+impl MasterService {
+    async fn clone_inner(
+        &self,
+        req: pb::CloneDatabaseRequest,
+    ) -> Result<pb::CloneDatabaseResponse> {
+        types::check_name("database", &req.target)?;
+        {
+            let st = self.inner.state.lock().await;
+            if st.databases.iter().any(|d| d.name == req.target) {
+                return Err(Error::AlreadyExists(format!(
+                    "database {:?}; clone under another name",
+                    req.target
+                )));
+            }
+        }
+        let snap = self
+            .create_snapshot_inner(pb::CreateSnapshotRequest {
+                database: req.source.clone(),
+                hybrid_time: req.hybrid_time,
+            })
+            .await?;
+        let result = self.clone_from_snapshot(&snap, &req.target).await;
+        // The clone's files are its own hard links: the snapshot can go either way.
+        self.delete_snapshot_on_nodes(&snap.snapshot_id).await;
+        {
+            let mut st = self.inner.state.lock().await;
+            st.snapshots.retain(|s| s.snapshot_id != snap.snapshot_id);
+            persist(&self.inner.path, &st)?;
+        }
+        result
+    }
+
+    async fn clone_from_snapshot(
+        &self,
+        snap: &pb::SnapshotInfo,
+        target: &str,
+    ) -> Result<pb::CloneDatabaseResponse> {
+        let db = {
+            let mut st = self.inner.state.lock().await;
+            let db = pb::DatabaseInfo {
+                database_id: DatabaseId::generate().0,
+                name: target.to_string(),
+            };
+            st.databases.push(db.clone());
+            st.version += 1;
+            persist(&self.inner.path, &st)?;
+            db
+        };
+        let mut created = Vec::new();
+        let res = async {
+            let mut out = pb::CloneDatabaseResponse {
+                hybrid_time: snap.hybrid_time,
+                ..Default::default()
+            };
+            for src in &snap.tables {
+                let table = {
+                    let mut st = self.inner.state.lock().await;
+                    self.create_table_locked(
+                        &mut st,
+                        pb::CreateTableRequest {
+                            database: target.to_string(),
+                            name: src.name.clone(),
+                            schema: src.schema.clone(),
+                            num_tablets: src.tablets.len() as u32,
+                            if_not_exists: false,
+                            for_restore: true,
+                            hidden: false,
+                            placement: src.tablets.iter().map(|t| t.replicas[0]).collect(),
+                        },
+                    )
+                    .await?
+                };
+                created.push(table.table_id.clone());
+                let st = self.inner.state.lock().await.clone();
+                let mut calls = Vec::new();
+                for (s, d) in src.tablets.iter().zip(&table.tablets) {
+                    let node = d.replicas[0];
+                    let mut c = self.node_client(&st, node).await?;
+                    let req = pb::CloneTabletRequest {
+                        snapshot_id: snap.snapshot_id.clone(),
+                        source_tablet_id: s.tablet_id.clone(),
+                        meta: Some(Self::tablet_meta(&table, d)),
+                        restore_ht: snap.hybrid_time,
+                    };
+                    calls.push(async move { (node, c.clone_tablet(req).await) });
+                }
+                for (node, r) in join_all(calls).await {
+                    r.map_err(|s| from_status(&format!("node {node}"), s))?;
+                    out.tablets += 1;
+                }
+                out.tables += 1;
+            }
+            out.files = snap.total_files;
+            out.bytes = snap.total_bytes;
+            Ok::<_, Error>(out)
+        }
+        .await;
+        let mut st = self.inner.state.lock().await;
+        match res {
+            Ok(out) => {
+                for t in st
+                    .tables
+                    .iter_mut()
+                    .filter(|t| created.contains(&t.table_id))
+                {
+                    t.state = pb::TableState::Active as i32;
+                }
+                st.version += 1;
+                persist(&self.inner.path, &st)?;
+                info!(source = %snap.database_name, target, ht = snap.hybrid_time, tablets = out.tablets, "database cloned");
+                Ok(out)
+            }
+            Err(e) => {
+                for id in created {
+                    if let Err(de) = self.drop_table_locked(&mut st, &id).await {
+                        warn!(table = %id, error = %de, "could not drop a half-made clone table");
+                    }
+                }
+                st.databases.retain(|d| d.database_id != db.database_id);
+                st.version += 1;
+                persist(&self.inner.path, &st)?;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -691,6 +835,15 @@ impl Master for MasterService {
             .cloned()
             .collect();
         Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn clone_database(
+        &self,
+        request: Request<pb::CloneDatabaseRequest>,
+    ) -> Result<Response<pb::CloneDatabaseResponse>, Status> {
+        let req = request.into_inner();
+        let span = info_span!("clone_database", source = %req.source, target = %req.target);
+        Ok(Response::new(self.clone_inner(req).instrument(span).await?))
     }
 
     async fn delete_snapshot(

@@ -465,6 +465,78 @@ impl TabletServer for TabletService {
         }))
     }
 
+    async fn clone_tablet(
+        &self,
+        request: Request<pb::CloneTabletRequest>,
+    ) -> Result<Response<pb::ImportTabletResponse>, Status> {
+        let req = request.into_inner();
+        types::check_id("snapshot", &req.snapshot_id)?;
+        types::check_id("tablet", &req.source_tablet_id)?;
+        let meta = req_meta(req.meta)?;
+        let st = self.state.clone();
+        let id = meta.tablet_id.clone();
+        if st.tablet(&id).is_ok() {
+            return Ok(Response::new(pb::ImportTabletResponse {
+                hybrid_time: st.hlc.now().0,
+            }));
+        }
+        let span = info_span!("clone_tablet", source = %req.source_tablet_id, tablet = %id);
+        let st2 = st.clone();
+        let t = blocking(move || {
+            let suffix = format!("tablet-{}.snapshots", req.source_tablet_id);
+            let src = find_snapshot_dirs(&st2.data_dir, &req.snapshot_id)
+                .into_iter()
+                .find(|d| {
+                    d.parent()
+                        .and_then(|p| p.file_name())
+                        .is_some_and(|n| n == suffix.as_str())
+                })
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "snapshot {} of tablet {} on node {}",
+                        req.snapshot_id, req.source_tablet_id, st2.node_id
+                    ))
+                })?;
+            let staged = st2
+                .data_dir
+                .join("staging")
+                .join(format!("clone-{}", meta.tablet_id));
+            if staged.exists() {
+                std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+            }
+            std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+            for e in std::fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
+                let e = e.map_err(|e| Error::io(&src, e))?;
+                let to = staged.join(e.file_name());
+                // Immutable SSTs are shared as hard links (O(1) in data size); the small
+                // mutable files (MANIFEST, CURRENT, OPTIONS, metadata) are copied.
+                let is_sst = e.path().extension().is_some_and(|x| x == "sst");
+                let r = if is_sst {
+                    std::fs::hard_link(e.path(), &to)
+                } else {
+                    std::fs::copy(e.path(), &to).map(|_| ())
+                };
+                r.map_err(|err| Error::io(e.path(), err))?;
+            }
+            Tablet::import(
+                &st2.data_dir,
+                meta,
+                &staged,
+                HybridTime(req.restore_ht),
+                st2.policy.clone(),
+            )
+        })
+        .instrument(span)
+        .await?;
+        st.tablets
+            .write()
+            .expect("tablets lock")
+            .insert(id, Arc::new(t));
+        Ok(Response::new(pb::ImportTabletResponse {
+            hybrid_time: st.hlc.now().0,
+        }))
+    }
+
     async fn compact_tablet(
         &self,
         request: Request<pb::CompactTabletRequest>,

@@ -106,6 +106,7 @@ pub async fn restore_snapshot(
                     if_not_exists: false,
                     for_restore: true,
                     hidden: false,
+                    placement: vec![],
                 })
                 .await?;
             created.push(t.clone());

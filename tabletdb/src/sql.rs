@@ -87,6 +87,7 @@ async fn execute_one(
                     if_not_exists: ct.if_not_exists,
                     for_restore: false,
                     hidden: false,
+                    placement: vec![],
                 })
                 .await?;
             Ok(SqlOutput::Done("CREATE TABLE".into()))

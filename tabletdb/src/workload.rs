@@ -146,6 +146,7 @@ pub async fn run_load(
                 if_not_exists: true,
                 for_restore: false,
                 hidden: false,
+                placement: vec![],
             })
             .await?;
     }
@@ -301,6 +302,7 @@ pub async fn run_counter(
             if_not_exists: false,
             for_restore: false,
             hidden: false,
+            placement: vec![],
         })
         .await
         .map_err(|e| match e {

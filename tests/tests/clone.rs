@@ -1,0 +1,231 @@
+//! Instant clone: a consistent copy at T made of hard links, independent afterwards.
+
+use snapfleet_tabletdb::pb::{self, value::Kind};
+use snapfleet_tabletdb::{sql, verify, workload, HybridTime};
+use snapfleet_tests::{eventually, snapfleet_bin, TestCluster};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn row(k: i64, v: &str) -> pb::Row {
+    pb::Row {
+        values: vec![
+            pb::Value {
+                kind: Some(Kind::Int(k)),
+            },
+            pb::Value {
+                kind: Some(Kind::Text(v.into())),
+            },
+        ],
+    }
+}
+
+async fn count(c: &snapfleet_tabletdb::Client, db: &str, t: &str) -> u64 {
+    let mut n = 0;
+    c.scan_table(db, t, None, |_, rows| {
+        n += rows.len() as u64;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clone_at_t_is_consistent_shares_files_and_is_independent() {
+    let c = TestCluster::start(3);
+    let client = Arc::new(c.client().await.unwrap());
+    client.create_database("src", false).await.unwrap();
+    sql::execute(
+        &client,
+        "src",
+        "CREATE TABLE kv (k int8 PRIMARY KEY, v text) WITH (tablets = 4)",
+        None,
+    )
+    .await
+    .unwrap();
+    client
+        .put_rows("src", "kv", (1..=3000).map(|k| row(k, "orig")).collect())
+        .await
+        .unwrap();
+
+    // Counter writes run while the clone is made at a time T in the past.
+    let log = c.dir.path().join("counter.log");
+    let progress = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let writer = {
+        let (client, log, progress) = (client.clone(), log.clone(), progress.clone());
+        tokio::spawn(async move {
+            workload::run_counter(
+                &client,
+                workload::CounterOptions {
+                    db: "src".into(),
+                    tablets: 6,
+                    keys: None,
+                    duration: None,
+                    rate: None,
+                    log,
+                },
+                async {
+                    let _ = stop_rx.await;
+                },
+                &progress,
+            )
+            .await
+        })
+    };
+    eventually(Duration::from_secs(60), "counter keys", || {
+        let p = progress.clone();
+        async move { (p.load(Ordering::Relaxed) >= 200).then_some(()) }
+    })
+    .await;
+    let t = client.now().await.unwrap();
+    let before = progress.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(60), "keys after T", || {
+        let p = progress.clone();
+        async move { (p.load(Ordering::Relaxed) >= before + 200).then_some(()) }
+    })
+    .await;
+    let out = std::process::Command::new(snapfleet_bin())
+        .args([
+            "--json",
+            "clone",
+            "--master",
+            &c.master_addr,
+            "--db",
+            "src",
+            "--as",
+            "dst",
+            "--at",
+            &t.0.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["tables"], 2, "{rep}");
+    stop_tx.send(()).unwrap();
+    writer.await.unwrap().unwrap();
+    client.refresh().await.unwrap();
+
+    // The clone holds exactly the counter keys written at or before T.
+    let now = client.now().await.unwrap();
+    let r = verify::check_consistency(&client, "dst", t, Some(now), Some(&log))
+        .await
+        .unwrap();
+    assert!(r.ok && r.keys_expected >= 200, "{r:?}");
+    assert_eq!(count(&client, "dst", "kv").await, 3000);
+
+    // Its SST files are hard links of the source's, not copies.
+    let mut linked = 0;
+    for e in walk(c.dir.path()) {
+        if e.extension().is_some_and(|x| x == "sst") && std::fs::metadata(&e).unwrap().nlink() > 1 {
+            linked += 1;
+        }
+    }
+    assert!(linked > 0, "no shared SST files");
+
+    // Independent afterwards, both ways.
+    client
+        .put_rows(
+            "dst",
+            "kv",
+            vec![row(1, "clone-only"), row(5000, "clone-new")],
+        )
+        .await
+        .unwrap();
+    client
+        .put_rows(
+            "src",
+            "kv",
+            vec![row(2, "source-only"), row(6000, "source-new")],
+        )
+        .await
+        .unwrap();
+    let get = |db: &'static str, k: i64| {
+        let client = client.clone();
+        async move {
+            client
+                .get(
+                    db,
+                    "kv",
+                    pb::Row {
+                        values: vec![pb::Value {
+                            kind: Some(Kind::Int(k)),
+                        }],
+                    },
+                    None,
+                )
+                .await
+                .unwrap()
+                .map(|(r, _)| match &r.values[1].kind {
+                    Some(Kind::Text(s)) => s.clone(),
+                    _ => panic!(),
+                })
+        }
+    };
+    assert_eq!(get("src", 1).await.as_deref(), Some("orig"));
+    assert_eq!(get("dst", 1).await.as_deref(), Some("clone-only"));
+    assert_eq!(get("dst", 2).await.as_deref(), Some("orig"));
+    assert_eq!(get("src", 5000).await, None);
+    assert_eq!(get("dst", 6000).await, None);
+    assert_eq!(count(&client, "src", "kv").await, 3001);
+    assert_eq!(count(&client, "dst", "kv").await, 3001);
+    // Compacting the source does not disturb the clone.
+    for tb in client.table("src", "kv").await.unwrap().info.tablets {
+        let mut n = client.node_for(&tb).await.unwrap();
+        n.compact_tablet(pb::CompactTabletRequest {
+            tablet_id: tb.tablet_id,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(count(&client, "dst", "kv").await, 3001);
+
+    // Cloning onto an existing name, or at a time before the history window, fails clearly.
+    let e = client
+        .master()
+        .clone_database(pb::CloneDatabaseRequest {
+            source: "src".into(),
+            target: "dst".into(),
+            hybrid_time: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    let e = client
+        .master()
+        .clone_database(pb::CloneDatabaseRequest {
+            source: "src".into(),
+            target: "old".into(),
+            hybrid_time: HybridTime::from_micros(1_000_000).0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(client
+        .refresh()
+        .await
+        .unwrap()
+        .databases
+        .iter()
+        .all(|d| d.name != "old"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -8,6 +8,7 @@ mod db;
 mod demo;
 mod export;
 mod import;
+mod pitr;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Cmd {
     /// Run the whole job on a local fleet: 3-node cluster, load, snapshot, restore into a
     /// new 2-node cluster, verify, report.
     Demo(demo::DemoArgs),
+    /// Point-in-time recovery.
+    #[command(subcommand)]
+    Pitr(pitr::PitrCmd),
     /// Instant clone: a new database from hard links of a snapshot at one time.
     Clone(clone::CloneArgs),
     /// Export a database as a SQL (PostgreSQL) or CQL script, consistent at one time.
@@ -75,6 +79,7 @@ fn main() {
         match cli.cmd {
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
+            Cmd::Pitr(c) => pitr::run(c, cli.json).await,
             Cmd::Clone(a) => clone::run(a, cli.json).await,
             Cmd::Export(a) => export::run(a, cli.json).await,
             Cmd::Import(a) => import::run(a, cli.json).await,

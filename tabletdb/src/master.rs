@@ -298,6 +298,7 @@ impl MasterService {
                 })
                 .collect(),
             schema_version: version,
+            created_ht: self.inner.hlc.now().0,
             state: if req.for_restore || req.hidden {
                 pb::TableState::Restoring as i32
             } else {
@@ -500,6 +501,76 @@ impl MasterService {
 }
 
 impl MasterService {
+    async fn restore_to_time_inner(
+        &self,
+        req: pb::RestoreToTimeRequest,
+    ) -> Result<pb::RestoreToTimeResponse> {
+        // Serialised with DDL: the catalog cannot move under the restore.
+        let mut st = self.inner.state.lock().await;
+        let db = st.database(&req.database)?;
+        let t = HybridTime(req.hybrid_time);
+        if t == HybridTime::MIN || t > self.inner.hlc.now() {
+            return Err(Error::InvalidArgument(format!(
+                "restore time {t} is not in the past"
+            )));
+        }
+        let tables: Vec<pb::TableInfo> = st
+            .tables
+            .iter()
+            .filter(|tb| {
+                tb.database_id == db.database_id && tb.state == pb::TableState::Active as i32
+            })
+            .cloned()
+            .collect();
+        let (removed, kept): (Vec<_>, Vec<_>) =
+            tables.into_iter().partition(|tb| tb.created_ht > t.0);
+        let mut by_node: HashMap<NodeId, Vec<String>> = HashMap::new();
+        for tb in &kept {
+            for tablet in &tb.tablets {
+                by_node
+                    .entry(tablet.replicas[0])
+                    .or_default()
+                    .push(tablet.tablet_id.clone());
+            }
+        }
+        // Check every live node first (history window, tablets present), then apply: a
+        // time outside the window changes nothing anywhere — even when no table would be
+        // kept (a time before every table was created is outside the window too).
+        for node in self.live_nodes(&st) {
+            by_node.entry(node).or_default();
+        }
+        for dry_run in [true, false] {
+            if !dry_run && req.dry_run {
+                break;
+            }
+            for (node, ids) in &by_node {
+                let mut c = self.node_client(&st, *node).await?;
+                c.hide_versions(pb::HideVersionsRequest {
+                    tablet_ids: ids.clone(),
+                    after_ht: t.0,
+                    dry_run,
+                })
+                .await
+                .map_err(|s| from_status(&format!("node {node}"), s))?;
+            }
+        }
+        let out = pb::RestoreToTimeResponse {
+            hybrid_time: t.0,
+            restored: kept.iter().map(|tb| tb.name.clone()).collect(),
+            removed: removed.iter().map(|tb| tb.name.clone()).collect(),
+        };
+        if req.dry_run {
+            return Ok(out);
+        }
+        for tb in &removed {
+            self.drop_table_locked(&mut st, &tb.table_id).await?;
+        }
+        st.version += 1;
+        persist(&self.inner.path, &st)?;
+        info!(db = %req.database, ht = t.0, restored = out.restored.len(), removed = out.removed.len(), "restored in place");
+        Ok(out)
+    }
+
     async fn clone_inner(
         &self,
         req: pb::CloneDatabaseRequest,
@@ -835,6 +906,17 @@ impl Master for MasterService {
             .cloned()
             .collect();
         Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn restore_to_time(
+        &self,
+        request: Request<pb::RestoreToTimeRequest>,
+    ) -> Result<Response<pb::RestoreToTimeResponse>, Status> {
+        let req = request.into_inner();
+        let span = info_span!("restore_to_time", db = %req.database, ht = req.hybrid_time);
+        Ok(Response::new(
+            self.restore_to_time_inner(req).instrument(span).await?,
+        ))
     }
 
     async fn clone_database(

@@ -537,6 +537,47 @@ impl TabletServer for TabletService {
         }))
     }
 
+    async fn hide_versions(
+        &self,
+        request: Request<pb::HideVersionsRequest>,
+    ) -> Result<Response<pb::HideVersionsResponse>, Status> {
+        let req = request.into_inner();
+        let tablets = req
+            .tablet_ids
+            .iter()
+            .map(|id| self.state.tablet(id))
+            .collect::<Result<Vec<_>>>()?;
+        let t = HybridTime(req.after_ht);
+        let cutoff = self.state.policy.cutoff();
+        if t < cutoff || t > self.state.hlc.now() {
+            return Err(Error::FailedPrecondition(format!(
+                "time {t} ({}) is outside node {}'s history window [{cutoff} ({}), now]; \
+                 pick a time inside it or raise --history-retention",
+                t.to_rfc3339(),
+                self.state.node_id,
+                cutoff.to_rfc3339()
+            ))
+            .into());
+        }
+        if req.dry_run {
+            return Ok(Response::new(pb::HideVersionsResponse { until_ht: 0 }));
+        }
+        let span = info_span!("hide_versions", after = t.0, tablets = tablets.len());
+        let st = self.state.clone();
+        let until = blocking(move || {
+            let mut until = HybridTime::MIN;
+            for tb in &tablets {
+                until = until.max(tb.hide_after(&st.hlc, t)?);
+            }
+            Ok(until)
+        })
+        .instrument(span)
+        .await?;
+        Ok(Response::new(pb::HideVersionsResponse {
+            until_ht: until.0,
+        }))
+    }
+
     async fn compact_tablet(
         &self,
         request: Request<pb::CompactTabletRequest>,

@@ -115,9 +115,12 @@ fn is_hidden(hidden: &[(u64, u64)], ht: HybridTime) -> bool {
     hidden.iter().any(|&(a, u)| ht.0 > a && ht.0 <= u)
 }
 
+/// Hidden version ranges of a tablet; grows when the tablet is restored in place.
+type Hidden = Arc<std::sync::RwLock<Arc<Vec<(u64, u64)>>>>;
+
 struct HistoryFilterFactory {
     policy: HistoryPolicy,
-    hidden: Arc<Vec<(u64, u64)>>,
+    hidden: Hidden,
 }
 
 struct HistoryFilter {
@@ -133,7 +136,7 @@ impl CompactionFilterFactory for HistoryFilterFactory {
     fn create(&mut self, _context: CompactionFilterContext) -> HistoryFilter {
         HistoryFilter {
             cutoff: self.policy.cutoff(),
-            hidden: self.hidden.clone(),
+            hidden: self.hidden.read().expect("hidden lock").clone(),
             last_key: Vec::new(),
             kept_one_at_or_below: false,
         }
@@ -180,7 +183,7 @@ pub struct Tablet {
     meta: pb::TabletMeta,
     paths: TabletPaths,
     db: rocksdb::DB,
-    hidden: Arc<Vec<(u64, u64)>>,
+    hidden: Hidden,
     /// Serialises writes (and so hybrid-time order); owns the change log.
     writer: Mutex<ChangeLog>,
     policy: HistoryPolicy,
@@ -228,7 +231,7 @@ impl Tablet {
     }
 
     fn open_with(paths: TabletPaths, meta: pb::TabletMeta, policy: HistoryPolicy) -> Result<Self> {
-        let hidden = Arc::new(hidden_ranges(&meta));
+        let hidden: Hidden = Arc::new(std::sync::RwLock::new(Arc::new(hidden_ranges(&meta))));
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.set_write_buffer_size(8 << 20);
@@ -257,6 +260,46 @@ impl Tablet {
 
     pub fn meta(&self) -> &pb::TabletMeta {
         &self.meta
+    }
+
+    fn hidden_now(&self) -> Arc<Vec<(u64, u64)>> {
+        self.hidden.read().expect("hidden lock").clone()
+    }
+
+    /// The metadata as it is now (with every hidden range).
+    pub fn current_meta(&self) -> pb::TabletMeta {
+        let mut m = self.meta.clone();
+        m.hidden = self
+            .hidden_now()
+            .iter()
+            .map(|&(after_ht, until_ht)| pb::HiddenRange { after_ht, until_ht })
+            .collect();
+        m
+    }
+
+    /// Restores the tablet in place to `t`: every version newer than `t` that exists now
+    /// is hidden for ever (O(1): metadata only); later writes are visible as usual. `t` must
+    /// be inside the history window, or versions it needs may already be gone.
+    pub fn hide_after(&self, hlc: &Hlc, t: HybridTime) -> Result<HybridTime> {
+        let cutoff = self.policy.cutoff();
+        if t < cutoff {
+            return Err(Error::FailedPrecondition(format!(
+                "time {t} ({}) is before tablet {}'s history window, which starts at {cutoff} ({})",
+                t.to_rfc3339(),
+                self.meta.tablet_id,
+                cutoff.to_rfc3339()
+            )));
+        }
+        let _writes = self.writer.lock().expect("tablet writer poisoned");
+        let until = hlc.now();
+        {
+            let mut h = self.hidden.write().expect("hidden lock");
+            let mut v = (**h).clone();
+            v.push((t.0, until.0));
+            *h = Arc::new(v);
+        }
+        write_meta(&self.paths.meta, &self.current_meta())?;
+        Ok(until)
     }
 
     pub fn paths(&self) -> &TabletPaths {
@@ -364,6 +407,7 @@ impl Tablet {
         }
         let enc = encoding::encode_key(key);
         self.check_range(&enc)?;
+        let hidden = self.hidden_now();
         let mut it = self.db.raw_iterator();
         it.seek(encoding::mvcc_key(&enc, at));
         while it.valid() {
@@ -373,7 +417,7 @@ impl Tablet {
             if k != enc.as_slice() {
                 break;
             }
-            if ht <= at && !is_hidden(&self.hidden, ht) {
+            if ht <= at && !is_hidden(&hidden, ht) {
                 return match encoding::decode_value(it.value().unwrap_or_default())? {
                     Version::Put(row) => Ok(Some((row, ht))),
                     Version::Delete => Ok(None),
@@ -392,6 +436,7 @@ impl Tablet {
         at: HybridTime,
         mut f: impl FnMut(pb::Row, HybridTime) -> bool,
     ) -> Result<()> {
+        let hidden = self.hidden_now();
         let mut it = self.db.raw_iterator();
         it.seek_to_first();
         let mut decided: Vec<u8> = Vec::new();
@@ -405,7 +450,7 @@ impl Tablet {
                 it.next();
                 continue;
             }
-            if ht > at || is_hidden(&self.hidden, ht) {
+            if ht > at || is_hidden(&hidden, ht) {
                 it.next();
                 continue;
             }
@@ -449,7 +494,7 @@ impl Tablet {
                 snapshot_id: snapshot_id.to_string(),
                 hybrid_time: t.0,
                 max_ht: hlc.now().0,
-                tablet: self.meta.clone(),
+                tablet: self.current_meta(),
                 catalog: catalog.clone(),
             };
             let json = serde_json::to_vec_pretty(&meta).expect("serialisable");

@@ -14,7 +14,10 @@ pub mod command;
 pub mod error;
 pub mod ids;
 pub mod model;
+pub mod pb;
+pub mod raft_loop;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;
 
 pub use error::{CoordinatorError, Result};

@@ -10,14 +10,22 @@
 //! - [`transport`]: Raft messages between replicas over gRPC.
 //! - [`server`]: `run_coordinator`, the client and agent gRPC services, the leader's scheduler.
 
+mod agent_api;
+mod client_api;
 pub mod command;
+pub mod convert;
 pub mod error;
 pub mod ids;
 pub mod model;
 pub mod pb;
 pub mod raft_loop;
+pub mod scheduler;
+pub mod server;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
 
 pub use error::{CoordinatorError, Result};
+pub use server::{run_coordinator, run_coordinator_on, Config, Tuning};
+pub use raft_loop::RaftTuning;
+pub use tokio_util::sync::CancellationToken;

@@ -17,7 +17,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
@@ -95,9 +95,20 @@ pub struct RaftHandle {
     state: Arc<RwLock<StateMachine>>,
     timeout: Duration,
     peers: Arc<BTreeMap<u64, String>>,
+    effects: broadcast::Sender<Effect>,
 }
 
 impl RaftHandle {
+    /// The loop's input queue (for the transport's server side).
+    pub fn input(&self) -> InputSender {
+        self.tx.clone()
+    }
+
+    /// Effects of entries applied from now on (lossy: a slow receiver sees `Lagged`).
+    pub fn subscribe_effects(&self) -> broadcast::Receiver<Effect> {
+        self.effects.subscribe()
+    }
+
     pub fn id(&self) -> ReplicaId {
         ReplicaId(self.id)
     }
@@ -180,7 +191,7 @@ pub struct RaftLoop<O: Outbox> {
     applied: u64,
     snapshot_index: u64,
     role: StateRole,
-    effects: mpsc::UnboundedSender<Effect>,
+    effects: broadcast::Sender<Effect>,
 }
 
 /// A sender for the loop's input (the transport's server side uses it).
@@ -194,7 +205,7 @@ pub fn open<O: Outbox>(
     storage: SledStorage,
     outbox: impl FnOnce(InputSender) -> O,
     tuning: RaftTuning,
-) -> Result<(RaftLoop<O>, RaftHandle, mpsc::UnboundedReceiver<Effect>)> {
+) -> Result<(RaftLoop<O>, RaftHandle)> {
     if id == 0 || !peers.contains_key(&id) {
         return Err(CoordinatorError::Config(format!(
             "replica id {id} must be non-zero and listed in --peers ({:?})",
@@ -228,7 +239,7 @@ pub fn open<O: Outbox>(
         id,
         ..Default::default()
     });
-    let (effects_tx, effects_rx) = mpsc::unbounded_channel();
+    let (effects_tx, _) = broadcast::channel(1024);
     let state = Arc::new(RwLock::new(sm));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -250,7 +261,7 @@ pub fn open<O: Outbox>(
         applied: snap.index,
         snapshot_index: snap.index,
         role: StateRole::Follower,
-        effects: effects_tx,
+        effects: effects_tx.clone(),
     };
     let handle = RaftHandle {
         id,
@@ -259,8 +270,9 @@ pub fn open<O: Outbox>(
         state,
         timeout,
         peers: Arc::new(peers),
+        effects: effects_tx,
     };
-    Ok((lp, handle, effects_rx))
+    Ok((lp, handle))
 }
 
 impl<O: Outbox> RaftLoop<O> {

@@ -40,7 +40,10 @@ impl AgentApi {
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<TResponse<Empty>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<TResponse<Empty>, Status> {
         let r = req.into_inner();
         let agent = Self::agent_id(&r.agent_id)?;
         async move {
@@ -166,7 +169,9 @@ impl AgentService for AgentApi {
             };
             Ok(TResponse::new(pb::LeaseResponse { expires_at_ms }))
         }
-        .instrument(info_span!("task", method = "ReportProgress", task = r.task_id, agent = %r.agent_id))
+        .instrument(
+            info_span!("task", method = "ReportProgress", task = r.task_id, agent = %r.agent_id),
+        )
         .await
     }
 
@@ -191,11 +196,16 @@ impl AgentService for AgentApi {
             tracing::info!("task completed");
             Ok(TResponse::new(Empty {}))
         }
-        .instrument(info_span!("task", method = "CompleteTask", task = r.task_id, agent = %r.agent_id))
+        .instrument(
+            info_span!("task", method = "CompleteTask", task = r.task_id, agent = %r.agent_id),
+        )
         .await
     }
 
-    async fn fail_task(&self, req: Request<pb::FailTaskRequest>) -> Result<TResponse<Empty>, Status> {
+    async fn fail_task(
+        &self,
+        req: Request<pb::FailTaskRequest>,
+    ) -> Result<TResponse<Empty>, Status> {
         let r = req.into_inner();
         let agent = Self::agent_id(&r.agent_id)?;
         async move {

@@ -32,9 +32,11 @@ impl ClientApi {
         self.0
             .raft
             .read(|sm| sm.job(id).map(convert::job))
-            .ok_or_else(|| Status::from(crate::CoordinatorError::from(
-                crate::command::Rejection::JobNotFound(id),
-            )))
+            .ok_or_else(|| {
+                Status::from(crate::CoordinatorError::from(
+                    crate::command::Rejection::JobNotFound(id),
+                ))
+            })
     }
 }
 
@@ -101,7 +103,11 @@ impl Coordinator for ClientApi {
         let r = req.into_inner();
         async move {
             self.leader_read().await?;
-            let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+            let limit = if r.limit == 0 {
+                usize::MAX
+            } else {
+                r.limit as usize
+            };
             let jobs = self.0.raft.read(|sm| {
                 sm.jobs()
                     .rev()

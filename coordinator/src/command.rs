@@ -72,7 +72,9 @@ pub enum Command {
         now: LeaderTime,
     },
     /// Releases every lease that expired at `now` so the task can be leased again.
-    ExpireLeases { now: LeaderTime },
+    ExpireLeases {
+        now: LeaderTime,
+    },
 }
 
 impl Command {

@@ -50,7 +50,11 @@ pub fn job(j: &Job) -> pb::JobInfo {
         kind: j.kind.as_str().into(),
         state: j.state.as_str().into(),
         spec_json: j.spec.to_string(),
-        repository: j.repository.as_ref().map(|r| r.0.clone()).unwrap_or_default(),
+        repository: j
+            .repository
+            .as_ref()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
         progress: Some(progress(&j.progress)),
         failure: j.failure.clone().unwrap_or_default(),
         created_at_ms: j.created_at.0,

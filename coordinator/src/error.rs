@@ -25,7 +25,9 @@ pub enum CoordinatorError {
     #[error("refused: {0}")]
     Rejected(#[from] Rejection),
 
-    #[error("sled storage at {path}: {source}; check the disk and permissions of the data directory")]
+    #[error(
+        "sled storage at {path}: {source}; check the disk and permissions of the data directory"
+    )]
     Storage {
         path: String,
         #[source]

@@ -26,6 +26,6 @@ pub mod storage;
 pub mod transport;
 
 pub use error::{CoordinatorError, Result};
-pub use server::{run_coordinator, run_coordinator_on, Config, Tuning};
 pub use raft_loop::RaftTuning;
+pub use server::{run_coordinator, run_coordinator_on, Config, Tuning};
 pub use tokio_util::sync::CancellationToken;

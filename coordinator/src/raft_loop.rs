@@ -78,7 +78,10 @@ pub enum Input {
     },
     /// The transport could not deliver to this replica.
     Unreachable(u64),
-    SnapshotSent { to: u64, ok: bool },
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
 }
 
 /// Outgoing Raft messages; implemented by the gRPC transport (and by tests).
@@ -403,9 +406,7 @@ impl<O: Outbox> RaftLoop<O> {
                 );
                 if self.role == StateRole::Leader {
                     // Entries we proposed may still commit under the next leader, or not.
-                    self.fail_all(|| {
-                        CoordinatorError::ProposalDropped("leadership lost".into())
-                    });
+                    self.fail_all(|| CoordinatorError::ProposalDropped("leadership lost".into()));
                 }
                 self.role = ss.raft_state;
             }
@@ -492,7 +493,12 @@ impl<O: Outbox> RaftLoop<O> {
             };
             let name = cmd.name();
             let applied = sm.apply(cmd);
-            debug!(index = entry.index, command = name, ok = applied.result.is_ok(), "applied");
+            debug!(
+                index = entry.index,
+                command = name,
+                ok = applied.result.is_ok(),
+                "applied"
+            );
             for eff in applied.effects {
                 let _ = self.effects.send(eff);
             }

@@ -101,10 +101,12 @@ pub async fn run_coordinator_on(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let addr = listener.local_addr().map_err(|source| CoordinatorError::Io {
-        path: "listener".into(),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Io {
+            path: "listener".into(),
+            source,
+        })?;
     let span = tracing::info_span!("coordinator", replica = config.id, %addr);
     async move {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| CoordinatorError::Io {

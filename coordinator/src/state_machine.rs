@@ -581,7 +581,12 @@ mod tests {
         }
     }
 
-    fn complete(sm: &mut StateMachine, a: &str, t: TaskId, now: u64) -> Result<Response, Rejection> {
+    fn complete(
+        sm: &mut StateMachine,
+        a: &str,
+        t: TaskId,
+        now: u64,
+    ) -> Result<Response, Rejection> {
         sm.apply(Command::CompleteTask {
             agent: AgentId(a.into()),
             task: t,
@@ -818,7 +823,11 @@ mod tests {
                 0 | 1 => {
                     for g in acquire(&mut sm, a, "n", now, 2) {
                         let prev = holder.insert(g.task, a);
-                        assert!(prev.is_none(), "{} leased to {a} while held by {prev:?}", g.task);
+                        assert!(
+                            prev.is_none(),
+                            "{} leased to {a} while held by {prev:?}",
+                            g.task
+                        );
                     }
                 }
                 2 => {
@@ -835,8 +844,11 @@ mod tests {
                     }
                 }
                 _ => {
-                    if let Ok(Response::Expired(ts)) =
-                        sm.apply(Command::ExpireLeases { now: LeaderTime(now) }).result
+                    if let Ok(Response::Expired(ts)) = sm
+                        .apply(Command::ExpireLeases {
+                            now: LeaderTime(now),
+                        })
+                        .result
                     {
                         for t in ts {
                             holder.remove(&t);

@@ -3,6 +3,9 @@
 //! `sync` (an fsync) before the Raft loop acknowledges anything. This file must never
 //! interpret command payloads: it stores bytes for Raft.
 
+// rust-protobuf messages are built by assigning fields, as in raft-rs's own examples.
+#![allow(clippy::field_reassign_with_default)]
+
 use crate::error::{CoordinatorError, Result};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -188,11 +191,19 @@ impl SledStorage {
     }
 
     fn first_entry_index(&self) -> raft::Result<Option<u64>> {
-        Ok(self.log.first().map_err(store_err)?.map(|(k, _)| index_of(&k)))
+        Ok(self
+            .log
+            .first()
+            .map_err(store_err)?
+            .map(|(k, _)| index_of(&k)))
     }
 
     fn last_entry_index(&self) -> raft::Result<Option<u64>> {
-        Ok(self.log.last().map_err(store_err)?.map(|(k, _)| index_of(&k)))
+        Ok(self
+            .log
+            .last()
+            .map_err(store_err)?
+            .map(|(k, _)| index_of(&k)))
     }
 }
 
@@ -307,8 +318,13 @@ mod tests {
         let st = s.initial_state().unwrap();
         assert_eq!(st.hard_state.commit, 4);
         assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
-        let es = s.entries(2, 5, None, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(es.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3, 4]);
+        let es = s
+            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            es.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         // initialize on an existing replica changes nothing.
         s.initialize(&[9]).unwrap();
         assert_eq!(s.conf_state().unwrap().voters, vec![1, 2, 3]);
@@ -329,7 +345,9 @@ mod tests {
             s.term(6),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-        assert!(s.entries(5, 9, None, GetEntriesContext::empty(false)).is_err());
+        assert!(s
+            .entries(5, 9, None, GetEntriesContext::empty(false))
+            .is_err());
         assert_eq!(s.log_len(), 3);
         let snap = s.snapshot(7, 2).unwrap();
         assert_eq!(snap.get_metadata().index, 7);

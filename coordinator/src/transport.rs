@@ -163,12 +163,17 @@ impl RaftTransport for TransportService {
         for b in &batch.messages {
             let m = decode_message(b).map_err(|e| Status::invalid_argument(e.to_string()))?;
             if m.to != self.me.0 {
-                warn!(to = m.to, from = batch.from, "raft message for another replica: check --peers on every replica");
+                warn!(
+                    to = m.to,
+                    from = batch.from,
+                    "raft message for another replica: check --peers on every replica"
+                );
                 continue;
             }
-            self.input.send(Input::Raft(m)).await.map_err(|_| {
-                Status::unavailable(format!("{} is shutting down", self.me))
-            })?;
+            self.input
+                .send(Input::Raft(m))
+                .await
+                .map_err(|_| Status::unavailable(format!("{} is shutting down", self.me)))?;
         }
         Ok(Response::new(Empty {}))
     }

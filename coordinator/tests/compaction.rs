@@ -149,7 +149,9 @@ async fn followers_name_the_leader() {
     let mut cluster = Cluster::start(3, tuning(1000)).await;
     let leader = cluster.wait_leader(Duration::from_secs(15)).await;
     let follower = (1..=3).find(|i| *i != leader).unwrap();
-    let mut c = Client::new(common::channel(&cluster.replicas[follower as usize - 1].addr));
+    let mut c = Client::new(common::channel(
+        &cluster.replicas[follower as usize - 1].addr,
+    ));
     let err = c.get_job(pb::JobRef { id: 1 }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let leader_addr = &cluster.replicas[leader as usize - 1].addr;

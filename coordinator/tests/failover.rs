@@ -43,12 +43,14 @@ async fn fake_agent(name: String, addrs: Vec<String>, log: Arc<Mutex<Log>>, stop
     }))
     .expect("register");
     while !stop.load(Ordering::SeqCst) {
-        let r = on_leader!(lf, AgentClient, |c| c.acquire_tasks(pb::AcquireTasksRequest {
-            agent_id: name.clone(),
-            max: 2,
-            lease_ms: 2_000,
-            wait_ms: 300,
-        }));
+        let r = on_leader!(lf, AgentClient, |c| c.acquire_tasks(
+            pb::AcquireTasksRequest {
+                agent_id: name.clone(),
+                max: 2,
+                lease_ms: 2_000,
+                wait_ms: 300,
+            }
+        ));
         let Ok(r) = r else { continue };
         for t in r.tasks {
             log.lock().unwrap().grants.push(GrantRec {
@@ -58,15 +60,17 @@ async fn fake_agent(name: String, addrs: Vec<String>, log: Arc<Mutex<Log>>, stop
                 granted_at: t.granted_at_ms,
                 expires_at: t.expires_at_ms,
             });
-            let p = on_leader!(lf, AgentClient, |c| c.report_progress(pb::ReportProgressRequest {
-                agent_id: name.clone(),
-                task_id: t.task_id,
-                bytes_done: 50,
-                bytes_total: 100,
-                items_done: 1,
-                items_total: 2,
-                lease_ms: 2_000,
-            }));
+            let p = on_leader!(lf, AgentClient, |c| c.report_progress(
+                pb::ReportProgressRequest {
+                    agent_id: name.clone(),
+                    task_id: t.task_id,
+                    bytes_done: 50,
+                    bytes_total: 100,
+                    items_done: 1,
+                    items_total: 2,
+                    lease_ms: 2_000,
+                }
+            ));
             if let Ok(p) = &p {
                 log.lock()
                     .unwrap()
@@ -75,18 +79,25 @@ async fn fake_agent(name: String, addrs: Vec<String>, log: Arc<Mutex<Log>>, stop
             }
             // Simulated work.
             tokio::time::sleep(Duration::from_millis(15)).await;
-            match on_leader!(lf, AgentClient, |c| c.complete_task(pb::CompleteTaskRequest {
-                agent_id: name.clone(),
-                task_id: t.task_id,
-                result_json: "{\"ok\":true}".into(),
-            })) {
-                Ok(_) => log.lock().unwrap().completed.push((t.task_id, name.clone())),
+            match on_leader!(lf, AgentClient, |c| c.complete_task(
+                pb::CompleteTaskRequest {
+                    agent_id: name.clone(),
+                    task_id: t.task_id,
+                    result_json: "{\"ok\":true}".into(),
+                }
+            )) {
+                Ok(_) => log
+                    .lock()
+                    .unwrap()
+                    .completed
+                    .push((t.task_id, name.clone())),
                 Err(st) => {
                     assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
-                    log.lock()
-                        .unwrap()
-                        .refused
-                        .push((t.task_id, name.clone(), st.message().to_string()))
+                    log.lock().unwrap().refused.push((
+                        t.task_id,
+                        name.clone(),
+                        st.message().to_string(),
+                    ))
                 }
             }
         }
@@ -132,7 +143,12 @@ async fn leader_killed_mid_job_then_full_restart() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut agents = tokio::task::JoinSet::new();
     for a in ["a1", "a2", "a3"] {
-        agents.spawn(fake_agent(a.into(), cluster.addrs(), log.clone(), stop.clone()));
+        agents.spawn(fake_agent(
+            a.into(),
+            cluster.addrs(),
+            log.clone(),
+            stop.clone(),
+        ));
     }
 
     // Let a third of the work finish, then kill the leader.
@@ -168,12 +184,15 @@ async fn leader_killed_mid_job_then_full_restart() {
         r.unwrap();
     }
     assert_eq!(final_job.state, "succeeded", "{final_job:?}");
-    let p = final_job.progress.clone().unwrap();
+    let p = final_job.progress.unwrap();
     assert_eq!(p.tasks_succeeded, TASKS as u64, "nothing lost: {p:?}");
     assert_eq!(p.bytes_done, 100 * TASKS as u64);
 
-    let log = log.lock().unwrap();
-    assert!(log.completed.len() > done_before_kill, "new leader served completions");
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(
+        log.completed.len() > done_before_kill,
+        "new leader served completions"
+    );
     // Every task completed (as acknowledged to some agent, or committed with the ack lost).
     let completed: BTreeSet<u64> = log.completed.iter().map(|c| c.0).collect();
     let mut per_task: BTreeMap<u64, Vec<&GrantRec>> = BTreeMap::new();
@@ -222,7 +241,6 @@ async fn leader_killed_mid_job_then_full_restart() {
         log.refused.len(),
         log.refused.iter().take(3).collect::<Vec<_>>()
     );
-    drop(log);
 
     // Restart all three from their sled dirs: the state is intact.
     cluster.restart(leader).await;
@@ -245,7 +263,10 @@ async fn leader_killed_mid_job_then_full_restart() {
     assert_eq!(jobs.jobs.len(), 1);
     let st = on_leader!(lf, Client, |c| c.cluster_status(pb::Empty {})).unwrap();
     let agents: BTreeSet<String> = st.agents.iter().map(|a| a.id.clone()).collect();
-    assert_eq!(agents, BTreeSet::from(["a1".into(), "a2".into(), "a3".into()]));
+    assert_eq!(
+        agents,
+        BTreeSet::from(["a1".into(), "a2".into(), "a3".into()])
+    );
     // A new job still works after the restart.
     let j2 = on_leader!(lf, Client, |c| c.submit_job(pb::SubmitJobRequest {
         kind: "verify".into(),

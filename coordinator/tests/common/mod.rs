@@ -88,7 +88,11 @@ impl Cluster {
         let mut cfg = Config::new(id, r.addr.clone(), peers, r.dir.clone());
         cfg.tuning = self.tuning.clone();
         r.token = CancellationToken::new();
-        r.task = Some(tokio::spawn(run_coordinator_on(listener, cfg, r.token.clone())));
+        r.task = Some(tokio::spawn(run_coordinator_on(
+            listener,
+            cfg,
+            r.token.clone(),
+        )));
     }
 
     /// Starts a stopped replica again on its old port and data directory.
@@ -214,7 +218,12 @@ impl LeaderFollower {
         }
         if matches!(
             st.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Unknown | Code::Cancelled | Code::Internal
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Internal
         ) {
             let mut cur = self.current.lock().unwrap();
             let i = self.addrs.iter().position(|a| *a == *cur).unwrap_or(0);

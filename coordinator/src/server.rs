@@ -157,10 +157,14 @@ pub async fn run_coordinator_on(
 
         let serve_token = inner.clone();
         let server = tonic::transport::Server::builder()
-            .add_service(RaftTransportServer::new(TransportService {
-                me: ReplicaId(config.id),
-                input,
-            }))
+            .add_service(
+                // Snapshots carry the whole (small) state machine in one message.
+                RaftTransportServer::new(TransportService {
+                    me: ReplicaId(config.id),
+                    input,
+                })
+                .max_decoding_message_size(256 << 20),
+            )
             .add_service(CoordinatorServer::new(ClientApi(shared.clone())))
             .add_service(AgentServiceServer::new(AgentApi(shared)))
             .serve_with_incoming_shutdown(

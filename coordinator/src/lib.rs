@@ -1,1 +1,31 @@
-//! The Raft-replicated coordinator (issue 6): raft loop, state machine, scheduler. Not yet built.
+//! snapfleet's Raft-replicated control plane: it assigns work (tasks with leases) to agents,
+//! tracks job progress and survives losing a minority of replicas. This crate must never dial
+//! agents (agents pull) nor hold per-file state (that lives in the repository).
+//!
+//! Concepts, one module each:
+//! - [`ids`], [`model`], [`command`]: typed ids, replicated records, log commands.
+//! - [`state_machine`]: pure `apply(command) -> response + effects`.
+//! - [`storage`]: `raft::Storage` over sled.
+//! - [`raft_loop`]: the task that owns the `RawNode` (tick, step, ready, apply, advance).
+//! - [`transport`]: Raft messages between replicas over gRPC.
+//! - [`server`]: `run_coordinator`, the client and agent gRPC services, the leader's scheduler.
+
+mod agent_api;
+mod client_api;
+pub mod command;
+pub mod convert;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod pb;
+pub mod raft_loop;
+pub mod scheduler;
+pub mod server;
+pub mod state_machine;
+pub mod storage;
+pub mod transport;
+
+pub use error::{CoordinatorError, Result};
+pub use raft_loop::RaftTuning;
+pub use server::{run_coordinator, run_coordinator_on, Config, Tuning};
+pub use tokio_util::sync::CancellationToken;

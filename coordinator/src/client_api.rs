@@ -1,0 +1,233 @@
+//! The client gRPC service (CLI, console): submit, get, list, cancel and watch jobs, and
+//! cluster status. Writes and reads are served by the leader only (followers answer
+//! FAILED_PRECONDITION "not leader; leader is N at ADDR"); reads are linearizable via
+//! ReadIndex. `ClusterStatus` is answered by any replica. This file must never change state
+//! except by proposing commands.
+
+use crate::command::{Command, Response, TaskSpec};
+use crate::convert;
+use crate::ids::{AgentId, JobId, LeaderTime, RepoId};
+use crate::model::{Affinity, JobKind};
+use crate::pb::coordinator_server::Coordinator;
+use crate::pb::{self, Empty};
+use crate::server::Shared;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response as TResponse, Status};
+use tracing::{info_span, Instrument};
+
+pub(crate) struct ClientApi(pub Arc<Shared>);
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<pb::JobInfo, Status>> + Send>>;
+
+impl ClientApi {
+    async fn leader_read(&self) -> Result<(), Status> {
+        self.0.raft.require_leader()?;
+        self.0.raft.read_index().await?;
+        Ok(())
+    }
+
+    fn job_info(&self, id: JobId) -> Result<pb::JobInfo, Status> {
+        self.0
+            .raft
+            .read(|sm| sm.job(id).map(convert::job))
+            .ok_or_else(|| {
+                Status::from(crate::CoordinatorError::from(
+                    crate::command::Rejection::JobNotFound(id),
+                ))
+            })
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for ClientApi {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<TResponse<pb::JobInfo>, Status> {
+        let r = req.into_inner();
+        let span = info_span!("rpc", method = "SubmitJob", kind = %r.kind, tasks = r.tasks.len());
+        async move {
+            self.0.raft.require_leader()?;
+            let kind = JobKind::parse(&r.kind).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown job kind {:?}: use backup, restore, clone, pitr, verify, gc or copy",
+                    r.kind
+                ))
+            })?;
+            let mut tasks = Vec::with_capacity(r.tasks.len());
+            for t in &r.tasks {
+                tasks.push(TaskSpec {
+                    payload: convert::json("task payload_json", &t.payload_json)?,
+                    affinity: Affinity {
+                        agent: (!t.agent.is_empty()).then(|| AgentId(t.agent.clone())),
+                        node: (!t.node.is_empty()).then(|| t.node.clone()),
+                    },
+                });
+            }
+            let cmd = Command::SubmitJob {
+                kind,
+                spec: convert::json("spec_json", &r.spec_json)?,
+                repository: (!r.repository.is_empty()).then(|| RepoId(r.repository.clone())),
+                tasks,
+                retry_budget: r.retry_budget,
+                now: LeaderTime::now(),
+            };
+            match self.0.raft.propose(cmd).await? {
+                Response::JobSubmitted(id) => {
+                    tracing::info!(job = id.0, "job submitted");
+                    Ok(TResponse::new(self.job_info(id)?))
+                }
+                other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_job(&self, req: Request<pb::JobRef>) -> Result<TResponse<pb::JobInfo>, Status> {
+        let id = JobId(req.into_inner().id);
+        async move {
+            self.leader_read().await?;
+            Ok(TResponse::new(self.job_info(id)?))
+        }
+        .instrument(info_span!("rpc", method = "GetJob", job = id.0))
+        .await
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<TResponse<pb::ListJobsResponse>, Status> {
+        let r = req.into_inner();
+        async move {
+            self.leader_read().await?;
+            let limit = if r.limit == 0 {
+                usize::MAX
+            } else {
+                r.limit as usize
+            };
+            let jobs = self.0.raft.read(|sm| {
+                sm.jobs()
+                    .rev()
+                    .filter(|j| r.include_finished || !j.state.is_terminal())
+                    .take(limit)
+                    .map(convert::job)
+                    .collect()
+            });
+            Ok(TResponse::new(pb::ListJobsResponse { jobs }))
+        }
+        .instrument(info_span!("rpc", method = "ListJobs"))
+        .await
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<TResponse<pb::JobInfo>, Status> {
+        let r = req.into_inner();
+        async move {
+            self.0.raft.require_leader()?;
+            let reason = if r.reason.is_empty() {
+                "requested by client".to_string()
+            } else {
+                r.reason
+            };
+            self.0
+                .raft
+                .propose(Command::CancelJob {
+                    job: JobId(r.id),
+                    reason,
+                    now: LeaderTime::now(),
+                })
+                .await?;
+            Ok(TResponse::new(self.job_info(JobId(r.id))?))
+        }
+        .instrument(info_span!("rpc", method = "CancelJob", job = r.id))
+        .await
+    }
+
+    type WatchJobStream = JobStream;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::JobRef>,
+    ) -> Result<TResponse<Self::WatchJobStream>, Status> {
+        let id = JobId(req.into_inner().id);
+        self.leader_read()
+            .instrument(info_span!("rpc", method = "WatchJob", job = id.0))
+            .await?;
+        let first = self.job_info(id)?;
+        let shared = self.0.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        // The stream's task ends when the job finishes, the client goes away, leadership is
+        // lost or the replica shuts down.
+        tokio::spawn(
+            async move {
+                let mut status = shared.raft.watch_status();
+                let mut last = None;
+                let mut next = Some(first);
+                loop {
+                    if let Some(info) = next.take() {
+                        if last.as_ref() != Some(&info) {
+                            let done = info.state != "pending" && info.state != "running";
+                            if tx.send(Ok(info.clone())).await.is_err() || done {
+                                return;
+                            }
+                            last = Some(info);
+                        }
+                    }
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        r = status.changed() => if r.is_err() { return },
+                    }
+                    if let Err(e) = shared.raft.require_leader() {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                    next = shared.raft.read(|sm| sm.job(id).map(convert::job));
+                }
+            }
+            .instrument(info_span!("watch_job", job = id.0)),
+        );
+        Ok(TResponse::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<TResponse<pb::ClusterStatusResponse>, Status> {
+        let raft = &self.0.raft;
+        let st = raft.status();
+        let heartbeats = self.0.heartbeats.lock().expect("lock").clone();
+        let agents = raft.read(|sm| {
+            sm.agents()
+                .map(|a| convert::agent(a, heartbeats.get(&a.id).copied().unwrap_or(0)))
+                .collect()
+        });
+        Ok(TResponse::new(pb::ClusterStatusResponse {
+            id: st.id,
+            role: st.role.to_string(),
+            leader_id: st.leader_id,
+            leader_address: raft.peers().get(&st.leader_id).cloned().unwrap_or_default(),
+            term: st.term,
+            commit_index: st.commit_index,
+            applied_index: st.applied_index,
+            snapshot_index: st.snapshot_index,
+            log_entries: st.log_entries,
+            replicas: raft
+                .peers()
+                .iter()
+                .map(|(id, address)| pb::Replica {
+                    id: *id,
+                    address: address.clone(),
+                })
+                .collect(),
+            agents,
+        }))
+    }
+}

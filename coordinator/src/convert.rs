@@ -1,0 +1,96 @@
+//! Conversions between prost messages and domain types, and from `CoordinatorError` to
+//! `tonic::Status`. Protocol types stop here: this file must never hold logic.
+
+use crate::command::{Grant, Rejection};
+use crate::error::CoordinatorError;
+use crate::model::{Agent, Job, JobProgress};
+use crate::pb;
+use tonic::{Code, Status};
+
+impl From<CoordinatorError> for Status {
+    fn from(e: CoordinatorError) -> Self {
+        let code = match &e {
+            CoordinatorError::NotLeader { .. } => Code::FailedPrecondition,
+            CoordinatorError::NoLeader
+            | CoordinatorError::Stopped
+            | CoordinatorError::Unreachable { .. } => Code::Unavailable,
+            CoordinatorError::ProposalDropped(_) => Code::Aborted,
+            CoordinatorError::Timeout(_) => Code::DeadlineExceeded,
+            CoordinatorError::Rejected(r) => match r {
+                Rejection::JobNotFound(_) | Rejection::TaskNotFound(_) => Code::NotFound,
+                Rejection::Invalid(_) => Code::InvalidArgument,
+                Rejection::AgentNotRegistered(_) => Code::FailedPrecondition,
+                Rejection::LeaseNotHeld { .. } | Rejection::JobFinished(..) => {
+                    Code::FailedPrecondition
+                }
+            },
+            CoordinatorError::Config(_) => Code::InvalidArgument,
+            _ => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+pub fn progress(p: &JobProgress) -> pb::JobProgress {
+    pb::JobProgress {
+        tasks_total: p.tasks_total,
+        tasks_pending: p.tasks_pending,
+        tasks_running: p.tasks_running,
+        tasks_succeeded: p.tasks_succeeded,
+        tasks_failed: p.tasks_failed,
+        tasks_cancelled: p.tasks_cancelled,
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+    }
+}
+
+pub fn job(j: &Job) -> pb::JobInfo {
+    pb::JobInfo {
+        id: j.id.0,
+        kind: j.kind.as_str().into(),
+        state: j.state.as_str().into(),
+        spec_json: j.spec.to_string(),
+        repository: j
+            .repository
+            .as_ref()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+        progress: Some(progress(&j.progress)),
+        failure: j.failure.clone().unwrap_or_default(),
+        created_at_ms: j.created_at.0,
+        finished_at_ms: j.finished_at.map(|t| t.0).unwrap_or(0),
+    }
+}
+
+pub fn grant(g: &Grant) -> pb::TaskLease {
+    pb::TaskLease {
+        task_id: g.task.0,
+        job_id: g.job.0,
+        job_kind: g.job_kind.as_str().into(),
+        payload_json: g.payload.to_string(),
+        lease_seq: g.lease_seq,
+        granted_at_ms: g.granted_at.0,
+        expires_at_ms: g.expires_at.0,
+        attempt: g.attempt,
+    }
+}
+
+pub fn agent(a: &Agent, last_heartbeat_ms: u64) -> pb::AgentStatus {
+    pb::AgentStatus {
+        id: a.id.0.clone(),
+        node: a.node.clone(),
+        address: a.address.clone(),
+        labels: a.labels.clone().into_iter().collect(),
+        version: a.version.clone(),
+        last_heartbeat_ms,
+    }
+}
+
+/// Parses a JSON field of a request; empty means `null`.
+pub fn json(field: &str, s: &str) -> Result<serde_json::Value, Status> {
+    if s.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(s)
+        .map_err(|e| Status::invalid_argument(format!("{field} is not valid JSON: {e}")))
+}

@@ -1,0 +1,582 @@
+//! The one task that owns the raft-rs `RawNode`: tick on a timer, step incoming messages,
+//! then `ready()` → send → persist (fsync) → send persisted messages → apply committed
+//! entries to the state machine → `advance`, as in raft-rs's `five_mem_node` example.
+//! Proposals resolve when their entry is applied; linearizable reads use ReadIndex; every
+//! `snapshot_every` applied entries the state machine is snapshotted and the log compacted.
+//! This file must never block on the network (the transport queues) nor interpret commands
+//! beyond handing them to the state machine.
+
+use crate::command::{Command, Response};
+use crate::error::{CoordinatorError, Result};
+use crate::ids::ReplicaId;
+use crate::state_machine::{Effect, StateMachine};
+use crate::storage::SledStorage;
+use protobuf::Message as _;
+use raft::eraftpb::{EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info};
+
+/// Timing and compaction knobs of one replica.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub tick: Duration,
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Snapshot the state machine and compact the log every this many applied entries.
+    pub snapshot_every: u64,
+    /// How long a proposal or a read may wait for the Raft group.
+    pub request_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_every: 1_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a replica looks like right now (published after every loop iteration).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub role: &'static str,
+    /// 0 = unknown.
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub log_entries: u64,
+}
+
+impl RaftStatus {
+    pub fn is_leader(&self) -> bool {
+        self.leader_id == self.id && self.role == "leader"
+    }
+}
+
+/// Everything the loop receives.
+pub enum Input {
+    /// A Raft message from another replica.
+    Raft(Message),
+    Propose {
+        cmd: Command,
+        reply: oneshot::Sender<Result<Response>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// The transport could not deliver to this replica.
+    Unreachable(u64),
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+}
+
+/// Outgoing Raft messages; implemented by the gRPC transport (and by tests).
+pub trait Outbox: Send + 'static {
+    fn send(&self, msgs: Vec<Message>);
+}
+
+/// A cheap, cloneable handle to a running replica: propose, read, observe.
+#[derive(Clone)]
+pub struct RaftHandle {
+    id: u64,
+    tx: mpsc::Sender<Input>,
+    status: watch::Receiver<RaftStatus>,
+    state: Arc<RwLock<StateMachine>>,
+    timeout: Duration,
+    peers: Arc<BTreeMap<u64, String>>,
+    effects: broadcast::Sender<Effect>,
+}
+
+impl RaftHandle {
+    /// The loop's input queue (for the transport's server side).
+    pub fn input(&self) -> InputSender {
+        self.tx.clone()
+    }
+
+    /// Effects of entries applied from now on (lossy: a slow receiver sees `Lagged`).
+    pub fn subscribe_effects(&self) -> broadcast::Receiver<Effect> {
+        self.effects.subscribe()
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        ReplicaId(self.id)
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Wakes whenever the status changes (a new entry applied, a new leader, ...).
+    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
+    pub fn peers(&self) -> &BTreeMap<u64, String> {
+        &self.peers
+    }
+
+    /// `Ok` if this replica leads; otherwise where the leader is.
+    pub fn require_leader(&self) -> Result<()> {
+        if self.tx.is_closed() {
+            return Err(CoordinatorError::Stopped);
+        }
+        let st = self.status();
+        if st.is_leader() {
+            return Ok(());
+        }
+        match self.peers.get(&st.leader_id) {
+            Some(addr) if st.leader_id != 0 => Err(CoordinatorError::NotLeader {
+                leader: ReplicaId(st.leader_id),
+                address: addr.clone(),
+            }),
+            _ => Err(CoordinatorError::NoLeader),
+        }
+    }
+
+    /// Reads the local state machine (call `read_index` first for a linearizable read).
+    pub fn read<R>(&self, f: impl FnOnce(&StateMachine) -> R) -> R {
+        f(&self.state.read().expect("state machine lock poisoned"))
+    }
+
+    /// Replicates `cmd` and resolves once it has been applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<Response> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Input::Propose { cmd, reply }, rx).await
+    }
+
+    /// Waits until this replica has applied everything committed before the call, as
+    /// confirmed by a quorum (ReadIndex). Leader only.
+    pub async fn read_index(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Input::ReadIndex { reply }, rx).await
+    }
+
+    async fn call<T>(&self, input: Input, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        self.tx
+            .send(input)
+            .await
+            .map_err(|_| CoordinatorError::Stopped)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(CoordinatorError::Timeout(self.timeout)),
+            Ok(Err(_)) => Err(CoordinatorError::Stopped),
+            Ok(Ok(r)) => r,
+        }
+    }
+}
+
+/// The replica: RawNode, its storage, the state machine and the requests in flight.
+pub struct RaftLoop<O: Outbox> {
+    raw: RawNode<SledStorage>,
+    storage: SledStorage,
+    state: Arc<RwLock<StateMachine>>,
+    outbox: O,
+    rx: mpsc::Receiver<Input>,
+    status: watch::Sender<RaftStatus>,
+    tuning: RaftTuning,
+    next_request: u64,
+    proposals: HashMap<u64, oneshot::Sender<Result<Response>>>,
+    reads_unconfirmed: HashMap<u64, oneshot::Sender<Result<()>>>,
+    reads_confirmed: Vec<(u64, oneshot::Sender<Result<()>>)>,
+    applied: u64,
+    snapshot_index: u64,
+    role: StateRole,
+    effects: broadcast::Sender<Effect>,
+}
+
+/// A sender for the loop's input (the transport's server side uses it).
+pub type InputSender = mpsc::Sender<Input>;
+
+/// Opens storage under `data_dir`, restores the state machine from the latest snapshot and
+/// returns the loop (to be run) and its handle.
+pub fn open<O: Outbox>(
+    id: u64,
+    peers: BTreeMap<u64, String>,
+    storage: SledStorage,
+    outbox: impl FnOnce(InputSender) -> O,
+    tuning: RaftTuning,
+) -> Result<(RaftLoop<O>, RaftHandle)> {
+    if id == 0 || !peers.contains_key(&id) {
+        return Err(CoordinatorError::Config(format!(
+            "replica id {id} must be non-zero and listed in --peers ({:?})",
+            peers.keys().collect::<Vec<_>>()
+        )));
+    }
+    storage.initialize(&peers.keys().copied().collect::<Vec<_>>())?;
+    let snap = storage.snapshot_metadata()?;
+    let sm = StateMachine::restore(&storage.snapshot_data()?)
+        .map_err(|e| CoordinatorError::corrupt("state-machine snapshot", e))?;
+    let cfg = raft::Config {
+        id,
+        election_tick: tuning.election_tick,
+        heartbeat_tick: tuning.heartbeat_tick,
+        applied: snap.index,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut raw = RawNode::new(&cfg, storage.clone(), &logger)?;
+    if peers.len() == 1 {
+        // Single-replica mode: no one to wait for.
+        raw.campaign()?;
+    }
+    let (tx, rx) = mpsc::channel(4096);
+    let (status_tx, status_rx) = watch::channel(RaftStatus {
+        id,
+        ..Default::default()
+    });
+    let (effects_tx, _) = broadcast::channel(1024);
+    let state = Arc::new(RwLock::new(sm));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let timeout = tuning.request_timeout;
+    let lp = RaftLoop {
+        raw,
+        storage,
+        state: state.clone(),
+        outbox: outbox(tx.clone()),
+        rx,
+        status: status_tx,
+        tuning,
+        next_request: seed,
+        proposals: HashMap::new(),
+        reads_unconfirmed: HashMap::new(),
+        reads_confirmed: Vec::new(),
+        applied: snap.index,
+        snapshot_index: snap.index,
+        role: StateRole::Follower,
+        effects: effects_tx.clone(),
+    };
+    let handle = RaftHandle {
+        id,
+        tx,
+        status: status_rx,
+        state,
+        timeout,
+        peers: Arc::new(peers),
+        effects: effects_tx,
+    };
+    Ok((lp, handle))
+}
+
+impl<O: Outbox> RaftLoop<O> {
+    /// Runs until `shutdown` is cancelled or a storage error makes continuing unsafe.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let mut ticker = tokio::time::interval(self.tuning.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => { self.raw.tick(); }
+                input = self.rx.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle(input);
+                    // Batch whatever else is queued into the same Ready.
+                    for _ in 0..256 {
+                        match self.rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            if let Err(e) = self.on_ready() {
+                error!(error = %e, "raft replica stopping: cannot persist");
+                self.fail_all(|| CoordinatorError::Stopped);
+                return Err(e);
+            }
+        }
+        self.fail_all(|| CoordinatorError::Stopped);
+        self.storage.sync()
+    }
+
+    fn request_id(&mut self) -> u64 {
+        self.next_request = self.next_request.wrapping_add(1);
+        self.next_request
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    debug!(error = %e, "dropping raft message");
+                }
+            }
+            Input::Propose { cmd, reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let data = match serde_json::to_vec(&cmd) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = reply.send(Err(CoordinatorError::corrupt("command", e)));
+                        return;
+                    }
+                };
+                let rid = self.request_id();
+                match self.raw.propose(rid.to_be_bytes().to_vec(), data) {
+                    Ok(()) => {
+                        self.proposals.insert(rid, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CoordinatorError::ProposalDropped(e.to_string())));
+                    }
+                }
+            }
+            Input::ReadIndex { reply } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return;
+                }
+                let rid = self.request_id();
+                self.reads_unconfirmed.insert(rid, reply);
+                self.raw.read_index(rid.to_be_bytes().to_vec());
+            }
+            Input::Unreachable(to) => self.raw.report_unreachable(to),
+            Input::SnapshotSent { to, ok } => {
+                let st = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, st);
+            }
+        }
+    }
+
+    fn not_leader(&self) -> CoordinatorError {
+        let leader = self.raw.raft.leader_id;
+        if leader == 0 {
+            return CoordinatorError::NoLeader;
+        }
+        CoordinatorError::ProposalDropped(format!(
+            "replica {} is not the leader (leader is {leader})",
+            self.raw.raft.id
+        ))
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> CoordinatorError) {
+        for (_, r) in self.proposals.drain() {
+            let _ = r.send(Err(err()));
+        }
+        for (_, r) in self.reads_unconfirmed.drain() {
+            let _ = r.send(Err(err()));
+        }
+        for (_, r) in self.reads_confirmed.drain(..) {
+            let _ = r.send(Err(err()));
+        }
+    }
+
+    /// One pass of the raft-rs Ready protocol.
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            self.publish_status();
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+
+        if let Some(ss) = ready.ss() {
+            if ss.raft_state != self.role {
+                info!(
+                    replica = self.raw.raft.id,
+                    term = self.raw.raft.term,
+                    leader = ss.leader_id,
+                    role = ?ss.raft_state,
+                    "raft role changed"
+                );
+                if self.role == StateRole::Leader {
+                    // Entries we proposed may still commit under the next leader, or not.
+                    self.fail_all(|| CoordinatorError::ProposalDropped("leadership lost".into()));
+                }
+                self.role = ss.raft_state;
+            }
+        }
+
+        // 1. Messages that may go out before persistence (leader's appends).
+        if !ready.messages().is_empty() {
+            self.outbox.send(ready.take_messages());
+        }
+
+        // 2. A snapshot from the leader replaces our state machine.
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.storage.apply_snapshot(&snap)?;
+            let sm = StateMachine::restore(snap.get_data())
+                .map_err(|e| CoordinatorError::corrupt("snapshot from leader", e))?;
+            *self.state.write().expect("lock") = sm;
+            self.applied = snap.get_metadata().index;
+            self.snapshot_index = self.applied;
+            info!(index = self.applied, "installed snapshot from leader");
+        }
+
+        // 3. Apply what was already committed (and persisted in earlier rounds).
+        self.apply(ready.take_committed_entries());
+
+        // 4. Persist new entries and hard state, then fsync before acknowledging anything.
+        let wrote = !ready.entries().is_empty() || ready.hs().is_some();
+        self.storage.append(ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            self.storage.set_hard_state(hs)?;
+        }
+        if wrote || ready.must_sync() {
+            self.storage.sync()?;
+        }
+        for rs in ready.take_read_states() {
+            let rid = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or([0; 8]));
+            if let Some(reply) = self.reads_unconfirmed.remove(&rid) {
+                self.reads_confirmed.push((rs.index, reply));
+            }
+        }
+
+        // 5. Messages that must follow persistence (votes, append responses).
+        if !ready.persisted_messages().is_empty() {
+            self.outbox.send(ready.take_persisted_messages());
+        }
+
+        // 6. Advance, then the light ready.
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.set_commit(commit)?;
+        }
+        self.outbox.send(light.take_messages());
+        self.apply(light.take_committed_entries());
+        self.raw.advance_apply();
+
+        self.resolve_reads();
+        self.maybe_compact()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut sm = self.state.write().expect("state machine lock poisoned");
+        for entry in entries {
+            self.applied = entry.index;
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                // Leader's empty entry; membership changes are not supported yet.
+                continue;
+            }
+            let rid = u64::from_be_bytes(entry.context[..].try_into().unwrap_or([0; 8]));
+            let reply = self.proposals.remove(&rid);
+            let cmd: Command = match serde_json::from_slice(&entry.data) {
+                Ok(c) => c,
+                Err(e) => {
+                    error!(index = entry.index, error = %e, "undecodable log entry skipped");
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(CoordinatorError::corrupt("log entry", e)));
+                    }
+                    continue;
+                }
+            };
+            let name = cmd.name();
+            let applied = sm.apply(cmd);
+            debug!(
+                index = entry.index,
+                command = name,
+                ok = applied.result.is_ok(),
+                "applied"
+            );
+            for eff in applied.effects {
+                let _ = self.effects.send(eff);
+            }
+            if let Some(r) = reply {
+                let _ = r.send(applied.result.map_err(CoordinatorError::from));
+            }
+        }
+    }
+
+    fn resolve_reads(&mut self) {
+        if self.reads_confirmed.is_empty() {
+            return;
+        }
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .reads_confirmed
+            .drain(..)
+            .partition(|(index, _)| *index <= applied);
+        self.reads_confirmed = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn maybe_compact(&mut self) -> Result<()> {
+        if self.applied < self.snapshot_index + self.tuning.snapshot_every {
+            return Ok(());
+        }
+        let data = self.state.read().expect("lock").snapshot();
+        self.storage.compact_with_snapshot(self.applied, data)?;
+        debug!(
+            index = self.applied,
+            log_entries = self.storage.log_len(),
+            "snapshot taken, log compacted"
+        );
+        self.snapshot_index = self.applied;
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let r = &self.raw.raft;
+        let st = RaftStatus {
+            id: r.id,
+            role: match r.state {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre-candidate",
+            },
+            leader_id: r.leader_id,
+            term: r.term,
+            commit_index: r.raft_log.committed,
+            applied_index: self.applied,
+            snapshot_index: self.snapshot_index,
+            log_entries: r.raft_log.last_index().saturating_sub(self.snapshot_index),
+        };
+        self.status.send_if_modified(|old| {
+            if *old != st {
+                *old = st;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Helpers for transports: encode/decode with raft's protobuf codec.
+pub fn encode_message(m: &Message) -> Result<Vec<u8>> {
+    m.write_to_bytes()
+        .map_err(|e| CoordinatorError::corrupt("raft message", e))
+}
+
+pub fn decode_message(b: &[u8]) -> Result<Message> {
+    Message::parse_from_bytes(b).map_err(|e| CoordinatorError::corrupt("raft message", e))
+}
+
+/// True for messages whose delivery outcome must be reported with `SnapshotSent`.
+pub fn is_snapshot(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgSnapshot
+}

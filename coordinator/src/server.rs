@@ -1,0 +1,206 @@
+//! `run_coordinator`: one replica process. Opens sled storage, starts the Raft loop, the
+//! transport senders and the leader-only scheduler, and serves the Raft transport, client and
+//! agent gRPC services on one listener; writes the bound address to
+//! `<data_dir>/coordinator.addr`. Every task it spawns is owned by a `JoinSet` and stops with
+//! `shutdown` (or when this future is dropped). This file must never contain business logic:
+//! that is the state machine's.
+
+use crate::agent_api::AgentApi;
+use crate::client_api::ClientApi;
+use crate::error::{CoordinatorError, Result};
+use crate::ids::{AgentId, ReplicaId};
+use crate::pb::agent_service_server::AgentServiceServer;
+use crate::pb::coordinator_server::CoordinatorServer;
+use crate::pb::raft_transport_server::RaftTransportServer;
+use crate::raft_loop::{self, RaftHandle, RaftTuning};
+use crate::storage::SledStorage;
+use crate::transport::{GrpcOutbox, TransportService};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, Instrument};
+
+/// One replica's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: u64,
+    /// Address to bind (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Every replica including this one, as `(id, address)`. Empty = single-replica mode.
+    pub peers: Vec<(u64, String)>,
+    pub data_dir: PathBuf,
+    pub tuning: Tuning,
+}
+
+/// Timing knobs; the defaults suit a LAN.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub raft: RaftTuning,
+    /// How often the leader's scheduler looks for expired leases.
+    pub scheduler_interval: Duration,
+    /// Longest AcquireTasks long poll.
+    pub max_poll: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            raft: RaftTuning::default(),
+            scheduler_interval: Duration::from_millis(250),
+            max_poll: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    pub fn new(
+        id: u64,
+        listen: impl Into<String>,
+        peers: Vec<(u64, String)>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            id,
+            listen: listen.into(),
+            peers,
+            data_dir: data_dir.into(),
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+/// State shared by the gRPC services of one replica.
+pub(crate) struct Shared {
+    pub raft: RaftHandle,
+    /// Agent heartbeats: leader memory only, never in the log (ms since epoch).
+    pub heartbeats: Mutex<HashMap<AgentId, u64>>,
+    pub tuning: Tuning,
+    pub shutdown: CancellationToken,
+}
+
+/// Binds `config.listen` and runs the replica until `shutdown` is cancelled.
+pub async fn run_coordinator(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| CoordinatorError::Io {
+                path: format!("listen address {}", config.listen),
+                source,
+            })?;
+    run_coordinator_on(listener, config, shutdown).await
+}
+
+/// Like `run_coordinator`, on a listener the caller bound (lets a harness learn every
+/// replica's port before any replica starts).
+pub async fn run_coordinator_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Io {
+            path: "listener".into(),
+            source,
+        })?;
+    let span = tracing::info_span!("coordinator", replica = config.id, %addr);
+    async move {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| CoordinatorError::Io {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let peers: BTreeMap<u64, String> = if config.peers.is_empty() {
+            BTreeMap::from([(config.id, addr.to_string())])
+        } else {
+            config.peers.iter().cloned().collect()
+        };
+        let storage = SledStorage::open(&config.data_dir)?;
+        let inner = shutdown.child_token();
+        let mut tasks = JoinSet::new();
+        let (lp, raft) = raft_loop::open(
+            config.id,
+            peers.clone(),
+            storage,
+            |input| GrpcOutbox::start(config.id, &peers, input, &mut tasks, inner.clone()),
+            config.tuning.raft.clone(),
+        )?;
+        let input = raft_input(&raft);
+        let loop_token = inner.clone();
+        let (loop_done_tx, loop_done) = tokio::sync::oneshot::channel();
+        tasks.spawn(
+            async move {
+                let r = lp.run(loop_token).await;
+                let _ = loop_done_tx.send(r);
+            }
+            .in_current_span(),
+        );
+        tasks.spawn(
+            crate::scheduler::run(
+                raft.clone(),
+                config.tuning.scheduler_interval,
+                inner.clone(),
+            )
+            .in_current_span(),
+        );
+        let shared = Arc::new(Shared {
+            raft: raft.clone(),
+            heartbeats: Mutex::new(HashMap::new()),
+            tuning: config.tuning.clone(),
+            shutdown: inner.clone(),
+        });
+        write_addr_file(&config.data_dir, &addr.to_string())?;
+        info!(peers = ?peers, "coordinator replica serving");
+
+        let serve_token = inner.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                // Snapshots carry the whole (small) state machine in one message.
+                RaftTransportServer::new(TransportService {
+                    me: ReplicaId(config.id),
+                    input,
+                })
+                .max_decoding_message_size(256 << 20),
+            )
+            .add_service(CoordinatorServer::new(ClientApi(shared.clone())))
+            .add_service(AgentServiceServer::new(AgentApi(shared)))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { serve_token.cancelled().await },
+            );
+        let result = tokio::select! {
+            r = server => r.map_err(|e| CoordinatorError::Io {
+                path: format!("gRPC server on {addr}"),
+                source: std::io::Error::other(e),
+            }),
+            r = loop_done => match r {
+                Ok(r) => r,
+                Err(_) => Err(CoordinatorError::Stopped),
+            },
+        };
+        inner.cancel();
+        while tasks.join_next().await.is_some() {}
+        info!("coordinator replica stopped");
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn raft_input(raft: &RaftHandle) -> raft_loop::InputSender {
+    raft.input()
+}
+
+fn write_addr_file(dir: &std::path::Path, addr: &str) -> Result<()> {
+    let tmp = dir.join("coordinator.addr.tmp");
+    let dst = dir.join("coordinator.addr");
+    std::fs::write(&tmp, addr)
+        .and_then(|_| std::fs::rename(&tmp, &dst))
+        .map_err(|source| CoordinatorError::Io {
+            path: dst.display().to_string(),
+            source,
+        })
+}

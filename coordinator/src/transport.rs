@@ -1,0 +1,180 @@
+//! Raft messages between replicas over tonic gRPC: one sender task per peer drains a bounded
+//! queue into `RaftTransport.Send` batches, reconnecting after failures; the server side
+//! decodes batches into the Raft loop's input. Raft tolerates loss, so when a peer is down
+//! messages are dropped (and reported unreachable), never buffered without bound. This file
+//! must never block the Raft loop.
+
+use crate::ids::ReplicaId;
+use crate::pb::raft_transport_client::RaftTransportClient;
+use crate::pb::raft_transport_server::RaftTransport;
+use crate::pb::{Empty, RaftBatch};
+use crate::raft_loop::{decode_message, encode_message, is_snapshot, Input, InputSender, Outbox};
+use raft::eraftpb::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+const QUEUE: usize = 4096;
+const BATCH: usize = 512;
+
+/// The client side: routes outgoing messages to per-peer queues.
+pub struct GrpcOutbox {
+    queues: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+impl GrpcOutbox {
+    /// Starts one sender task per peer (other than `me`) in `tasks`.
+    pub fn start(
+        me: u64,
+        peers: &BTreeMap<u64, String>,
+        input: InputSender,
+        tasks: &mut JoinSet<()>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let mut queues = HashMap::new();
+        for (&id, addr) in peers {
+            if id == me {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            queues.insert(id, tx);
+            tasks.spawn(peer_sender(
+                me,
+                id,
+                addr.clone(),
+                rx,
+                input.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Self { queues }
+    }
+}
+
+impl Outbox for GrpcOutbox {
+    fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            if let Some(q) = self.queues.get(&m.to) {
+                if q.try_send(m).is_err() {
+                    debug!("raft queue full or closed; message dropped (raft will retry)");
+                }
+            }
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
+        .tcp_nodelay(true);
+    Ok(RaftTransportClient::new(ep.connect().await?))
+}
+
+async fn peer_sender(
+    me: u64,
+    peer: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<Message>,
+    input: InputSender,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("raft_peer", peer, %addr);
+    let _ = span.enter();
+    let mut client: Option<RaftTransportClient<Channel>> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let snapshots: Vec<u64> = batch
+            .iter()
+            .filter(|m| is_snapshot(m))
+            .map(|m| m.to)
+            .collect();
+        if client.is_none() {
+            match connect(&addr).await {
+                Ok(c) => {
+                    client = Some(c);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    debug!(error = %e, "replica {peer} unreachable; dropping {} messages", batch.len());
+                    report(&input, peer, &snapshots, false).await;
+                    // Drain what piled up meanwhile: raft resends what matters.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+            }
+        }
+        let messages = batch
+            .iter()
+            .filter_map(|m| encode_message(m).ok())
+            .collect();
+        let req = RaftBatch { from: me, messages };
+        let c = client.as_mut().expect("connected above");
+        match c.send(req).await {
+            Ok(_) => report(&input, peer, &snapshots, true).await,
+            Err(st) => {
+                debug!(status = %st, "send to replica {peer} failed; reconnecting");
+                client = None;
+                report(&input, peer, &snapshots, false).await;
+            }
+        }
+    }
+}
+
+async fn report(input: &InputSender, peer: u64, snapshots: &[u64], ok: bool) {
+    if !ok {
+        let _ = input.try_send(Input::Unreachable(peer));
+    }
+    for &to in snapshots {
+        let _ = input.send(Input::SnapshotSent { to, ok }).await;
+    }
+}
+
+/// The server side of the transport: hands decoded messages to the Raft loop.
+pub struct TransportService {
+    pub me: ReplicaId,
+    pub input: InputSender,
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn send(&self, req: Request<RaftBatch>) -> Result<Response<Empty>, Status> {
+        let batch = req.into_inner();
+        for b in &batch.messages {
+            let m = decode_message(b).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if m.to != self.me.0 {
+                warn!(
+                    to = m.to,
+                    from = batch.from,
+                    "raft message for another replica: check --peers on every replica"
+                );
+                continue;
+            }
+            self.input
+                .send(Input::Raft(m))
+                .await
+                .map_err(|_| Status::unavailable(format!("{} is shutting down", self.me)))?;
+        }
+        Ok(Response::new(Empty {}))
+    }
+}

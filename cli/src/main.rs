@@ -4,6 +4,7 @@
 
 mod bench;
 mod clone;
+mod coordinator;
 mod db;
 mod demo;
 mod export;
@@ -32,6 +33,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a coordinator replica (Raft-replicated control plane).
+    Coordinator(coordinator::CoordinatorArgs),
+    /// The coordinator cluster.
+    #[command(subcommand)]
+    Cluster(coordinator::ClusterCmd),
     /// The reference database, tabletdb: run clusters, load data, query, snapshot, verify.
     #[command(subcommand)]
     Db(db::DbCmd),
@@ -77,6 +83,8 @@ fn main() {
     };
     let res = rt.block_on(async {
         match cli.cmd {
+            Cmd::Coordinator(a) => coordinator::run_replica(a).await,
+            Cmd::Cluster(c) => coordinator::run_cluster(c, cli.json).await,
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
             Cmd::Pitr(c) => pitr::run(c, cli.json).await,

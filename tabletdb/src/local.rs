@@ -17,6 +17,14 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
+    /// Takes ownership of a spawned process (killed on drop).
+    pub fn new(name: impl Into<String>, child: Child) -> Self {
+        Self {
+            name: name.into(),
+            child,
+        }
+    }
+
     /// Sends SIGKILL and waits for the process to be gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

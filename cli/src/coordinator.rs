@@ -1,0 +1,131 @@
+//! `snapfleet coordinator` (run a Raft replica of the control plane) and
+//! `snapfleet cluster status` (replicas, leader, term, commit index, agents).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
+use snapfleet_coordinator::{run_coordinator, CancellationToken, Config};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// This replica's id (1, 2, 3, …).
+    #[arg(long)]
+    id: u64,
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// Every replica including this one: `1=host:port,2=host:port,3=host:port`.
+    /// Absent: single-replica mode (the embedded default).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Raft log, hard state and state machine (sled).
+    #[arg(long)]
+    data: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Replicas, leader, term, commit index, agents and their last heartbeat.
+    Status {
+        #[arg(long, env = "SNAPFLEET_COORDINATOR", default_value = "127.0.0.1:7000")]
+        coordinator: String,
+    },
+}
+
+fn parse_peers(peers: &[String]) -> Result<Vec<(u64, String)>> {
+    peers
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("peer {p:?} is not ID=HOST:PORT"))?;
+            Ok((
+                id.trim()
+                    .parse()
+                    .with_context(|| format!("peer id in {p:?}"))?,
+                addr.trim().to_string(),
+            ))
+        })
+        .collect()
+}
+
+pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
+    let peers = parse_peers(&a.peers)?;
+    if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == a.id) {
+        bail!("--peers must include this replica (id {})", a.id);
+    }
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        t.cancel();
+    });
+    run_coordinator(Config::new(a.id, a.listen, peers, a.data), token)
+        .await
+        .context("coordinator replica stopped")
+}
+
+pub async fn run_cluster(cmd: ClusterCmd, json: bool) -> Result<()> {
+    let ClusterCmd::Status { coordinator } = cmd;
+    let url = if coordinator.starts_with("http") {
+        coordinator.clone()
+    } else {
+        format!("http://{coordinator}")
+    };
+    let mut c = CoordinatorClient::connect(url)
+        .await
+        .with_context(|| format!("connecting to the coordinator at {coordinator} (start one with `snapfleet coordinator`)"))?;
+    let s = c
+        .cluster_status(snapfleet_coordinator::pb::Empty {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "id": s.id, "role": s.role, "leader_id": s.leader_id, "leader_address": s.leader_address,
+                "term": s.term, "commit_index": s.commit_index, "applied_index": s.applied_index,
+                "snapshot_index": s.snapshot_index, "log_entries": s.log_entries,
+                "replicas": s.replicas.iter().map(|r| serde_json::json!({"id": r.id, "address": r.address})).collect::<Vec<_>>(),
+                "agents": s.agents.iter().map(|a| serde_json::json!({
+                    "id": a.id, "node": a.node, "address": a.address, "version": a.version,
+                    "last_heartbeat_ms": a.last_heartbeat_ms,
+                })).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "replica {} ({}); leader {} {}; term {}; commit {} applied {} snapshot {}; {} log entries",
+        s.id,
+        s.role,
+        s.leader_id,
+        s.leader_address,
+        s.term,
+        s.commit_index,
+        s.applied_index,
+        s.snapshot_index,
+        s.log_entries
+    );
+    for r in &s.replicas {
+        println!(
+            "  replica {} at {}{}",
+            r.id,
+            r.address,
+            if r.id == s.leader_id {
+                "  (leader)"
+            } else {
+                ""
+            }
+        );
+    }
+    for a in &s.agents {
+        println!(
+            "  agent {} on node {} at {} (v{}), last heartbeat {} ms",
+            a.id, a.node, a.address, a.version, a.last_heartbeat_ms
+        );
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ bin="$CARGO_TARGET_DIR/debug/snapfleet"
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 tmp=$(mktemp -d /tmp/snapfleet-bench-dump.XXXXXX); chmod 777 "$tmp"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-cleanup() { kill "$db_pid" 2>/dev/null || true; as_pg "$pgbin/pg_ctl" -D "$tmp/pg" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$tmp"; }
+cleanup() { kill -INT "$db_pid" 2>/dev/null || true; wait "$db_pid" 2>/dev/null || true; as_pg "$pgbin/pg_ctl" -D "$tmp/pg" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }

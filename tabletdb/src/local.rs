@@ -6,6 +6,7 @@
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::types::NodeId;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,7 +113,19 @@ fn wait_for_file(path: &Path, child: &mut ChildProcess, log: &Path) -> Result<St
 fn spawn(bin: &Path, name: &str, args: &[String], log: &Path) -> Result<ChildProcess> {
     let out = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
     let err = out.try_clone().map_err(|e| Error::io(log, e))?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    // If this process dies without dropping the cluster (SIGTERM, a killed test), the
+    // kernel kills the children too: no orphaned databases left running.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
         .args(args)
         .env(
             "RUST_LOG",

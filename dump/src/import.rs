@@ -384,19 +384,28 @@ pub async fn import(
         .collect();
     match result {
         Ok(()) => {
+            // Every table becomes visible in one catalog change: all or none.
+            let ids = tables
+                .iter()
+                .map(|t| t.route.as_ref().expect("all created").info.table_id.clone())
+                .collect();
+            let activated = client
+                .master()
+                .activate_table(pb::ActivateTableRequest {
+                    table_id: String::new(),
+                    table_ids: ids,
+                })
+                .await;
+            if let Err(s) = activated {
+                for name in &created {
+                    let _ = client.drop_table(&opts.db, name).await;
+                }
+                return Err(Error::Db(snapfleet_tabletdb::Error::Unavailable(format!(
+                    "activating the imported tables failed: {}",
+                    s.message()
+                ))));
+            }
             for t in &tables {
-                let route = t.route.as_ref().expect("all created");
-                client
-                    .master()
-                    .activate_table(pb::ActivateTableRequest {
-                        table_id: route.info.table_id.clone(),
-                    })
-                    .await
-                    .map_err(|s| {
-                        Error::Db(snapfleet_tabletdb::Error::Unavailable(
-                            s.message().to_string(),
-                        ))
-                    })?;
                 report.tables.push((t.def.name.clone(), t.rows));
             }
             client.refresh().await?;

@@ -116,6 +116,18 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(HybridTime, PathBuf)>> {
     Ok(out)
 }
 
+/// Hybrid time of the newest complete record in a change-log directory, if any.
+pub fn last_record_ht(dir: &Path) -> Option<HybridTime> {
+    let segs = list_segments(dir).ok()?;
+    let (first, path) = segs.last()?;
+    let last = SegmentReader::open(path)
+        .ok()?
+        .filter_map(|r| r.ok())
+        .map(|(ht, _)| ht)
+        .last();
+    Some(last.unwrap_or(*first))
+}
+
 /// Streams the records of one segment; stops quietly at a torn final record.
 pub struct SegmentReader {
     path: PathBuf,

@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const LOGICAL_BITS: u32 = 12;
 
+/// How far ahead of our wall clock a time from the network may be.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_millis(500);
+
 /// A point in hybrid time: `(physical micros << 12) | logical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct HybridTime(pub u64);
@@ -19,9 +22,9 @@ impl HybridTime {
     /// The largest time ("latest").
     pub const MAX: HybridTime = HybridTime(u64::MAX);
 
-    /// The hybrid time of a wall-clock instant (logical part 0).
+    /// The hybrid time of a wall-clock instant (logical part 0); saturates past year 2112.
     pub fn from_micros(micros: u64) -> Self {
-        HybridTime(micros << LOGICAL_BITS)
+        HybridTime(micros.min(u64::MAX >> LOGICAL_BITS) << LOGICAL_BITS)
     }
 
     /// Wall-clock microseconds since the Unix epoch.
@@ -62,6 +65,7 @@ impl HybridTime {
         chrono::DateTime::parse_from_rfc3339(s)
             .ok()
             .and_then(|t| u64::try_from(t.timestamp_micros()).ok())
+            .filter(|&m| m <= u64::MAX >> LOGICAL_BITS)
             .map(HybridTime::from_micros)
     }
 }
@@ -95,7 +99,7 @@ impl Hlc {
         let phys = HybridTime::from_micros(wall_micros()).0;
         let mut last = self.last.load(Ordering::Acquire);
         loop {
-            let next = phys.max(last + 1);
+            let next = phys.max(last.saturating_add(1));
             match self
                 .last
                 .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Acquire)
@@ -115,9 +119,28 @@ impl Hlc {
         )
     }
 
-    /// Observes a time from another process: later `now()` calls return larger times.
+    /// Observes a time from a trusted source (our own metadata, a restore's source
+    /// cluster): later `now()` calls return larger times.
     pub fn update(&self, seen: HybridTime) {
         self.last.fetch_max(seen.0, Ordering::AcqRel);
+    }
+
+    /// Observes a time that came over the network. A time further ahead of this machine's
+    /// wall clock than [`MAX_CLOCK_SKEW`] is refused instead of dragging every clock in the
+    /// cluster into the future (which would also move the history cut-off and drop history).
+    pub fn update_remote(&self, seen: HybridTime) -> Result<(), String> {
+        let limit = HybridTime::from_micros(wall_micros()).plus(MAX_CLOCK_SKEW);
+        if seen > limit && seen > self.peek() {
+            return Err(format!(
+                "hybrid time {seen} ({}) is more than {} ms ahead of this clock ({}); check the \
+                 sender's clock (NTP) or the time you asked for",
+                seen.to_rfc3339(),
+                MAX_CLOCK_SKEW.as_millis(),
+                self.peek().to_rfc3339()
+            ));
+        }
+        self.update(seen);
+        Ok(())
     }
 }
 
@@ -134,6 +157,13 @@ mod tests {
         let future = HybridTime(b.0 + (10_000_000 << 12));
         c.update(future);
         assert!(c.now() > future);
+        // Remote times far ahead are refused; u64::MAX never overflows now().
+        let c = Hlc::new();
+        assert!(c.update_remote(HybridTime(u64::MAX)).is_err());
+        assert!(c.update_remote(c.peek()).is_ok());
+        c.update(HybridTime(u64::MAX));
+        assert_eq!(c.now(), HybridTime(u64::MAX));
+        assert!(HybridTime::parse("2200-01-01T00:00:00Z").is_none());
     }
 
     #[test]

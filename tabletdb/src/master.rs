@@ -80,6 +80,10 @@ struct Inner {
     heartbeats: std::sync::Mutex<HashMap<NodeId, Instant>>,
     clients: std::sync::Mutex<HashMap<String, TabletServerClient<Channel>>>,
     default_tablets: u32,
+    /// Registered node addresses, readable without the catalog lock (heartbeats).
+    known_nodes: std::sync::Mutex<HashMap<NodeId, String>>,
+    /// The catalog version as of the last persist, readable without the catalog lock.
+    version: std::sync::atomic::AtomicU64,
 }
 
 /// The master's gRPC service.
@@ -88,6 +92,9 @@ pub struct MasterService {
     inner: Arc<Inner>,
 }
 
+/// Highest catalog version persisted by this process (mirrored for lock-free heartbeats).
+static PERSISTED_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn persist(path: &Path, state: &State) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(state).expect("state is serialisable");
@@ -95,7 +102,10 @@ fn persist(path: &Path, state: &State) -> Result<()> {
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    crate::tablet::sync_dir(path)?;
+    PERSISTED_VERSION.fetch_max(state.version, std::sync::atomic::Ordering::AcqRel);
+    Ok(())
 }
 
 impl MasterService {
@@ -127,9 +137,14 @@ impl MasterService {
         };
         let hlc = Hlc::new();
         // Never hand out a time below one already recorded.
-        if let Some(max) = state.snapshots.iter().map(|s| s.hybrid_time).max() {
-            hlc.update(HybridTime(max));
-        }
+        let max_snap = state
+            .snapshots
+            .iter()
+            .map(|s| s.hybrid_time)
+            .max()
+            .unwrap_or(0);
+        let max_created = state.tables.iter().map(|t| t.created_ht).max().unwrap_or(0);
+        hlc.update(HybridTime(max_snap.max(max_created)));
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -138,6 +153,8 @@ impl MasterService {
                 heartbeats: Default::default(),
                 clients: Default::default(),
                 default_tablets: default_tablets.max(1),
+                known_nodes: Default::default(),
+                version: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -420,6 +437,26 @@ impl MasterService {
         } else {
             HybridTime(req.hybrid_time)
         };
+        if req.hybrid_time != 0 {
+            // A time in the past must be inside every node's history window, even when no
+            // table existed then (there would be no tablet to refuse it).
+            for node in self.live_nodes(&state_copy) {
+                let mut c = self.node_client(&state_copy, node).await?;
+                c.hide_versions(pb::HideVersionsRequest {
+                    tablet_ids: vec![],
+                    after_ht: t.0,
+                    dry_run: true,
+                })
+                .await
+                .map_err(|s| from_status(&format!("node {node}"), s))?;
+            }
+        }
+        // The catalog as of T: tables created after T did not exist then. (Tables dropped
+        // after T are gone from the catalog and cannot be captured: see issue 9.)
+        let tables: Vec<pb::TableInfo> = tables
+            .into_iter()
+            .filter(|tb| tb.created_ht <= t.0)
+            .collect();
         let snapshot_id = SnapshotId::generate().0;
         let mut info = pb::SnapshotInfo {
             snapshot_id: snapshot_id.clone(),
@@ -542,6 +579,12 @@ impl MasterService {
         for dry_run in [true, false] {
             if !dry_run && req.dry_run {
                 break;
+            }
+            if !dry_run {
+                // Fence concurrent snapshots before anything changes: one that straddles
+                // the apply sees a new catalog version and aborts.
+                st.version += 1;
+                persist(&self.inner.path, &st)?;
             }
             for (node, ids) in &by_node {
                 let mut c = self.node_client(&st, *node).await?;
@@ -709,7 +752,35 @@ impl Master for MasterService {
                 "node_id must be > 0 and address set",
             ));
         }
-        self.inner.hlc.update(HybridTime(req.hybrid_time));
+        if let Err(e) = self.inner.hlc.update_remote(HybridTime(req.hybrid_time)) {
+            warn!(node = req.node_id, "clock skew: {e}");
+        }
+        // Fast path: a known node at a known address only refreshes its heartbeat, without
+        // waiting for the catalog lock (a slow DDL must not make every node look dead).
+        let known = self
+            .inner
+            .known_nodes
+            .lock()
+            .expect("known nodes lock")
+            .get(&req.node_id)
+            .is_some_and(|a| *a == req.address);
+        if known {
+            self.inner
+                .heartbeats
+                .lock()
+                .expect("heartbeats lock")
+                .insert(req.node_id, Instant::now());
+            return Ok(Response::new(pb::RegisterNodeResponse {
+                catalog_version: PERSISTED_VERSION
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    .max(
+                        self.inner
+                            .version
+                            .load(std::sync::atomic::Ordering::Acquire),
+                    ),
+                hybrid_time: self.inner.hlc.now().0,
+            }));
+        }
         let mut st = self.inner.state.lock().await;
         let changed = match st.nodes.iter_mut().find(|n| n.node_id == req.node_id) {
             Some(n) if n.address == req.address => false,
@@ -740,6 +811,11 @@ impl Master for MasterService {
             .lock()
             .expect("heartbeats lock")
             .insert(req.node_id, Instant::now());
+        self.inner
+            .known_nodes
+            .lock()
+            .expect("known nodes lock")
+            .insert(req.node_id, req.address.clone());
         Ok(Response::new(pb::RegisterNodeResponse {
             catalog_version: st.version,
             hybrid_time: self.inner.hlc.now().0,
@@ -864,22 +940,33 @@ impl Master for MasterService {
         request: Request<pb::ActivateTableRequest>,
     ) -> Result<Response<pb::TableInfo>, Status> {
         let req = request.into_inner();
-        let mut st = self.inner.state.lock().await;
-        let version = st.version + 1;
-        let t = st
-            .tables
-            .iter_mut()
-            .find(|t| t.table_id == req.table_id)
-            .ok_or_else(|| Error::NotFound(format!("table id {}", req.table_id)))?;
-        if t.state != pb::TableState::Active as i32 {
-            t.state = pb::TableState::Active as i32;
-            let t = t.clone();
-            st.version = version;
-            persist(&self.inner.path, &st)?;
-            info!(table = %t.name, version, "table activated");
-            return Ok(Response::new(t));
+        let mut ids = req.table_ids.clone();
+        if !req.table_id.is_empty() {
+            ids.push(req.table_id.clone());
         }
-        Ok(Response::new(t.clone()))
+        let mut st = self.inner.state.lock().await;
+        // Check them all first: all become visible in one catalog change, or none.
+        if let Some(missing) = ids
+            .iter()
+            .find(|id| !st.tables.iter().any(|t| &t.table_id == *id))
+        {
+            return Err(Error::NotFound(format!("table id {missing}")).into());
+        }
+        let mut changed = false;
+        let mut last = None;
+        for t in st.tables.iter_mut().filter(|t| ids.contains(&t.table_id)) {
+            if t.state != pb::TableState::Active as i32 {
+                t.state = pb::TableState::Active as i32;
+                changed = true;
+                info!(table = %t.name, "table activated");
+            }
+            last = Some(t.clone());
+        }
+        if changed {
+            st.version += 1;
+            persist(&self.inner.path, &st)?;
+        }
+        Ok(Response::new(last.unwrap_or_default()))
     }
 
     async fn create_snapshot(

@@ -45,6 +45,10 @@ impl NodeState {
     /// Opens every tablet found under `data_dir`.
     pub fn open(node_id: NodeId, data_dir: &Path, retention: Duration) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+        // Absolute and symlink-free: staging paths handed to restores are checked against it.
+        let data_dir = &data_dir
+            .canonicalize()
+            .map_err(|e| Error::io(data_dir, e))?;
         let hlc = Arc::new(Hlc::new());
         let policy = HistoryPolicy::new(hlc.clone(), retention);
         let mut tablets = HashMap::new();
@@ -53,13 +57,15 @@ impl NodeState {
             tablets.insert(t.meta().tablet_id.clone(), Arc::new(t));
         }
         info!(node_id, tablets = tablets.len(), "opened tablets");
-        Ok(Self {
+        let st = Self {
             node_id,
             data_dir: data_dir.to_path_buf(),
             hlc,
             policy,
             tablets: RwLock::new(tablets),
-        })
+        };
+        st.recover_clock();
+        Ok(st)
     }
 
     fn tablet(&self, id: &str) -> Result<Arc<Tablet>> {
@@ -94,13 +100,43 @@ impl NodeState {
             .collect()
     }
 
-    fn read_time(&self, requested: u64, propagated: u64) -> HybridTime {
-        self.hlc.update(HybridTime(propagated));
+    fn read_time(&self, requested: u64, propagated: u64) -> Result<HybridTime> {
+        self.hlc
+            .update_remote(HybridTime(propagated))
+            .map_err(Error::InvalidArgument)?;
         if requested == 0 {
-            self.hlc.now()
-        } else {
-            HybridTime(requested)
+            return Ok(self.hlc.now());
         }
+        let at = HybridTime(requested);
+        // A read in the future would push this clock (and the history cut-off) forward.
+        self.hlc.update_remote(at).map_err(Error::InvalidArgument)?;
+        let cutoff = self.policy.cutoff();
+        if at < cutoff {
+            return Err(Error::FailedPrecondition(format!(
+                "read time {at} ({}) is before node {}'s history window, which starts at {cutoff} ({}); \
+                 versions that old may be compacted away",
+                at.to_rfc3339(),
+                self.node_id,
+                cutoff.to_rfc3339()
+            )));
+        }
+        Ok(at)
+    }
+
+    /// Raises the clock above every time already used on this node (hidden ranges left by
+    /// restores, the newest change-log record), so a restarted node never issues a time
+    /// below data it already holds.
+    fn recover_clock(&self) {
+        let mut max = HybridTime::MIN;
+        for t in self.all_tablets() {
+            for h in &t.current_meta().hidden {
+                max = max.max(HybridTime(h.until_ht));
+            }
+            if let Some(ht) = crate::changelog::last_record_ht(&t.paths().changelog) {
+                max = max.max(ht);
+            }
+        }
+        self.hlc.update(max);
     }
 }
 
@@ -271,7 +307,9 @@ impl TabletServer for TabletService {
         let t = self.state.tablet(&req.tablet_id)?;
         let span = info_span!("write", tablet = %req.tablet_id, ops = req.ops.len());
         let st = self.state.clone();
-        st.hlc.update(HybridTime(req.propagated_ht));
+        st.hlc
+            .update_remote(HybridTime(req.propagated_ht))
+            .map_err(Error::InvalidArgument)?;
         let ht = blocking(move || t.write(&st.hlc, req.catalog_version, &req.ops))
             .instrument(span)
             .await?;
@@ -285,7 +323,7 @@ impl TabletServer for TabletService {
         let req = request.into_inner();
         let t = self.state.tablet(&req.tablet_id)?;
         let st = self.state.clone();
-        let at = st.read_time(req.read_ht, req.propagated_ht);
+        let at = st.read_time(req.read_ht, req.propagated_ht)?;
         let key = req
             .key
             .ok_or_else(|| Status::invalid_argument("read without a key"))?;
@@ -320,7 +358,7 @@ impl TabletServer for TabletService {
         let req = request.into_inner();
         let t = self.state.tablet(&req.tablet_id)?;
         let st = self.state.clone();
-        let at = st.read_time(req.read_ht, req.propagated_ht);
+        let at = st.read_time(req.read_ht, req.propagated_ht)?;
         let limit = if req.limit == 0 { u64::MAX } else { req.limit };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let span = info_span!("scan", tablet = %req.tablet_id, read_ht = at.0);
@@ -368,6 +406,10 @@ impl TabletServer for TabletService {
         let req = request.into_inner();
         types::check_id("snapshot", &req.snapshot_id)?;
         let at = HybridTime(req.hybrid_time);
+        self.state
+            .hlc
+            .update_remote(at)
+            .map_err(Error::InvalidArgument)?;
         let cutoff = self.state.policy.cutoff();
         if at == HybridTime::MIN || at < cutoff {
             return Err(Error::FailedPrecondition(format!(
@@ -434,6 +476,25 @@ impl TabletServer for TabletService {
             return Err(Status::invalid_argument(format!(
                 "staged_dir {:?} must be an absolute path without '..'",
                 req.staged_dir
+            )));
+        }
+        // Only directories staged under this node's own staging area may be moved in: never
+        // another tablet's live directory or anything else on the host.
+        let staging_root = self.state.data_dir.join("staging");
+        let canon = staged.canonicalize().map_err(|e| {
+            Status::invalid_argument(format!("staged_dir {}: {e}", staged.display()))
+        })?;
+        let root = staging_root.canonicalize().map_err(|_| {
+            Status::invalid_argument(format!(
+                "staged_dir must be under {} (nothing is staged there)",
+                staging_root.display()
+            ))
+        })?;
+        if !canon.starts_with(&root) || canon == root || canon != staged {
+            return Err(Status::invalid_argument(format!(
+                "staged_dir {} must be a real directory (no symlinks) under {}",
+                staged.display(),
+                staging_root.display()
             )));
         }
         let span = info_span!("import_tablet", tablet = %meta.tablet_id);

@@ -152,15 +152,15 @@ pub async fn restore_snapshot(
     .await;
     match result {
         Ok(report) => {
-            for t in &created {
-                client
-                    .master()
-                    .activate_table(pb::ActivateTableRequest {
-                        table_id: t.table_id.clone(),
-                    })
-                    .await
-                    .map_err(|s| from_status("master", s))?;
-            }
+            // All tables become visible in one catalog change.
+            client
+                .master()
+                .activate_table(pb::ActivateTableRequest {
+                    table_id: String::new(),
+                    table_ids: created.iter().map(|t| t.table_id.clone()).collect(),
+                })
+                .await
+                .map_err(|s| from_status("master", s))?;
             client.refresh().await?;
             for dir in node_dirs.values() {
                 let _ = std::fs::remove_dir_all(dir.join("staging").join(&restore_id));

@@ -189,13 +189,21 @@ pub struct Tablet {
     policy: HistoryPolicy,
 }
 
+/// Makes a rename (or create) of `path` durable: fsync of its parent directory.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
 fn write_meta(path: &Path, meta: &pb::TabletMeta) -> Result<()> {
     let tmp = path.with_extension("meta.tmp");
     fs::write(&tmp, meta.encode_to_vec()).map_err(|e| Error::io(&tmp, e))?;
     let f = fs::File::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    sync_dir(path)
 }
 
 /// Reads a tablet's metadata file.
@@ -500,7 +508,11 @@ impl Tablet {
             let json = serde_json::to_vec_pretty(&meta).expect("serialisable");
             let tmp = dir.join(format!("{SNAPSHOT_META_FILE}.tmp"));
             fs::write(&tmp, json).map_err(|e| Error::io(&tmp, e))?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e))?;
             fs::rename(&tmp, &meta_path).map_err(|e| Error::io(&meta_path, e))?;
+            sync_dir(&meta_path)?;
         }
         let (files, bytes) = dir_size(&dir)?;
         Ok(pb::TabletSnapshot {
@@ -544,7 +556,7 @@ impl Tablet {
         data_dir: &Path,
         mut meta: pb::TabletMeta,
         staged: &Path,
-        restore_ht: HybridTime,
+        mut restore_ht: HybridTime,
         policy: HistoryPolicy,
     ) -> Result<Self> {
         let paths = TabletPaths::new(data_dir, &meta)?;
@@ -572,6 +584,8 @@ impl Tablet {
             // Ranges hidden in the source tablet stay hidden.
             meta.hidden.extend(sm.tablet.hidden.iter().cloned());
             max_ht = max_ht.max(HybridTime(sm.max_ht));
+            // The checkpoint is complete only up to its snapshot time: never reveal more.
+            restore_ht = restore_ht.min(HybridTime(sm.hybrid_time));
             fs::remove_file(&sm_path).map_err(|e| Error::io(&sm_path, e))?;
         }
         policy.hlc.update(max_ht);

@@ -44,6 +44,9 @@ pub struct ScriptReader<R> {
     quote_line: usize,
     buf: String,
     stmt_line: usize,
+    /// Parenthesis depth: `;` inside parentheses (e.g. CREATE RULE … DO (…; …)) does not end
+    /// a statement, as in psql.
+    parens: i32,
     copy_from: Option<usize>,
     pending: VecDeque<Item>,
     done: bool,
@@ -58,6 +61,7 @@ impl<R: BufRead> ScriptReader<R> {
             quote_line: 0,
             buf: String::new(),
             stmt_line: 0,
+            parens: 0,
             copy_from: None,
             pending: VecDeque::new(),
             done: false,
@@ -112,7 +116,17 @@ impl<R: BufRead> ScriptReader<R> {
                             i += 2;
                             continue;
                         }
+                        '(' => {
+                            self.parens += 1;
+                            self.buf.push(c);
+                        }
+                        ')' => {
+                            self.parens -= 1;
+                            self.buf.push(c);
+                        }
+                        ';' if self.parens > 0 => self.buf.push(c),
                         ';' => {
+                            self.parens = 0;
                             self.emit_statement();
                             if self.copy_from.is_some() {
                                 return; // data starts on the next line
@@ -350,6 +364,12 @@ mod tests {
             },
         ];
         assert_eq!(got, want);
+        let got: Vec<Item> =
+            items("CREATE RULE r AS ON INSERT TO t DO (SELECT 1; SELECT 2);\nSELECT 3;")
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
     }
 
     #[test]

@@ -53,6 +53,14 @@ impl NodeState {
         let policy = HistoryPolicy::new(hlc.clone(), retention);
         let mut tablets = HashMap::new();
         for meta_path in find_tablet_metas(data_dir)? {
+            if meta_path.extension().is_some_and(|e| e == "deleted") {
+                // A deletion interrupted by a crash: finish it.
+                let meta = tablet::read_meta(&meta_path)?;
+                let paths = tablet::TabletPaths::new(data_dir, &meta)?;
+                tablet::destroy_files(&paths)?;
+                info!(tablet = %meta.tablet_id, "finished an interrupted tablet deletion");
+                continue;
+            }
             let t = Tablet::open(&meta_path, data_dir, policy.clone())?;
             tablets.insert(t.meta().tablet_id.clone(), Arc::new(t));
         }
@@ -164,7 +172,9 @@ fn find_tablet_metas(data_dir: &Path) -> Result<Vec<PathBuf>> {
             }
             for f in read(&table)? {
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name.starts_with("tablet-") && name.ends_with(".meta") {
+                if name.starts_with("tablet-")
+                    && (name.ends_with(".meta") || name.ends_with(".meta.deleted"))
+                {
                     out.push(f);
                 }
             }
@@ -274,6 +284,10 @@ impl TabletServer for TabletService {
             .write()
             .expect("tablets lock")
             .remove(&id);
+        if let Some(t) = &removed {
+            // Durable first: even if the files cannot go now, the tablet never comes back.
+            t.tombstone()?;
+        }
         if let Some(t) = removed {
             // Wait for in-flight requests to let go of the tablet, then remove its files.
             let mut t = t;

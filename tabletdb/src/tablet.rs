@@ -616,22 +616,39 @@ impl Tablet {
         Ok(t)
     }
 
+    /// Marks the tablet deleted, durably, before its files go: a node that restarts
+    /// half-way finishes the deletion instead of reopening the tablet.
+    pub fn tombstone(&self) -> Result<()> {
+        let dead = self.paths.meta.with_extension("meta.deleted");
+        if self.paths.meta.exists() {
+            fs::rename(&self.paths.meta, &dead).map_err(|e| Error::io(&dead, e))?;
+            sync_dir(&dead)?;
+        }
+        Ok(())
+    }
+
     /// Removes the tablet's live data and change log (its snapshots stay).
     pub fn destroy(self) -> Result<()> {
         let paths = self.paths.clone();
         drop(self);
-        for p in [&paths.meta] {
-            if p.exists() {
-                fs::remove_file(p).map_err(|e| Error::io(p, e))?;
-            }
-        }
-        for d in [&paths.dir, &paths.changelog] {
-            if d.exists() {
-                fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
-            }
-        }
-        Ok(())
+        destroy_files(&paths)
     }
+}
+
+/// Removes a tablet's metadata (live or tombstone), data and change log.
+pub fn destroy_files(paths: &TabletPaths) -> Result<()> {
+    for d in [&paths.dir, &paths.changelog] {
+        if d.exists() {
+            fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+    }
+    // The metadata goes last: while it (or its tombstone) exists, a restart finishes the job.
+    for p in [&paths.meta, &paths.meta.with_extension("meta.deleted")] {
+        if p.exists() {
+            fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Complete snapshots (with their metadata file) in a tablet's snapshots directory.

@@ -313,7 +313,14 @@ impl BackupWriter {
         }
         let small = chunker.await.map_err(|e| Error::Task(e.to_string()))?;
         result?;
-        match small? {
+        let small = small?;
+        if let Some(data) = &small {
+            s.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+            s.progress
+                .bytes_read
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        match small {
             Some(data) if !data.is_empty() => self.add_small(rel_path, meta, data).await,
             Some(_) => self.push_file_entry(rel_path, meta, 0, vec![]).await,
             None => self.push_file_entry(rel_path, meta, size, refs).await,

@@ -44,7 +44,7 @@ pub use manifest::{
 };
 pub use reader::{restore_backup, restore_backup_with, RestoreOptions, RestoreStats};
 pub use repo::{InitOptions, Repository};
-pub use store::{open_store, open_store_with_options};
+pub use store::{open_store, open_store_with_options, with_layers, StoreLayers};
 pub use verify::{verify, verify_backups, Damage, Problem, VerifyOptions, VerifyReport};
 pub use writer::{
     commit_backup, BackupWriter, FileMeta, PartSummary, Progress, WriteStats, WriterOptions,

@@ -15,6 +15,28 @@ use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 
 use crate::error::{Error, Result};
+use crate::layers::{Rate, RateLimitStore, RetryConfig, RetryStore};
+
+/// The layers every real repository store should have.
+#[derive(Clone, Debug, Default)]
+pub struct StoreLayers {
+    /// Retry transient failures (recommended for every backend).
+    pub retry: Option<RetryConfig>,
+    /// Byte-rate budget shared with whoever changes it at run time (0 = unlimited).
+    pub rate: Option<Rate>,
+}
+
+/// Wraps `store` as `Retry(RateLimit(store))`: every retried attempt is paced too.
+pub fn with_layers(store: Arc<dyn ObjectStore>, layers: StoreLayers) -> Arc<dyn ObjectStore> {
+    let store: Arc<dyn ObjectStore> = match layers.rate {
+        Some(rate) => Arc::new(RateLimitStore::new(store, rate)),
+        None => store,
+    };
+    match layers.retry {
+        Some(config) => Arc::new(RetryStore::new(store, config)),
+        None => store,
+    }
+}
 
 /// Opens the store for `url` with settings from the environment.
 pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>> {
@@ -109,6 +131,19 @@ mod tests {
             Err(Error::InvalidUrl { .. }) | Err(Error::Io { .. })
         ));
         assert!(open_store("memory://").is_ok());
+    }
+
+    #[test]
+    fn layers_stack_in_order() {
+        let rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let s = with_layers(
+            open_store("memory://").unwrap(),
+            StoreLayers {
+                retry: Some(RetryConfig::default()),
+                rate: Some(rate),
+            },
+        );
+        assert!(s.to_string().starts_with("Retry(RateLimit("), "{s}");
     }
 
     #[test]

@@ -703,3 +703,152 @@ pub async fn uncommitted_backup_is_invisible(store: Arc<dyn ObjectStore>) {
         random_bytes(2 << 20, 8)
     );
 }
+
+// ---------------------------------------------------------------- 503 proxy
+
+/// An HTTP proxy in front of moto that answers `503 SlowDown` to a share of requests,
+/// as a throttling S3 endpoint does. One request per connection (it forces
+/// `Connection: close`), which keeps it small and exact.
+pub struct SlowDownProxy {
+    pub endpoint: String,
+    port: u16,
+    injected: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowDownProxy {
+    pub fn start(upstream: &Moto, failure_rate: f64) -> SlowDownProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let injected = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (inj, st, up) = (injected.clone(), stop.clone(), upstream.port);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let inj = inj.clone();
+                std::thread::spawn(move || {
+                    let _ = proxy_one(conn, up, failure_rate, &inj);
+                });
+            }
+        });
+        SlowDownProxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            injected,
+            stop,
+        }
+    }
+
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Opens `s3://bucket/prefix` through the proxy (the bucket must exist).
+    pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        open_store_with_options(
+            &format!("s3://{bucket}/throttled"),
+            [
+                ("aws_endpoint", self.endpoint.as_str()),
+                ("aws_access_key_id", "testing"),
+                ("aws_secret_access_key", "testing"),
+                ("aws_region", "us-east-1"),
+            ],
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for SlowDownProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wake the accept loop
+    }
+}
+
+fn proxy_one(
+    mut client: TcpStream,
+    upstream_port: u16,
+    failure_rate: f64,
+    injected: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = std::io::BufReader::new(client.try_clone()?);
+    let mut head_lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head_lines.push(line);
+    }
+    let header = |name: &str| {
+        head_lines.iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    assert!(
+        header("transfer-encoding").is_none(),
+        "proxy does not support chunked requests"
+    );
+    let len: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let is_head = head_lines[0].starts_with("HEAD ");
+
+    if rand::random::<f64>() < failure_rate {
+        injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+                   <Message>Please reduce your request rate.</Message></Error>";
+        let body = if is_head { "" } else { xml };
+        write!(
+            client,
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+
+    let mut up = TcpStream::connect(("127.0.0.1", upstream_port))?;
+    up.set_read_timeout(Some(Duration::from_secs(30)))?;
+    for l in &head_lines {
+        if !l.to_ascii_lowercase().starts_with("connection:") {
+            up.write_all(l.as_bytes())?;
+        }
+    }
+    up.write_all(b"Connection: close\r\n\r\n")?;
+    up.write_all(&body)?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp)?;
+    // Re-issue the response with `Connection: close` so the client does not reuse the socket.
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("complete response head")
+        + 2;
+    let head = String::from_utf8_lossy(&resp[..split]);
+    let mut out = String::new();
+    for l in head.split("\r\n").filter(|l| !l.is_empty()) {
+        if !l.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n");
+    client.write_all(out.as_bytes())?;
+    client.write_all(&resp[split..])?;
+    client.flush()
+}

@@ -1,0 +1,13 @@
+//! Behaviour added to an object store by wrapping it, the object_store way (`throttle.rs`,
+//! `limit.rs`): retries, bandwidth limits, and fault injection for tests. Each layer is an
+//! `ObjectStore` around an `Arc<dyn ObjectStore>`, so they stack in any order.
+//!
+//! Layers must never change what a successful call returns; they only delay, repeat or fail.
+
+pub mod faults;
+pub mod ratelimit;
+pub mod retry;
+
+pub use faults::{FaultConfig, FaultStore};
+pub use ratelimit::{Rate, RateLimitStore};
+pub use retry::{RetryConfig, RetryStore};

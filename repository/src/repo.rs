@@ -1,0 +1,374 @@
+//! `Repository`: an opened repository — the store, the unlocked keys, and the verified object
+//! I/O every other module goes through (chunks, pages, ROOTs, `snapfleet-repo.json`).
+//!
+//! It must never return bytes that did not authenticate and hash to their id, never write a
+//! chunk under a name that is not the keyed hash of its content, and never rewrite data when
+//! keys change (key slots wrap the master key; data is encrypted under keys derived from it).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::chunk::{open_chunk, seal_chunk};
+use crate::chunker::ChunkerParams;
+use crate::crypto::{Keys, MasterKey, MIN_OBJECT_LEN};
+use crate::error::{Error, Result};
+use crate::format::{KdfParams, KeyInfo, KeySlot, RepoConfig, CONFIG_KEY};
+use crate::ids::{BackupId, ChunkId, KeyId};
+use crate::layers::RetryConfig;
+use crate::manifest::{root_key, Root};
+
+/// Settings for a new repository.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub chunker: ChunkerParams,
+}
+
+/// An opened (unlocked) repository. Share it as `Arc<Repository>`.
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    config: RepoConfig,
+    key_id: KeyId,
+    master: MasterKey,
+    keys: Keys,
+    /// Chunk ids known to exist, with their stored size: the writer's dedup cache.
+    known: Mutex<HashMap<ChunkId, u64>>,
+    /// Re-reads an object whose body failed mid-transfer (the retry layer covers requests).
+    body_retry: RetryConfig,
+    body_retries: AtomicU64,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("store", &self.store.to_string())
+            .field("repo_id", &self.config.repo_id)
+            .finish()
+    }
+}
+
+fn path(key: &str) -> Path {
+    Path::from(key)
+}
+
+impl Repository {
+    /// Creates a repository in an empty location, with one key slot for `passphrase`.
+    pub async fn init(
+        store: Arc<dyn ObjectStore>,
+        passphrase: &[u8],
+        opts: InitOptions,
+    ) -> Result<Self> {
+        match store.head(&path(CONFIG_KEY)).await {
+            Ok(_) => {
+                return Err(Error::AlreadyInitialized {
+                    location: store.to_string(),
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::store("head", CONFIG_KEY, e)),
+        }
+        let master = MasterKey::generate();
+        let pass = passphrase.to_vec();
+        let m = master.clone();
+        let config =
+            tokio::task::spawn_blocking(move || RepoConfig::new(&m, &pass, opts.kdf, opts.chunker))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+        store
+            .put(&path(CONFIG_KEY), PutPayload::from(config.to_json()))
+            .await
+            .map_err(|e| Error::store("put", CONFIG_KEY, e))?;
+        let key_id = config.keys[0].id.clone();
+        tracing::info!(repo_id = %config.repo_id, store = %store, "initialised repository");
+        Ok(Self::from_parts(store, config, key_id, master))
+    }
+
+    /// Opens an existing repository; `Error::WrongPassphrase` when no key slot opens.
+    pub async fn open(store: Arc<dyn ObjectStore>, passphrase: &[u8]) -> Result<Self> {
+        let config = Self::load_config(&store).await?;
+        let pass = passphrase.to_vec();
+        let c = config.clone();
+        let (key_id, master) = tokio::task::spawn_blocking(move || c.unlock(&pass))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(Self::from_parts(store, config, key_id, master))
+    }
+
+    fn from_parts(
+        store: Arc<dyn ObjectStore>,
+        config: RepoConfig,
+        key_id: KeyId,
+        master: MasterKey,
+    ) -> Self {
+        Repository {
+            store,
+            keys: Keys::derive(&master),
+            config,
+            key_id,
+            master,
+            known: Mutex::new(HashMap::new()),
+            body_retry: RetryConfig::default(),
+            body_retries: AtomicU64::new(0),
+        }
+    }
+
+    async fn load_config(store: &Arc<dyn ObjectStore>) -> Result<RepoConfig> {
+        let bytes = match store.get(&path(CONFIG_KEY)).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| Error::store("get", CONFIG_KEY, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::NotARepository {
+                    location: store.to_string(),
+                })
+            }
+            Err(e) => return Err(Error::store("get", CONFIG_KEY, e)),
+        };
+        RepoConfig::parse(&bytes)
+    }
+
+    /// The parsed `snapfleet-repo.json` (as of open or the last key change).
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The key slot this handle was opened with.
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Adds a key slot for `new_passphrase`; data is not touched.
+    pub async fn add_key(&mut self, new_passphrase: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        let mut config = Self::load_config(&self.store).await?;
+        let (repo_id, master, pass) = (
+            config.repo_id.clone(),
+            self.master.clone(),
+            new_passphrase.to_vec(),
+        );
+        let slot =
+            tokio::task::spawn_blocking(move || KeySlot::create(&repo_id, &master, &pass, kdf))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+        let id = slot.id.clone();
+        config.keys.push(slot);
+        self.save_config(config).await?;
+        Ok(id)
+    }
+
+    /// The key slots (no key material).
+    pub fn list_keys(&self) -> Vec<KeyInfo> {
+        self.config.keys.iter().map(KeySlot::info).collect()
+    }
+
+    /// Removes a key slot; refuses to remove the last one.
+    pub async fn remove_key(&mut self, id: &KeyId) -> Result<()> {
+        let mut config = Self::load_config(&self.store).await?;
+        let before = config.keys.len();
+        if !config.keys.iter().any(|k| &k.id == id) {
+            return Err(Error::KeyNotFound { id: id.to_string() });
+        }
+        if before == 1 {
+            return Err(Error::LastKey { id: id.to_string() });
+        }
+        config.keys.retain(|k| &k.id != id);
+        self.save_config(config).await
+    }
+
+    async fn save_config(&mut self, config: RepoConfig) -> Result<()> {
+        self.store
+            .put(&path(CONFIG_KEY), PutPayload::from(config.to_json()))
+            .await
+            .map_err(|e| Error::store("put", CONFIG_KEY, e))?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Reads a whole object, retrying a body that fails mid-transfer.
+    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Bytes> {
+        let p = path(key);
+        self.body_retry
+            .run("get", &self.body_retries, || async {
+                self.store.get(&p).await?.bytes().await
+            })
+            .await
+            .map_err(|e| Error::store("get", key, e))
+    }
+
+    pub(crate) async fn put_bytes(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&path(key), PutPayload::from(data))
+            .await
+            .map_err(|e| Error::store("put", key, e))?;
+        Ok(())
+    }
+
+    /// Size of an object, or `None` if it does not exist.
+    pub(crate) async fn head_size(&self, key: &str) -> Result<Option<u64>> {
+        match self.store.head(&path(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::store("head", key, e)),
+        }
+    }
+
+    /// Whether a chunk is known to exist (cache first, then a HEAD); its stored size if so.
+    /// An object too small to be a sealed chunk counts as absent, so it gets rewritten.
+    pub(crate) async fn chunk_exists(&self, id: &ChunkId) -> Result<Option<u64>> {
+        if let Some(size) = self.known.lock().expect("cache lock").get(id) {
+            return Ok(Some(*size));
+        }
+        match self.head_size(&id.object_key()).await? {
+            Some(size) if size >= MIN_OBJECT_LEN as u64 => {
+                self.remember_chunk(*id, size);
+                Ok(Some(size))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) fn remember_chunk(&self, id: ChunkId, stored: u64) {
+        self.known.lock().expect("cache lock").insert(id, stored);
+    }
+
+    /// Seals and uploads a chunk (no existence check); returns its stored size.
+    pub(crate) async fn upload_chunk(
+        &self,
+        id: ChunkId,
+        data: Vec<u8>,
+        zstd_level: i32,
+    ) -> Result<u64> {
+        let keys = self.keys.clone();
+        let sealed = tokio::task::spawn_blocking(move || seal_chunk(&keys, &id, &data, zstd_level))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        let n = sealed.len() as u64;
+        self.put_bytes(&id.object_key(), sealed).await?;
+        self.remember_chunk(id, n);
+        Ok(n)
+    }
+
+    /// Downloads a chunk and checks it (decrypt, decompress, re-hash).
+    pub async fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let object = self.get_bytes(&id.object_key()).await?;
+        let keys = self.keys.clone();
+        let id = *id;
+        tokio::task::spawn_blocking(move || open_chunk(&keys, &id, &object))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// Committed backups (those with a ROOT), sorted by id.
+    pub async fn list_backups(&self) -> Result<Vec<BackupId>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&path("backups")))
+            .await
+            .map_err(|e| Error::store("list", "backups/", e))?;
+        let candidates: Vec<BackupId> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|n| BackupId::new(n).ok()))
+            .collect();
+        let mut committed: Vec<BackupId> =
+            futures::stream::iter(candidates)
+                .map(|id| async move {
+                    Ok::<_, Error>(self.head_size(&root_key(&id)).await?.map(|_| id))
+                })
+                .buffer_unordered(16)
+                .try_filter_map(|x| async move { Ok(x) })
+                .try_collect()
+                .await?;
+        committed.sort();
+        Ok(committed)
+    }
+
+    /// Reads and authenticates a backup's ROOT.
+    pub async fn read_root(&self, id: &BackupId) -> Result<Root> {
+        let key = root_key(id);
+        let bytes = match self.get_bytes(&key).await {
+            Err(Error::MissingObject { .. }) => {
+                return Err(Error::BackupNotFound { id: id.to_string() })
+            }
+            r => r?,
+        };
+        Root::open(&self.keys, id, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn opts() -> InitOptions {
+        InitOptions {
+            kdf: KdfParams::minimum(),
+            chunker: ChunkerParams::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn init_open_and_key_management() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut repo = Repository::init(store.clone(), b"one", opts())
+            .await
+            .unwrap();
+        assert!(matches!(
+            Repository::init(store.clone(), b"x", opts()).await,
+            Err(Error::AlreadyInitialized { .. })
+        ));
+        let first = repo.key_id().clone();
+        let data = b"some chunk".to_vec();
+        let id = repo.keys().chunk_id(&data);
+        repo.upload_chunk(id, data.clone(), 3).await.unwrap();
+
+        let second = repo.add_key(b"two", KdfParams::minimum()).await.unwrap();
+        assert_eq!(repo.list_keys().len(), 2);
+        let other = Repository::open(store.clone(), b"two").await.unwrap();
+        assert_eq!(other.key_id(), &second);
+        assert_eq!(
+            other.read_chunk(&id).await.unwrap(),
+            data,
+            "new key reads old data"
+        );
+
+        repo.remove_key(&first).await.unwrap();
+        assert!(matches!(
+            Repository::open(store.clone(), b"one").await,
+            Err(Error::WrongPassphrase)
+        ));
+        let mut r2 = Repository::open(store.clone(), b"two").await.unwrap();
+        assert!(matches!(
+            r2.remove_key(&second).await,
+            Err(Error::LastKey { .. })
+        ));
+        assert!(matches!(
+            r2.remove_key(&KeyId("k-nope".into())).await,
+            Err(Error::KeyNotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn open_of_an_empty_location_says_so() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        assert!(matches!(
+            Repository::open(store, b"x").await,
+            Err(Error::NotARepository { .. })
+        ));
+    }
+}

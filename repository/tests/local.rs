@@ -1,0 +1,184 @@
+//! Repository scenarios against a local directory (`file://`), plus multi-writer and
+//! default-chunker cases that need no network.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use snapfleet_repository::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roundtrip_and_incremental() {
+    let dir = tempfile::tempdir().unwrap();
+    common::roundtrip_and_incremental(local_store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    damaged_chunk(local_store(dir.path()), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    damaged_chunk(local_store(dir.path()), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passphrase_and_unknown_format() {
+    let dir = tempfile::tempdir().unwrap();
+    common::wrong_passphrase_and_unknown_format(local_store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    missing_chunk_is_reported(local_store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    unsafe_paths_are_refused(local_store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults() {
+    let dir = tempfile::tempdir().unwrap();
+    survives_faults(local_store(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncommitted_invisible() {
+    let dir = tempfile::tempdir().unwrap();
+    uncommitted_backup_is_invisible(local_store(dir.path())).await;
+}
+
+/// Two writers (as two agents would) write parts of one backup concurrently; a third party
+/// commits both parts; restore sees the union.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_one_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let repo_a = new_repo(store.clone()).await;
+    let repo_b = Arc::new(Repository::open(store.clone(), PASS).await.unwrap());
+    let id = BackupId::new("b-multi").unwrap();
+    let src_a = dir.path().join("a");
+    let src_b = dir.path().join("b");
+    for (d, seed) in [(&src_a, 10), (&src_b, 20)] {
+        std::fs::create_dir_all(d.join("node")).unwrap();
+        std::fs::write(
+            d.join("node").join(format!("tablet-{seed}.sst")),
+            random_bytes(3 << 20, seed),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("node").join(format!("meta-{seed}")),
+            text_bytes(1000, seed),
+        )
+        .unwrap();
+    }
+    let opts = |p: &str| WriterOptions {
+        part: Some(p.into()),
+        ..Default::default()
+    };
+    let wa = writer::BackupWriter::with_options(repo_a.clone(), id.clone(), opts("n1"))
+        .await
+        .unwrap();
+    let wb = writer::BackupWriter::with_options(repo_b.clone(), id.clone(), opts("n2"))
+        .await
+        .unwrap();
+    let (pa, pb) = tokio::join!(
+        async {
+            wa.put_dir(&src_a).await.unwrap();
+            wa.finish().await.unwrap()
+        },
+        async {
+            wb.put_dir(&src_b).await.unwrap();
+            wb.finish().await.unwrap()
+        }
+    );
+    let root = commit_backup(
+        &repo_a,
+        &id,
+        serde_json::json!({"catalog": "x"}),
+        vec![pa, pb],
+    )
+    .await
+    .unwrap();
+    assert_eq!(root.stats.files, 4);
+    let out = dir.path().join("out");
+    restore_backup(&repo_b, &id, &out).await.unwrap();
+    for d in [&src_a, &src_b] {
+        for e in std::fs::read_dir(d.join("node")).unwrap() {
+            let p = e.unwrap().path();
+            let restored = out.join("node").join(p.file_name().unwrap());
+            assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(restored).unwrap());
+        }
+    }
+    assert!(matches!(
+        BackupWriter::new(repo_a.clone(), id.clone()).await,
+        Err(Error::BackupExists { .. })
+    ));
+}
+
+/// The default chunker (1 MiB average) and compression off still round-trip, and a
+/// 5% change of a large file stays cheap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_chunker_no_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let repo = Arc::new(
+        Repository::init(
+            store,
+            PASS,
+            InitOptions {
+                kdf: KdfParams::minimum(),
+                chunker: ChunkerParams::default(),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut big = random_bytes(40 << 20, 42);
+    std::fs::write(src.join("tablet.sst"), &big).unwrap();
+    std::fs::write(src.join("log.txt"), text_bytes(3 << 20, 7)).unwrap();
+    let opts = WriterOptions {
+        compression_level: 0,
+        ..Default::default()
+    };
+    let w = BackupWriter::with_options(repo.clone(), BackupId::new("d1").unwrap(), opts.clone())
+        .await
+        .unwrap();
+    w.put_dir(&src).await.unwrap();
+    let (_, s1) = w.commit(serde_json::Value::Null).await.unwrap();
+    assert!(
+        s1.backup.bytes_uploaded > s1.backup.bytes,
+        "no compression: stored ≥ logical"
+    );
+    let n = big.len() / 20;
+    big[1000..1000 + n].copy_from_slice(&random_bytes(n, 43));
+    std::fs::write(src.join("tablet.sst"), &big).unwrap();
+    let w = BackupWriter::with_options(repo.clone(), BackupId::new("d2").unwrap(), opts)
+        .await
+        .unwrap();
+    let progress = w.progress();
+    w.put_dir(&src).await.unwrap();
+    let (_, s2) = w.commit(serde_json::Value::Null).await.unwrap();
+    assert_eq!(
+        progress
+            .bytes_read
+            .load(std::sync::atomic::Ordering::Relaxed),
+        s2.bytes_read
+    );
+    assert!(s2.backup.bytes_uploaded * 5 < s2.backup.bytes, "{s2:?}");
+    let out = dir.path().join("out");
+    restore_backup(&repo, &BackupId::new("d2").unwrap(), &out)
+        .await
+        .unwrap();
+    assert_same_tree(&src, &out);
+}

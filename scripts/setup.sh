@@ -22,6 +22,13 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The repository tests run against a real S3-compatible server: moto's, from PyPI.
+if ! python3 -c "import moto.server, flask" >/dev/null 2>&1; then
+  command -v pip3 >/dev/null 2>&1 || python3 -m ensurepip >/dev/null 2>&1 || true
+  echo "setup: installing moto[server] (S3-compatible test server)" >&2
+  python3 -m pip install -q 'moto[server]' >/dev/null
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install Rust with rustup (https://rustup.rs) and run again" >&2
   exit 1

@@ -148,6 +148,35 @@ impl NodeState {
     }
 }
 
+impl NodeState {
+    /// Shared end of restore imports and clones: a tablet already hosted is left as it is
+    /// (idempotent); otherwise `stage` prepares a directory on the blocking pool, it is
+    /// imported hiding versions newer than `restore_ht`, and the tablet starts serving.
+    async fn import_staged(
+        self: Arc<Self>,
+        meta: pb::TabletMeta,
+        restore_ht: HybridTime,
+        span: tracing::Span,
+        stage: impl FnOnce(&NodeState) -> Result<PathBuf> + Send + 'static,
+    ) -> Result<HybridTime> {
+        let id = meta.tablet_id.clone();
+        if self.tablet(&id).is_err() {
+            let st = self.clone();
+            let t = blocking(move || {
+                let staged = stage(&st)?;
+                Tablet::import(&st.data_dir, meta, &staged, restore_ht, st.policy.clone())
+            })
+            .instrument(span)
+            .await?;
+            self.tablets
+                .write()
+                .expect("tablets lock")
+                .insert(id, Arc::new(t));
+        }
+        Ok(self.hlc.now())
+    }
+}
+
 /// `<data>/*/table-*/tablet-*.meta`
 fn find_tablet_metas(data_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -511,32 +540,15 @@ impl TabletServer for TabletService {
                 staging_root.display()
             )));
         }
+        let restore_ht = HybridTime(req.restore_ht);
         let span = info_span!("import_tablet", tablet = %meta.tablet_id);
-        let st = self.state.clone();
-        let id = meta.tablet_id.clone();
-        if st.tablet(&id).is_ok() {
-            return Ok(Response::new(pb::ImportTabletResponse {
-                hybrid_time: st.hlc.now().0,
-            }));
-        }
-        let st2 = st.clone();
-        let t = blocking(move || {
-            Tablet::import(
-                &st2.data_dir,
-                meta,
-                &staged,
-                HybridTime(req.restore_ht),
-                st2.policy.clone(),
-            )
-        })
-        .instrument(span)
-        .await?;
-        st.tablets
-            .write()
-            .expect("tablets lock")
-            .insert(id, Arc::new(t));
+        let ht = self
+            .state
+            .clone()
+            .import_staged(meta, restore_ht, span, move |_| Ok(staged))
+            .await?;
         Ok(Response::new(pb::ImportTabletResponse {
-            hybrid_time: st.hlc.now().0,
+            hybrid_time: ht.0,
         }))
     }
 
@@ -548,67 +560,54 @@ impl TabletServer for TabletService {
         types::check_id("snapshot", &req.snapshot_id)?;
         types::check_id("tablet", &req.source_tablet_id)?;
         let meta = req_meta(req.meta)?;
-        let st = self.state.clone();
-        let id = meta.tablet_id.clone();
-        if st.tablet(&id).is_ok() {
-            return Ok(Response::new(pb::ImportTabletResponse {
-                hybrid_time: st.hlc.now().0,
-            }));
-        }
-        let span = info_span!("clone_tablet", source = %req.source_tablet_id, tablet = %id);
-        let st2 = st.clone();
-        let t = blocking(move || {
-            let suffix = format!("tablet-{}.snapshots", req.source_tablet_id);
-            let src = find_snapshot_dirs(&st2.data_dir, &req.snapshot_id)
-                .into_iter()
-                .find(|d| {
-                    d.parent()
-                        .and_then(|p| p.file_name())
-                        .is_some_and(|n| n == suffix.as_str())
-                })
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "snapshot {} of tablet {} on node {}",
-                        req.snapshot_id, req.source_tablet_id, st2.node_id
-                    ))
-                })?;
-            let staged = st2
-                .data_dir
-                .join("staging")
-                .join(format!("clone-{}", meta.tablet_id));
-            if staged.exists() {
-                std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
-            }
-            std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
-            for e in std::fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
-                let e = e.map_err(|e| Error::io(&src, e))?;
-                let to = staged.join(e.file_name());
-                // Immutable SSTs are shared as hard links (O(1) in data size); the small
-                // mutable files (MANIFEST, CURRENT, OPTIONS, metadata) are copied.
-                let is_sst = e.path().extension().is_some_and(|x| x == "sst");
-                let r = if is_sst {
-                    std::fs::hard_link(e.path(), &to)
-                } else {
-                    std::fs::copy(e.path(), &to).map(|_| ())
-                };
-                r.map_err(|err| Error::io(e.path(), err))?;
-            }
-            Tablet::import(
-                &st2.data_dir,
-                meta,
-                &staged,
-                HybridTime(req.restore_ht),
-                st2.policy.clone(),
-            )
-        })
-        .instrument(span)
-        .await?;
-        st.tablets
-            .write()
-            .expect("tablets lock")
-            .insert(id, Arc::new(t));
+        let restore_ht = HybridTime(req.restore_ht);
+        let span =
+            info_span!("clone_tablet", source = %req.source_tablet_id, tablet = %meta.tablet_id);
+        let tablet_id = meta.tablet_id.clone();
+        let ht = self
+            .state
+            .clone()
+            .import_staged(meta, restore_ht, span, move |st: &NodeState| {
+                let suffix = format!("tablet-{}.snapshots", req.source_tablet_id);
+                let src = find_snapshot_dirs(&st.data_dir, &req.snapshot_id)
+                    .into_iter()
+                    .find(|d| {
+                        d.parent()
+                            .and_then(|p| p.file_name())
+                            .is_some_and(|n| n == suffix.as_str())
+                    })
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "snapshot {} of tablet {} on node {}",
+                            req.snapshot_id, req.source_tablet_id, st.node_id
+                        ))
+                    })?;
+                let staged = st
+                    .data_dir
+                    .join("staging")
+                    .join(format!("clone-{tablet_id}"));
+                if staged.exists() {
+                    std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+                }
+                std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+                for e in std::fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
+                    let e = e.map_err(|e| Error::io(&src, e))?;
+                    let to = staged.join(e.file_name());
+                    // Immutable SSTs are shared as hard links (O(1) in data size); the small
+                    // mutable files (MANIFEST, CURRENT, OPTIONS, metadata) are copied.
+                    let is_sst = e.path().extension().is_some_and(|x| x == "sst");
+                    let r = if is_sst {
+                        std::fs::hard_link(e.path(), &to)
+                    } else {
+                        std::fs::copy(e.path(), &to).map(|_| ())
+                    };
+                    r.map_err(|err| Error::io(e.path(), err))?;
+                }
+                Ok(staged)
+            })
+            .await?;
         Ok(Response::new(pb::ImportTabletResponse {
-            hybrid_time: st.hlc.now().0,
+            hybrid_time: ht.0,
         }))
     }
 

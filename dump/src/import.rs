@@ -9,6 +9,7 @@
 //! half-changed. Statements that are not data or schema (functions, grants, owners,
 //! sequences, indexes…) are skipped and listed as warnings; every error names its line.
 
+use crate::quote;
 use crate::script::{Item, ScriptReader};
 use crate::{Error, Result};
 use snapfleet_tabletdb::client::TableRoute;
@@ -205,32 +206,6 @@ struct Target {
     line: usize,
     route: Option<TableRoute>,
     rows: u64,
-}
-
-/// Undoes COPY text escaping; `\N` is NULL.
-fn copy_field(f: &str) -> Option<String> {
-    if f == "\\N" {
-        return None;
-    }
-    let mut out = String::with_capacity(f.len());
-    let mut it = f.chars();
-    while let Some(c) = it.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match it.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('b') => out.push('\u{8}'),
-            Some('f') => out.push('\u{c}'),
-            Some('v') => out.push('\u{b}'),
-            Some(o) => out.push(o),
-            None => {}
-        }
-    }
-    Some(out)
 }
 
 /// Imports `opts.file` into database `opts.db` (created if missing).
@@ -560,7 +535,7 @@ async fn load(
                 let mut vals = vec![pb::Value::default(); schema.columns.len()];
                 for (f, &ci) in fields.iter().zip(cols) {
                     let c = &schema.columns[ci];
-                    if let Some(s) = copy_field(f) {
+                    if let Some(s) = quote::unescape_copy_field(f) {
                         let t = DataType::try_from(c.data_type).unwrap_or_default();
                         vals[ci] = types::parse_value(t, &s).map_err(|e| {
                             script_err(line, &text, format!("column {:?}: {e}", c.name))
@@ -687,7 +662,10 @@ mod tests {
             Some(("t".into(), vec!["a".into(), "B".into()]))
         );
         assert_eq!(parse_copy("COPY t FROM stdin WITH (FORMAT csv)"), None);
-        assert_eq!(copy_field("a\\tb\\\\c"), Some("a\tb\\c".into()));
-        assert_eq!(copy_field("\\N"), None);
+        assert_eq!(
+            quote::unescape_copy_field("a\\tb\\\\c"),
+            Some("a\tb\\c".into())
+        );
+        assert_eq!(quote::unescape_copy_field("\\N"), None);
     }
 }

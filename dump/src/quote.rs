@@ -66,6 +66,32 @@ pub fn copy_field(t: DataType, v: &pb::Value, out: &mut String) {
     }
 }
 
+/// Undoes COPY text escaping (the inverse of [`copy_field`]); `\N` is NULL.
+pub fn unescape_copy_field(f: &str) -> Option<String> {
+    if f == "\\N" {
+        return None;
+    }
+    let mut out = String::with_capacity(f.len());
+    let mut it = f.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(o) => out.push(o),
+            None => {}
+        }
+    }
+    Some(out)
+}
+
 /// A single-quoted string literal (standard conforming strings: only `'` is doubled).
 pub fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

@@ -189,7 +189,11 @@ impl PgServer {
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()
-            .map(|l| l.split('\t').map(unescape_copy).collect())
+            .map(|l| {
+                l.split('\t')
+                    .map(snapfleet_dump::quote::unescape_copy_field)
+                    .collect()
+            })
             .collect()
     }
 
@@ -200,33 +204,6 @@ impl PgServer {
     pub fn runs_as_postgres(&self) -> bool {
         self.ids.is_some()
     }
-}
-
-/// Undoes COPY text escaping; `\N` is NULL.
-pub fn unescape_copy(f: &str) -> Option<String> {
-    if f == "\\N" {
-        return None;
-    }
-    let mut out = String::with_capacity(f.len());
-    let mut it = f.chars();
-    while let Some(c) = it.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match it.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('\\') => out.push('\\'),
-            Some(o) => {
-                out.push('\\');
-                out.push(o);
-            }
-            None => out.push('\\'),
-        }
-    }
-    Some(out)
 }
 
 impl Drop for PgServer {

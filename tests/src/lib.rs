@@ -6,6 +6,7 @@
 pub mod pg;
 
 use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
+use snapfleet_tabletdb::workload;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -79,5 +80,82 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The consistency workload running in the background of a test: one writer appending
+/// counter keys to `db` and logging each key's hybrid time to `log`.
+pub struct CounterWriter {
+    pub log: PathBuf,
+    progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<snapfleet_tabletdb::Result<workload::CounterReport>>,
+}
+
+impl CounterWriter {
+    pub fn start(
+        client: std::sync::Arc<snapfleet_tabletdb::Client>,
+        db: &str,
+        tablets: u32,
+        log: PathBuf,
+    ) -> Self {
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let opts = workload::CounterOptions {
+            db: db.into(),
+            tablets,
+            keys: None,
+            duration: None,
+            rate: None,
+            log: log.clone(),
+        };
+        let p = progress.clone();
+        let task = tokio::spawn(async move {
+            workload::run_counter(
+                &client,
+                opts,
+                async {
+                    let _ = stop_rx.await;
+                },
+                &p,
+            )
+            .await
+        });
+        Self {
+            log,
+            progress,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Keys acknowledged so far.
+    pub fn keys(&self) -> u64 {
+        self.progress.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (60 s at most) until at least `n` keys are acknowledged.
+    pub async fn wait_for_keys(&self, n: u64) {
+        let p = self.progress.clone();
+        eventually(
+            Duration::from_secs(60),
+            &format!("{n} counter keys"),
+            || {
+                let p = p.clone();
+                async move { (p.load(std::sync::atomic::Ordering::Relaxed) >= n).then_some(()) }
+            },
+        )
+        .await
+    }
+
+    /// Stops the writer and returns what it wrote.
+    pub async fn stop(mut self) -> workload::CounterReport {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task)
+            .await
+            .expect("counter task")
+            .expect("counter writer")
     }
 }

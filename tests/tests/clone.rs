@@ -1,12 +1,10 @@
 //! Instant clone: a consistent copy at T made of hard links, independent afterwards.
 
 use snapfleet_tabletdb::pb::{self, value::Kind};
-use snapfleet_tabletdb::{sql, verify, workload, HybridTime};
-use snapfleet_tests::{eventually, snapfleet_bin, TestCluster};
+use snapfleet_tabletdb::{sql, verify, HybridTime};
+use snapfleet_tests::{snapfleet_bin, CounterWriter, TestCluster};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 fn row(k: i64, v: &str) -> pb::Row {
     pb::Row {
@@ -52,41 +50,11 @@ async fn clone_at_t_is_consistent_shares_files_and_is_independent() {
 
     // Counter writes run while the clone is made at a time T in the past.
     let log = c.dir.path().join("counter.log");
-    let progress = Arc::new(AtomicU64::new(0));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let writer = {
-        let (client, log, progress) = (client.clone(), log.clone(), progress.clone());
-        tokio::spawn(async move {
-            workload::run_counter(
-                &client,
-                workload::CounterOptions {
-                    db: "src".into(),
-                    tablets: 6,
-                    keys: None,
-                    duration: None,
-                    rate: None,
-                    log,
-                },
-                async {
-                    let _ = stop_rx.await;
-                },
-                &progress,
-            )
-            .await
-        })
-    };
-    eventually(Duration::from_secs(60), "counter keys", || {
-        let p = progress.clone();
-        async move { (p.load(Ordering::Relaxed) >= 200).then_some(()) }
-    })
-    .await;
+    let writer = CounterWriter::start(client.clone(), "src", 6, log.clone());
+    writer.wait_for_keys(200).await;
     let t = client.now().await.unwrap();
-    let before = progress.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(60), "keys after T", || {
-        let p = progress.clone();
-        async move { (p.load(Ordering::Relaxed) >= before + 200).then_some(()) }
-    })
-    .await;
+    let before = writer.keys();
+    writer.wait_for_keys(before + 200).await;
     let out = std::process::Command::new(snapfleet_bin())
         .args([
             "--json",
@@ -109,8 +77,7 @@ async fn clone_at_t_is_consistent_shares_files_and_is_independent() {
     );
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["tables"], 2, "{rep}");
-    stop_tx.send(()).unwrap();
-    writer.await.unwrap().unwrap();
+    writer.stop().await;
     client.refresh().await.unwrap();
 
     // The clone holds exactly the counter keys written at or before T.
@@ -248,43 +215,12 @@ async fn pitr_in_place_restores_exactly_t_and_keeps_serving() {
         .await
         .unwrap();
     let log = c.dir.path().join("counter.log");
-    let progress = Arc::new(AtomicU64::new(0));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let writer = {
-        let (client, log, progress) = (client.clone(), log.clone(), progress.clone());
-        tokio::spawn(async move {
-            workload::run_counter(
-                &client,
-                workload::CounterOptions {
-                    db: "p".into(),
-                    tablets: 4,
-                    keys: None,
-                    duration: None,
-                    rate: None,
-                    log,
-                },
-                async {
-                    let _ = stop_rx.await;
-                },
-                &progress,
-            )
-            .await
-        })
-    };
-    eventually(Duration::from_secs(60), "counter keys", || {
-        let p = progress.clone();
-        async move { (p.load(Ordering::Relaxed) >= 200).then_some(()) }
-    })
-    .await;
+    let writer = CounterWriter::start(client.clone(), "p", 4, log.clone());
+    writer.wait_for_keys(200).await;
     let t = client.now().await.unwrap();
-    let before = progress.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(60), "keys after T", || {
-        let p = progress.clone();
-        async move { (p.load(Ordering::Relaxed) >= before + 200).then_some(()) }
-    })
-    .await;
-    stop_tx.send(()).unwrap();
-    writer.await.unwrap().unwrap();
+    let before = writer.keys();
+    writer.wait_for_keys(before + 200).await;
+    writer.stop().await;
     // Damage after T: overwrite, delete, and a new table.
     client
         .put_rows("p", "kv", vec![row(1, "bad deploy")])

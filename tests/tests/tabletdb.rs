@@ -5,9 +5,9 @@
 use snapfleet_tabletdb::local::LocalOptions;
 use snapfleet_tabletdb::pb::value::Kind;
 use snapfleet_tabletdb::restore::{restore_snapshot, tablet_node, tablet_snapshot_dir};
-use snapfleet_tabletdb::{pb, sql, verify, workload, Client, Error, HybridTime};
-use snapfleet_tests::{eventually, TestCluster};
-use std::sync::atomic::{AtomicU64, Ordering};
+use snapfleet_tabletdb::{pb, sql, verify, Client, Error, HybridTime};
+use snapfleet_tests::{eventually, CounterWriter, TestCluster};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -196,34 +196,8 @@ async fn snapshot_under_counter_load_restores_consistently_into_fewer_nodes() {
 
     // The counter writer runs while the snapshot is taken.
     let log = source.dir.path().join("counter.log");
-    let progress = Arc::new(AtomicU64::new(0));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let writer = {
-        let (client, log, progress) = (client.clone(), log.clone(), progress.clone());
-        tokio::spawn(async move {
-            workload::run_counter(
-                &client,
-                workload::CounterOptions {
-                    db: "shop".into(),
-                    tablets: 6,
-                    keys: None,
-                    duration: None,
-                    rate: None,
-                    log,
-                },
-                async {
-                    let _ = stop_rx.await;
-                },
-                &progress,
-            )
-            .await
-        })
-    };
-    eventually(Duration::from_secs(60), "counter keys", || {
-        let p = progress.clone();
-        async move { (p.load(Ordering::Relaxed) >= 300).then_some(()) }
-    })
-    .await;
+    let writer = CounterWriter::start(client.clone(), "shop", 6, log.clone());
+    writer.wait_for_keys(300).await;
     let snap = client
         .master()
         .create_snapshot(pb::CreateSnapshotRequest {
@@ -233,18 +207,9 @@ async fn snapshot_under_counter_load_restores_consistently_into_fewer_nodes() {
         .await
         .unwrap()
         .into_inner();
-    let at_snapshot = progress.load(Ordering::Relaxed);
-    eventually(
-        Duration::from_secs(60),
-        "counter keys after the snapshot",
-        || {
-            let p = progress.clone();
-            async move { (p.load(Ordering::Relaxed) >= at_snapshot + 200).then_some(()) }
-        },
-    )
-    .await;
-    stop_tx.send(()).unwrap();
-    let written = writer.await.unwrap().unwrap();
+    let at_snapshot = writer.keys();
+    writer.wait_for_keys(at_snapshot + 200).await;
+    let written = writer.stop().await;
     let cut = HybridTime(snap.hybrid_time);
 
     // The source at T is consistent, and holds keys after T too.

@@ -3,9 +3,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use snapfleet_agent::{Passphrase, Repos, TabletdbDrivers};
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
-use snapfleet_coordinator::{run_coordinator, CancellationToken, Config};
+use snapfleet_coordinator::{run_coordinator, CancellationToken, Config, Drivers};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct CoordinatorArgs {
@@ -21,6 +23,18 @@ pub struct CoordinatorArgs {
     /// Raft log, hard state and state machine (sled).
     #[arg(long)]
     data: PathBuf,
+    /// File holding the repository passphrase, for writing backup ROOTs and reading them at
+    /// restore (also: $SNAPFLEET_PASSWORD_FILE, $SNAPFLEET_PASSWORD).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM (systemd stop, kill).
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        crate::db::shutdown_signal().await;
+        token.cancel();
+    });
 }
 
 #[derive(Subcommand)]
@@ -56,12 +70,13 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
         bail!("--peers must include this replica (id {})", a.id);
     }
     let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        t.cancel();
+    cancel_on_signal(token.clone());
+    let mut config = Config::new(a.id, a.listen, peers, a.data);
+    let repos = Repos::new(Passphrase {
+        file: a.password_file,
     });
-    run_coordinator(Config::new(a.id, a.listen, peers, a.data), token)
+    config.drivers = Drivers(vec![TabletdbDrivers::new(Arc::new(repos))]);
+    run_coordinator(config, token)
         .await
         .context("coordinator replica stopped")
 }

@@ -551,29 +551,7 @@ pub async fn create_snapshot(
     at: Option<HybridTime>,
     retries: u32,
 ) -> Result<pb::SnapshotInfo> {
-    let mut attempt = 0;
-    loop {
-        let r = client
-            .master()
-            .create_snapshot(pb::CreateSnapshotRequest {
-                database: db.into(),
-                hybrid_time: at.map(|t| t.0).unwrap_or(0),
-            })
-            .await;
-        match r {
-            Ok(s) => return Ok(s.into_inner()),
-            Err(s) if s.code() == tonic::Code::Aborted && attempt < retries => {
-                attempt += 1;
-                tracing::warn!(attempt, reason = %s.message(), "snapshot aborted by a concurrent change; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-            }
-            Err(s) => bail!(
-                "snapshot of database {db:?} failed after {} attempt(s): {}",
-                attempt + 1,
-                s.message()
-            ),
-        }
-    }
+    Ok(client.create_snapshot(db, at, retries).await?)
 }
 
 async fn snapshot(c: SnapshotCmd, json: bool) -> Result<()> {

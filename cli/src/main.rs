@@ -8,6 +8,7 @@ mod coordinator;
 mod db;
 mod demo;
 mod export;
+mod fleet;
 mod import;
 mod pitr;
 mod util;
@@ -35,6 +36,16 @@ struct Cli {
 enum Cmd {
     /// Run a coordinator replica (Raft-replicated control plane).
     Coordinator(coordinator::CoordinatorArgs),
+    /// Run the agent of one database node: uploads and downloads tablets for jobs.
+    Agent(fleet::AgentArgs),
+    /// Back up databases into a repository; list and describe backups.
+    #[command(subcommand)]
+    Backup(fleet::BackupCmd),
+    /// Restore a backup into a cluster of any size (from the repository alone).
+    Restore(fleet::RestoreArgs),
+    /// Coordinator jobs: list, watch, cancel.
+    #[command(subcommand)]
+    Job(fleet::JobCmd),
     /// The coordinator cluster.
     #[command(subcommand)]
     Cluster(coordinator::ClusterCmd),
@@ -84,6 +95,10 @@ fn main() {
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Coordinator(a) => coordinator::run_replica(a).await,
+            Cmd::Agent(a) => fleet::run_agent_cmd(a).await,
+            Cmd::Backup(c) => fleet::run_backup(c, cli.json).await,
+            Cmd::Restore(a) => fleet::run_restore(a, cli.json).await,
+            Cmd::Job(c) => fleet::run_job(c, cli.json).await,
             Cmd::Cluster(c) => coordinator::run_cluster(c, cli.json).await,
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,

@@ -26,6 +26,40 @@ pub fn parse_time(s: &str, now: HybridTime) -> Result<HybridTime> {
     })
 }
 
+/// `512MiB`, `2GB`, `1.5GiB`, `4096` (bytes).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow!("{s:?} is not a size; use e.g. 512MiB, 2GB, 4096"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => {
+            return Err(anyhow!(
+                "{s:?}: unknown size unit {other:?}; use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB"
+            ))
+        }
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// `200MiB/s` (bytes per second); `0` = unlimited.
+pub fn parse_rate(s: &str) -> Result<u64> {
+    parse_size(s.trim().trim_end_matches("/s"))
+}
+
 /// `1.5 GiB`, `12.0 MiB`, `512 B`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -94,5 +128,10 @@ mod tests {
         );
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_rate("200MiB/s").unwrap(), 200 << 20);
+        assert_eq!(parse_rate("0").unwrap(), 0);
+        assert!(parse_size("12 parsecs").is_err());
     }
 }

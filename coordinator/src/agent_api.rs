@@ -167,7 +167,11 @@ impl AgentService for AgentApi {
                 Response::LeaseRenewed { expires_at } => expires_at.0,
                 _ => 0,
             };
-            Ok(TResponse::new(pb::LeaseResponse { expires_at_ms }))
+            let rate_limit = self.0.raft.read(|sm| sm.rate_share(TaskId(r.task_id)));
+            Ok(TResponse::new(pb::LeaseResponse {
+                expires_at_ms,
+                rate_limit,
+            }))
         }
         .instrument(
             info_span!("task", method = "ReportProgress", task = r.task_id, agent = %r.agent_id),

@@ -31,7 +31,10 @@ impl ClientApi {
     fn job_info(&self, id: JobId) -> Result<pb::JobInfo, Status> {
         self.0
             .raft
-            .read(|sm| sm.job(id).map(convert::job))
+            .read(|sm| {
+                sm.job(id)
+                    .map(|j| convert::job_with_tasks(j, sm.tasks_of(id)))
+            })
             .ok_or_else(|| {
                 Status::from(crate::CoordinatorError::from(
                     crate::command::Rejection::JobNotFound(id),
@@ -56,6 +59,13 @@ impl Coordinator for ClientApi {
                     r.kind
                 ))
             })?;
+            if r.driven && !self.0.drivers.iter().any(|d| d.handles(kind)) {
+                return Err(Status::invalid_argument(format!(
+                    "this coordinator has no driver for {} jobs: start it with the snapfleet binary \
+                     (`snapfleet coordinator`), which runs backup and restore jobs",
+                    kind.as_str()
+                )));
+            }
             let mut tasks = Vec::with_capacity(r.tasks.len());
             for t in &r.tasks {
                 tasks.push(TaskSpec {
@@ -73,6 +83,7 @@ impl Coordinator for ClientApi {
                 tasks,
                 retry_budget: r.retry_budget,
                 now: LeaderTime::now(),
+                driven: r.driven,
             };
             match self.0.raft.propose(cmd).await? {
                 Response::JobSubmitted(id) => {
@@ -187,7 +198,10 @@ impl Coordinator for ClientApi {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;
                     }
-                    next = shared.raft.read(|sm| sm.job(id).map(convert::job));
+                    next = shared.raft.read(|sm| {
+                        sm.job(id)
+                            .map(|j| convert::job_with_tasks(j, sm.tasks_of(id)))
+                    });
                 }
             }
             .instrument(info_span!("watch_job", job = id.0)),

@@ -30,6 +30,25 @@ pub enum Command {
         /// Failures allowed per task before the job fails.
         retry_budget: u32,
         now: LeaderTime,
+        /// Phases run by the leader's job driver (see `Job::driven`).
+        #[serde(default)]
+        driven: bool,
+    },
+    /// A driver moves its job to `phase`, records `data` and adds `tasks`.
+    AdvanceJob {
+        job: JobId,
+        phase: String,
+        data: serde_json::Value,
+        tasks: Vec<TaskSpec>,
+        retry_budget: u32,
+        now: LeaderTime,
+    },
+    /// A driver finishes its job: succeeded with `result`, or failed with `failure`.
+    FinishJob {
+        job: JobId,
+        failure: Option<String>,
+        result: serde_json::Value,
+        now: LeaderTime,
     },
     CancelJob {
         job: JobId,
@@ -87,6 +106,8 @@ impl Command {
             Command::PutSchedule(_) => "put_schedule",
             Command::DeleteSchedule(_) => "delete_schedule",
             Command::SubmitJob { .. } => "submit_job",
+            Command::AdvanceJob { .. } => "advance_job",
+            Command::FinishJob { .. } => "finish_job",
             Command::CancelJob { .. } => "cancel_job",
             Command::AcquireTasks { .. } => "acquire_tasks",
             Command::RenewLease { .. } => "renew_lease",

@@ -3,7 +3,7 @@
 
 use crate::command::{Grant, Rejection};
 use crate::error::CoordinatorError;
-use crate::model::{Agent, Job, JobProgress};
+use crate::model::{Agent, Job, JobProgress, Task, TaskState};
 use crate::pb;
 use tonic::{Code, Status};
 
@@ -44,6 +44,31 @@ pub fn progress(p: &JobProgress) -> pb::JobProgress {
     }
 }
 
+/// A job with its tasks' progress summed per node.
+pub fn job_with_tasks<'a>(j: &Job, tasks: impl Iterator<Item = &'a Task>) -> pb::JobInfo {
+    let mut info = job(j);
+    let mut nodes: std::collections::BTreeMap<String, pb::NodeProgress> = Default::default();
+    for t in tasks {
+        let Some(node) = &t.affinity.node else {
+            continue;
+        };
+        let n = nodes
+            .entry(node.clone())
+            .or_insert_with(|| pb::NodeProgress {
+                node: node.clone(),
+                ..Default::default()
+            });
+        n.bytes_done += t.progress.bytes_done;
+        n.bytes_total += t.progress.bytes_total;
+        n.tasks_total += 1;
+        if t.state == TaskState::Succeeded {
+            n.tasks_done += 1;
+        }
+    }
+    info.nodes = nodes.into_values().collect();
+    info
+}
+
 pub fn job(j: &Job) -> pb::JobInfo {
     pb::JobInfo {
         id: j.id.0,
@@ -59,6 +84,10 @@ pub fn job(j: &Job) -> pb::JobInfo {
         failure: j.failure.clone().unwrap_or_default(),
         created_at_ms: j.created_at.0,
         finished_at_ms: j.finished_at.map(|t| t.0).unwrap_or(0),
+        phase: j.phase.clone(),
+        result_json: j.result.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+        aborting: j.aborting.is_some(),
+        nodes: vec![],
     }
 }
 

@@ -11,9 +11,11 @@
 //! - [`server`]: `run_coordinator`, the client and agent gRPC services, the leader's scheduler.
 
 mod agent_api;
+pub mod client;
 mod client_api;
 pub mod command;
 pub mod convert;
+pub mod driver;
 pub mod error;
 pub mod ids;
 pub mod model;
@@ -25,7 +27,8 @@ pub mod state_machine;
 pub mod storage;
 pub mod transport;
 
+pub use driver::{DriveFuture, JobCtl, JobDriver};
 pub use error::{CoordinatorError, Result};
 pub use raft_loop::RaftTuning;
-pub use server::{run_coordinator, run_coordinator_on, Config, Tuning};
+pub use server::{run_coordinator, run_coordinator_on, Config, Drivers, Tuning};
 pub use tokio_util::sync::CancellationToken;

@@ -117,6 +117,30 @@ pub struct Job {
     pub failure: Option<String>,
     pub created_at: LeaderTime,
     pub finished_at: Option<LeaderTime>,
+    /// Driven jobs have phases run by the leader's job driver (snapshot, commit, activate…):
+    /// they are finished only by `FinishJob`, never by their last task.
+    #[serde(default)]
+    pub driven: bool,
+    /// The driver's current phase ("" = not started).
+    #[serde(default)]
+    pub phase: String,
+    /// The driver's durable notes (snapshot id, tables created, …): small JSON.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// A driven job that must stop (a task failed for good, or it was cancelled): the
+    /// outcome it will get once the driver has cleaned up.
+    #[serde(default)]
+    pub aborting: Option<Abort>,
+    /// What the job produced (backup id, sizes, …), set by `FinishJob`.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+}
+
+/// Why a driven job is being stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abort {
+    pub state: JobState,
+    pub reason: String,
 }
 
 /// Which agent may run a task: a specific agent, any agent on a node, or anyone.

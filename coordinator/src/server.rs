@@ -7,6 +7,7 @@
 
 use crate::agent_api::AgentApi;
 use crate::client_api::ClientApi;
+use crate::driver::JobDriver;
 use crate::error::{CoordinatorError, Result};
 use crate::ids::{AgentId, ReplicaId};
 use crate::pb::agent_service_server::AgentServiceServer;
@@ -34,6 +35,18 @@ pub struct Config {
     pub peers: Vec<(u64, String)>,
     pub data_dir: PathBuf,
     pub tuning: Tuning,
+    /// Leader-side runners of job phases (backup, restore…); none = tasks-only jobs.
+    pub drivers: Drivers,
+}
+
+/// The job drivers a replica runs (see [`crate::driver`]).
+#[derive(Clone, Default)]
+pub struct Drivers(pub Vec<Arc<dyn JobDriver>>);
+
+impl std::fmt::Debug for Drivers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Drivers({})", self.0.len())
+    }
 }
 
 /// Timing knobs; the defaults suit a LAN.
@@ -69,6 +82,7 @@ impl Config {
             peers,
             data_dir: data_dir.into(),
             tuning: Tuning::default(),
+            drivers: Drivers::default(),
         }
     }
 }
@@ -80,6 +94,7 @@ pub(crate) struct Shared {
     pub heartbeats: Mutex<HashMap<AgentId, u64>>,
     pub tuning: Tuning,
     pub shutdown: CancellationToken,
+    pub drivers: Vec<Arc<dyn JobDriver>>,
 }
 
 /// Binds `config.listen` and runs the replica until `shutdown` is cancelled.
@@ -146,11 +161,21 @@ pub async fn run_coordinator_on(
             )
             .in_current_span(),
         );
+        tasks.spawn(
+            crate::driver::run(
+                raft.clone(),
+                config.drivers.0.clone(),
+                config.tuning.scheduler_interval,
+                inner.clone(),
+            )
+            .in_current_span(),
+        );
         let shared = Arc::new(Shared {
             raft: raft.clone(),
             heartbeats: Mutex::new(HashMap::new()),
             tuning: config.tuning.clone(),
             shutdown: inner.clone(),
+            drivers: config.drivers.0.clone(),
         });
         write_addr_file(&config.data_dir, &addr.to_string())?;
         info!(peers = ?peers, "coordinator replica serving");

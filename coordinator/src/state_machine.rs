@@ -106,6 +106,32 @@ impl StateMachine {
     }
 
     /// The earliest lease expiry among leased tasks (the scheduler's next deadline).
+    /// The bandwidth share of the node running `task`: its job's `spec.rate_limit`
+    /// (bytes/s, 0 = unlimited) split evenly among the nodes with unfinished tasks.
+    pub fn rate_share(&self, task: TaskId) -> u64 {
+        let Some(job) = self.tasks.get(&task).and_then(|t| self.jobs.get(&t.job)) else {
+            return 0;
+        };
+        let budget = job
+            .spec
+            .get("rate_limit")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if budget == 0 {
+            return 0;
+        }
+        let mut nodes: Vec<Option<&str>> = job
+            .tasks
+            .iter()
+            .map(|t| &self.tasks[t])
+            .filter(|t| !t.state.is_terminal())
+            .map(|t| t.affinity.node.as_deref())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        budget / nodes.len().max(1) as u64
+    }
+
     pub fn earliest_lease_expiry(&self) -> Option<LeaderTime> {
         self.in_flight_tasks()
             .filter_map(|t| t.lease.as_ref().map(|l| l.expires_at))
@@ -164,6 +190,7 @@ impl StateMachine {
                 tasks,
                 retry_budget,
                 now,
+                driven,
             } => Ok(self.submit_job(
                 kind,
                 spec,
@@ -171,8 +198,23 @@ impl StateMachine {
                 tasks,
                 retry_budget,
                 now,
+                driven,
                 &mut effects,
             )),
+            Command::AdvanceJob {
+                job,
+                phase,
+                data,
+                tasks,
+                retry_budget,
+                now: _,
+            } => self.advance_job(job, phase, data, tasks, retry_budget, &mut effects),
+            Command::FinishJob {
+                job,
+                failure,
+                result,
+                now,
+            } => self.finish_driven(job, failure, result, now, &mut effects),
             Command::CancelJob { job, reason, now } => {
                 self.cancel_job(job, reason, now, &mut effects)
             }
@@ -229,10 +271,46 @@ impl StateMachine {
         specs: Vec<TaskSpec>,
         retry_budget: u32,
         now: LeaderTime,
+        driven: bool,
         effects: &mut Vec<Effect>,
     ) -> Response {
         self.next_job += 1;
         let id = JobId(self.next_job);
+        let task_ids = self.new_tasks(id, specs, retry_budget);
+        let empty = task_ids.is_empty() && !driven;
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                kind,
+                state: if empty {
+                    JobState::Succeeded
+                } else if driven {
+                    JobState::Running
+                } else {
+                    JobState::Pending
+                },
+                spec,
+                repository,
+                tasks: task_ids,
+                progress: JobProgress::default(),
+                failure: None,
+                created_at: now,
+                finished_at: empty.then_some(now),
+                driven,
+                phase: String::new(),
+                data: serde_json::Value::Null,
+                aborting: None,
+                result: None,
+            },
+        );
+        self.recount(id);
+        effects.push(Effect::JobChanged(id));
+        effects.push(Effect::TasksRunnable);
+        Response::JobSubmitted(id)
+    }
+
+    fn new_tasks(&mut self, job: JobId, specs: Vec<TaskSpec>, retry_budget: u32) -> Vec<TaskId> {
         let mut task_ids = Vec::with_capacity(specs.len());
         for spec in specs {
             self.next_task += 1;
@@ -242,7 +320,7 @@ impl StateMachine {
                 tid,
                 Task {
                     id: tid,
-                    job: id,
+                    job,
                     payload: spec.payload,
                     affinity: spec.affinity,
                     state: TaskState::Pending,
@@ -256,30 +334,65 @@ impl StateMachine {
                 },
             );
         }
-        let empty = task_ids.is_empty();
-        self.jobs.insert(
-            id,
-            Job {
-                id,
-                kind,
-                state: if empty {
-                    JobState::Succeeded
-                } else {
-                    JobState::Pending
-                },
-                spec,
-                repository,
-                tasks: task_ids,
-                progress: JobProgress::default(),
-                failure: None,
-                created_at: now,
-                finished_at: empty.then_some(now),
-            },
-        );
+        task_ids
+    }
+
+    fn advance_job(
+        &mut self,
+        id: JobId,
+        phase: String,
+        data: serde_json::Value,
+        specs: Vec<TaskSpec>,
+        retry_budget: u32,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Response, Rejection> {
+        let job = self.jobs.get(&id).ok_or(Rejection::JobNotFound(id))?;
+        if job.state.is_terminal() {
+            return Err(Rejection::JobFinished(id, job.state.as_str().into()));
+        }
+        if !job.driven {
+            return Err(Rejection::Invalid(format!("{id} has no driver phases")));
+        }
+        if job.aborting.is_some() && !specs.is_empty() {
+            return Err(Rejection::Invalid(format!(
+                "{id} is being stopped: no new tasks"
+            )));
+        }
+        let new = self.new_tasks(id, specs, retry_budget);
+        let job = self.jobs.get_mut(&id).expect("exists");
+        job.phase = phase;
+        job.data = data;
+        let added = !new.is_empty();
+        job.tasks.extend(new);
         self.recount(id);
         effects.push(Effect::JobChanged(id));
-        effects.push(Effect::TasksRunnable);
-        Response::JobSubmitted(id)
+        if added {
+            effects.push(Effect::TasksRunnable);
+        }
+        Ok(Response::Ok)
+    }
+
+    fn finish_driven(
+        &mut self,
+        id: JobId,
+        failure: Option<String>,
+        result: serde_json::Value,
+        now: LeaderTime,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Response, Rejection> {
+        let job = self.jobs.get(&id).ok_or(Rejection::JobNotFound(id))?;
+        if job.state.is_terminal() {
+            return Err(Rejection::JobFinished(id, job.state.as_str().into()));
+        }
+        let (state, failure) = match (failure, &job.aborting) {
+            (f, Some(a)) => (a.state, Some(f.unwrap_or_else(|| a.reason.clone()))),
+            (None, None) => (JobState::Succeeded, None),
+            (Some(f), None) => (JobState::Failed, Some(f)),
+        };
+        self.jobs.get_mut(&id).expect("exists").result = Some(result);
+        self.close_job(id, state, failure, now);
+        effects.push(Effect::JobChanged(id));
+        Ok(Response::Ok)
     }
 
     fn cancel_job(
@@ -418,8 +531,9 @@ impl StateMachine {
         }
         let job = task.job;
         self.recount(job);
-        let p = &self.jobs[&job].progress;
-        if p.tasks_succeeded == p.tasks_total {
+        let j = &self.jobs[&job];
+        let p = &j.progress;
+        if p.tasks_succeeded == p.tasks_total && !j.driven {
             self.finish_job(job, JobState::Succeeded, None, now);
         }
         effects.push(Effect::JobChanged(job));
@@ -491,7 +605,25 @@ impl StateMachine {
     }
 
     /// Puts a job in a terminal state; its unfinished tasks are cancelled and lose their leases.
+    /// A driven job instead records why it must stop and waits for its driver to clean up
+    /// and call `FinishJob`.
     fn finish_job(&mut self, id: JobId, state: JobState, failure: Option<String>, now: LeaderTime) {
+        let job = self.jobs.get_mut(&id).expect("exists");
+        if job.driven && state != JobState::Succeeded {
+            if job.aborting.is_none() {
+                job.aborting = Some(crate::model::Abort {
+                    state,
+                    reason: failure.unwrap_or_default(),
+                });
+            }
+            self.cancel_tasks(id);
+            self.recount(id);
+            return;
+        }
+        self.close_job(id, state, failure, now);
+    }
+
+    fn cancel_tasks(&mut self, id: JobId) {
         let task_ids = self.jobs[&id].tasks.clone();
         for tid in task_ids {
             let t = self.tasks.get_mut(&tid).expect("job's task exists");
@@ -500,6 +632,10 @@ impl StateMachine {
                 t.lease = None;
             }
         }
+    }
+
+    fn close_job(&mut self, id: JobId, state: JobState, failure: Option<String>, now: LeaderTime) {
+        self.cancel_tasks(id);
         let job = self.jobs.get_mut(&id).expect("exists");
         job.state = state;
         job.failure = failure;
@@ -558,6 +694,7 @@ mod tests {
             tasks: specs,
             retry_budget: budget,
             now: LeaderTime(0),
+            driven: false,
         });
         let Ok(Response::JobSubmitted(id)) = r.result else {
             panic!("{r:?}")
@@ -644,6 +781,7 @@ mod tests {
             }],
             retry_budget: 0,
             now: LeaderTime(0),
+            driven: false,
         });
         assert!(acquire(&mut sm, "a1", "n1", 0, 10).is_empty());
         assert!(!sm.has_runnable_for(&AgentId("a1".into()), "n1", LeaderTime(0)));

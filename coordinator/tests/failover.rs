@@ -134,6 +134,7 @@ async fn leader_killed_mid_job_then_full_restart() {
         repository: String::new(),
         tasks: tasks.clone(),
         retry_budget: 3,
+        driven: false,
     }))
     .expect("submit");
     assert_eq!(job.state, "pending");

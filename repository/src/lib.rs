@@ -42,7 +42,7 @@ pub use ids::{BackupId, ChunkId, KeyId};
 pub use manifest::{
     BackupStats, ChunkRef, Entry, EntryKind, ManifestReader, ManifestWriter, PageRef, Root,
 };
-pub use reader::{restore_backup, restore_backup_with, RestoreOptions, RestoreStats};
+pub use reader::{restore_backup, restore_backup_with, restore_root, RestoreOptions, RestoreStats};
 pub use repo::{InitOptions, Repository};
 pub use store::{open_store, open_store_with_options, with_layers, StoreLayers};
 pub use verify::{verify, verify_backups, Damage, Problem, VerifyOptions, VerifyReport};

@@ -171,11 +171,24 @@ pub async fn restore_backup_with(
     target: &Path,
     opts: RestoreOptions,
 ) -> Result<RestoreStats> {
-    let started = Instant::now();
     let root = repo.read_root(backup).await?;
+    restore_root(repo, &root, target, opts).await
+}
+
+/// Restores the entries of the pages listed in `root` under `target`. A caller may pass a
+/// copy of a backup's ROOT with only some of its pages (one writer's part, e.g. one tablet)
+/// to restore just those files.
+pub async fn restore_root(
+    repo: &Arc<Repository>,
+    root: &crate::manifest::Root,
+    target: &Path,
+    opts: RestoreOptions,
+) -> Result<RestoreStats> {
+    let started = Instant::now();
+    let backup = &root.backup_id;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
-    let mut reader = ManifestReader::new(repo.clone(), &root);
+    let mut reader = ManifestReader::new(repo.clone(), root);
     let cache = PackCache::default();
     let mut stats = RestoreStats::default();
     while let Some(entry) = reader.next_entry().await? {
@@ -223,8 +236,10 @@ async fn restore_file(
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         let mut written = 0u64;
-        let mut chunks = futures::stream::iter(entry.chunks.iter())
-            .map(|r| fetch(repo, cache, r))
+        // Owned refs: a closure over `&ChunkRef` makes this future not `Send` for callers
+        // that spawn it (higher-ranked lifetime inference).
+        let mut chunks = futures::stream::iter(entry.chunks.clone())
+            .map(|r: ChunkRef| async move { fetch(repo, cache, &r).await })
             .buffered(concurrency.max(1));
         while let Some(piece) = chunks.next().await {
             let (data, start, end) = piece?;

@@ -157,6 +157,44 @@ impl Client {
         Ok(HybridTime(t))
     }
 
+    /// A distributed snapshot of database `db` at `at` (None = now). A DDL racing the
+    /// snapshot aborts it (the catalog version is fenced); it is retried up to `retries`
+    /// times with a growing pause, then the error says what raced.
+    pub async fn create_snapshot(
+        &self,
+        db: &str,
+        at: Option<HybridTime>,
+        retries: u32,
+    ) -> Result<pb::SnapshotInfo> {
+        let mut attempt = 0;
+        loop {
+            let r = self
+                .master()
+                .create_snapshot(pb::CreateSnapshotRequest {
+                    database: db.into(),
+                    hybrid_time: at.map(|t| t.0).unwrap_or(0),
+                })
+                .await;
+            match r {
+                Ok(s) => return Ok(s.into_inner()),
+                Err(s) if s.code() == tonic::Code::Aborted && attempt < retries => {
+                    attempt += 1;
+                    tracing::warn!(attempt, reason = %s.message(), "snapshot aborted by a concurrent change; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+                Err(s) if s.code() == tonic::Code::Aborted => {
+                    return Err(Error::Aborted(format!(
+                        "snapshot of database {db:?} failed after {} attempt(s): {} \
+                         (schema changes kept racing it; retry when DDL is quiet or raise --ddl-retries)",
+                        attempt + 1,
+                        s.message()
+                    )))
+                }
+                Err(s) => return Err(self.master_err(s)),
+            }
+        }
+    }
+
     /// The highest hybrid time this client has seen.
     pub fn seen(&self) -> HybridTime {
         self.hlc.peek()

@@ -61,7 +61,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
@@ -102,7 +102,7 @@ impl From<Error> for tonic::Status {
 }
 
 /// Turns a status received from a peer back into our error, keeping its code.
-pub(crate) fn from_status(peer: &str, status: tonic::Status) -> Error {
+pub fn from_status(peer: &str, status: tonic::Status) -> Error {
     match status.code() {
         tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().to_string()),
         tonic::Code::NotFound => Error::NotFound(status.message().to_string()),

@@ -81,7 +81,9 @@ pub struct LocalCluster {
     pub nodes: Vec<Option<ChildProcess>>,
 }
 
-fn wait_for_file(path: &Path, child: &mut ChildProcess, log: &Path) -> Result<String> {
+/// Waits until `child` has written a non-empty `path` (its address file); a child that exits
+/// first is reported with the tail of its `log`.
+pub fn wait_for_file(path: &Path, child: &mut ChildProcess, log: &Path) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(s) = std::fs::read_to_string(path) {
@@ -110,7 +112,8 @@ fn wait_for_file(path: &Path, child: &mut ChildProcess, log: &Path) -> Result<St
     }
 }
 
-fn spawn(bin: &Path, name: &str, args: &[String], log: &Path) -> Result<ChildProcess> {
+/// Spawns `bin args…` with stdout and stderr into `log`, killed if this process dies.
+pub fn spawn(bin: &Path, name: &str, args: &[String], log: &Path) -> Result<ChildProcess> {
     let out = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
     let err = out.try_clone().map_err(|e| Error::io(log, e))?;
     let mut cmd = Command::new(bin);

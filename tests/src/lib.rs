@@ -159,3 +159,64 @@ impl CounterWriter {
             .expect("counter writer")
     }
 }
+
+/// A database cluster with its fleet (one coordinator, one agent per node) and a
+/// local-directory repository, all real processes.
+pub struct TestFleet {
+    pub db: TestCluster,
+    pub fleet: snapfleet_agent::local::LocalFleet,
+}
+
+/// A repository in `dir/repo` with a passphrase file `dir/pass`: (url, passphrase file).
+pub async fn init_repo(dir: &std::path::Path) -> (String, PathBuf) {
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let repo_dir = dir.join("repo");
+    std::fs::create_dir_all(&repo_dir).unwrap();
+    let url = format!("file://{}", repo_dir.display());
+    let store = snapfleet_repository::open_store(&url).unwrap();
+    snapfleet_repository::Repository::init(
+        store,
+        b"correct horse battery staple",
+        snapfleet_repository::InitOptions {
+            kdf: snapfleet_repository::KdfParams::minimum(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    (url, pass)
+}
+
+impl TestFleet {
+    /// `nodes` database nodes plus a fleet whose agents read `password_file`.
+    pub fn start(nodes: u32, password_file: &std::path::Path) -> Self {
+        let db = TestCluster::start(nodes);
+        let fleet = snapfleet_agent::local::LocalFleet::start(
+            &snapfleet_bin(),
+            &db.dir.path().join("fleet"),
+            password_file,
+            &db.cluster,
+        )
+        .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
+        Self { db, fleet }
+    }
+
+    /// Runs `snapfleet --json <args> --coordinator <this fleet>`; returns (success, stdout
+    /// JSON or Null, stderr).
+    pub fn snapfleet(&self, args: &[&str]) -> (bool, serde_json::Value, String) {
+        let out = std::process::Command::new(snapfleet_bin())
+            .arg("--json")
+            .args(args)
+            .env("SNAPFLEET_COORDINATOR", &self.fleet.coordinator_addr)
+            .env("SNAPFLEET_DB_MASTER", &self.db.master_addr)
+            .output()
+            .expect("running snapfleet");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (
+            out.status.success(),
+            v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}

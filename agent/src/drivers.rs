@@ -1,0 +1,591 @@
+//! The leader's backup and restore job drivers (plugged into the coordinator, which runs
+//! them only on the leader; see `snapfleet_coordinator::driver` for the contract).
+//!
+//! Backup: `""` take a distributed snapshot at hybrid time T (retried across DDL) → log
+//! one upload task per tablet for the agent on its node → `upload` when every task is
+//! done, write ROOT (the commit point; idempotent: an existing ROOT is read back) →
+//! `release` delete the tablet snapshots (unless kept) → finish.
+//!
+//! Restore (from the repository alone): `""` read ROOT, log a restore id → `prepare`
+//! create the schema as hidden tables with the source's tablet ranges, place tablets on the
+//! target's nodes (balanced by the master), log one download task per tablet → `download`
+//! agents fetch and verify into staging → `activate` (logged before acting, so a new
+//! leader rolls forward) import every tablet (idempotent on the node), then reveal all
+//! tables in one catalog change. Until `activate` a failure or cancel drops the hidden
+//! tables: the target is left as it was.
+
+use crate::error::{AgentError, Result};
+use crate::repos::Repos;
+use crate::spec::*;
+use serde_json::json;
+use snapfleet_coordinator::command::TaskSpec;
+use snapfleet_coordinator::model::{Affinity, Job, JobKind, Task, TaskState};
+use snapfleet_coordinator::{DriveFuture, JobCtl, JobDriver};
+use snapfleet_proto::tabletdb as pb;
+use snapfleet_repository::{commit_backup, BackupId, Error as RepoError, PartSummary};
+use snapfleet_tabletdb::client::Client;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Task retries (each on a fresh lease, possibly another agent) before the job fails.
+pub const TASK_RETRIES: u32 = 3;
+/// Transient failures of one driver step (a node or the master unreachable, one per second)
+/// before the job fails; the activation of a restore is exempt: it only rolls forward.
+pub const STEP_RETRIES: u32 = 60;
+
+/// Backup and restore drivers sharing one set of opened repositories.
+pub struct TabletdbDrivers {
+    repos: Arc<Repos>,
+}
+
+impl TabletdbDrivers {
+    pub fn new(repos: Arc<Repos>) -> Arc<Self> {
+        Arc::new(Self { repos })
+    }
+}
+
+/// What one pass of a driver decided.
+enum Step {
+    /// Look again now (the phase moved on).
+    Again,
+    /// Nothing to do until the job changes.
+    Wait,
+    Done,
+}
+
+impl JobDriver for TabletdbDrivers {
+    fn handles(&self, kind: JobKind) -> bool {
+        matches!(kind, JobKind::Backup | JobKind::Restore)
+    }
+
+    fn drive(&self, ctl: JobCtl) -> DriveFuture {
+        let repos = self.repos.clone();
+        Box::pin(async move {
+            let mut transient = 0u32;
+            loop {
+                let Some((job, tasks)) = ctl.job() else {
+                    return;
+                };
+                if job.state.is_terminal() {
+                    return;
+                }
+                let r = match job.kind {
+                    JobKind::Backup => backup_step(&ctl, &repos, &job, &tasks).await,
+                    JobKind::Restore => restore_step(&ctl, &repos, &job, &tasks).await,
+                    _ => return,
+                };
+                match r {
+                    Ok(Step::Again) => {}
+                    Ok(Step::Wait) => ctl.changed(Duration::from_secs(2)).await,
+                    Ok(Step::Done) => return,
+                    Err(e)
+                        if in_point_of_no_return(&job)
+                            || (e.is_retryable() && transient < STEP_RETRIES) =>
+                    {
+                        transient += 1;
+                        warn!(error = %e, phase = %job.phase, transient, "job step failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, phase = %job.phase, "job failed");
+                        let why = e.to_string();
+                        if let Err(e) = abort(&ctl, &repos, &job, why).await {
+                            warn!(error = %e, "cleaning up after the failure; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// After this, a restore only rolls forward.
+fn in_point_of_no_return(job: &Job) -> bool {
+    job.kind == JobKind::Restore && job.phase == "activate"
+}
+
+fn spec<T: serde::de::DeserializeOwned>(job: &Job) -> Result<T> {
+    serde_json::from_value(job.spec.clone()).map_err(|e| AgentError::invalid("job spec", e))
+}
+
+fn notes<T: serde::de::DeserializeOwned>(job: &Job) -> Result<T> {
+    serde_json::from_value(job.data.clone()).map_err(|e| AgentError::invalid("job notes", e))
+}
+
+fn coord(e: snapfleet_coordinator::CoordinatorError) -> AgentError {
+    AgentError::Coordinator(e.to_string())
+}
+
+fn all_succeeded(tasks: &[Task]) -> bool {
+    tasks.iter().all(|t| t.state == TaskState::Succeeded)
+}
+
+/// Stops a job that failed in its driver: cleans up like an abort, then finishes it failed.
+async fn abort(ctl: &JobCtl, repos: &Repos, job: &Job, why: String) -> Result<()> {
+    cleanup(repos, job).await?;
+    ctl.finish(Some(why), json!({})).await.map_err(coord)
+}
+
+/// Undoes what a job left behind before its point of no return.
+async fn cleanup(_repos: &Repos, job: &Job) -> Result<()> {
+    match job.kind {
+        JobKind::Backup => {
+            if job.phase.is_empty() {
+                return Ok(());
+            }
+            let spec: BackupSpec = spec(job)?;
+            let n: BackupNotes = notes(job)?;
+            if !spec.keep_snapshot {
+                delete_snapshot(&spec.master, &n.snapshot.snapshot_id).await?;
+            }
+            Ok(())
+        }
+        JobKind::Restore => {
+            if job.phase.is_empty() {
+                return Ok(());
+            }
+            let spec: RestoreSpec = spec(job)?;
+            let n: RestoreNotes = notes(job)?;
+            let client = Client::connect(&spec.master).await?;
+            drop_hidden(&client, &n).await?;
+            for dir in node_dirs(&client).await.unwrap_or_default() {
+                let _ = std::fs::remove_dir_all(staging_dir(&dir.1, &n.restore_id));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn delete_snapshot(master: &str, id: &str) -> Result<()> {
+    let client = Client::connect(master).await?;
+    match client
+        .master()
+        .delete_snapshot(pb::DeleteSnapshotRequest {
+            snapshot_id: id.to_string(),
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(snapfleet_tabletdb::error::from_status("master", s).into()),
+    }
+}
+
+// ---------------------------------------------------------------- backup
+
+async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> Result<Step> {
+    let spec: BackupSpec = spec(job)?;
+    if job.aborting.is_some() {
+        cleanup(repos, job).await?;
+        ctl.finish(None, json!({})).await.map_err(coord)?;
+        return Ok(Step::Done);
+    }
+    match job.phase.as_str() {
+        "" => {
+            // Fail before touching the database if the repository is unusable.
+            let repo = repos.get(&spec.repo).await?;
+            let id = BackupId::new(spec.backup_id.clone())?;
+            if repo.read_root(&id).await.is_ok() {
+                return Err(AgentError::invalid(
+                    format!("backup {id}"),
+                    "already exists in the repository; pick another id",
+                ));
+            }
+            let client = Client::connect(&spec.master).await?;
+            let snap = match client
+                .create_snapshot(&spec.database, None, spec.ddl_retries)
+                .await
+            {
+                Ok(s) => s,
+                // A DDL kept racing: a clear, final answer (retrying the step would not help).
+                Err(e @ snapfleet_tabletdb::Error::Aborted(_)) => {
+                    return Err(AgentError::invalid("snapshot", e))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            info!(snapshot = %snap.snapshot_id, ht = snap.hybrid_time, "snapshot taken");
+            let mut specs = Vec::new();
+            for t in &snap.tables {
+                for tb in &t.tablets {
+                    let node = tb.replicas.first().copied().unwrap_or(0);
+                    let task = UploadTask {
+                        repo: spec.repo.clone(),
+                        backup_id: spec.backup_id.clone(),
+                        snapshot_id: snap.snapshot_id.clone(),
+                        database_id: t.database_id.clone(),
+                        table_id: t.table_id.clone(),
+                        tablet_id: tb.tablet_id.clone(),
+                        compression: spec.compression,
+                    };
+                    specs.push(TaskSpec {
+                        payload: serde_json::to_value(task).expect("serialisable"),
+                        affinity: Affinity {
+                            agent: None,
+                            node: Some(node.to_string()),
+                        },
+                    });
+                }
+            }
+            let notes = serde_json::to_value(BackupNotes { snapshot: snap }).expect("json");
+            ctl.advance("upload", notes, specs, TASK_RETRIES)
+                .await
+                .map_err(coord)?;
+            Ok(Step::Again)
+        }
+        "upload" => {
+            if !all_succeeded(tasks) {
+                return Ok(Step::Wait);
+            }
+            let n: BackupNotes = notes(job)?;
+            let repo = repos.get(&spec.repo).await?;
+            let id = BackupId::new(spec.backup_id.clone())?;
+            let mut results: Vec<UploadResult> = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                let r = t.result.clone().unwrap_or_default();
+                results.push(
+                    serde_json::from_value(r)
+                        .map_err(|e| AgentError::invalid(format!("result of {}", t.id), e))?,
+                );
+            }
+            let root = match repo.read_root(&id).await {
+                Ok(root) => root, // committed by an earlier leader
+                Err(RepoError::BackupNotFound { .. }) => {
+                    let mut tablet_pages = Vec::new();
+                    let mut parts: Vec<PartSummary> = Vec::new();
+                    let mut at = 0usize;
+                    for (t, r) in tasks.iter().zip(&results) {
+                        let tablet = t
+                            .payload
+                            .get("tablet_id")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .to_string();
+                        let n = r.part.pages.len();
+                        tablet_pages.push(TabletPages {
+                            tablet_id: tablet,
+                            start: at,
+                            end: at + n,
+                            bytes: r.bytes_read,
+                        });
+                        at += n;
+                        parts.push(r.part.clone());
+                    }
+                    let meta = RootMeta {
+                        kind: ROOT_KIND.into(),
+                        source_master: spec.master.clone(),
+                        snapshot: n.snapshot.clone(),
+                        tablet_pages,
+                    };
+                    let meta = serde_json::to_value(meta).expect("json");
+                    commit_backup(&repo, &id, meta, parts).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            info!(backup = %id, pages = root.pages.len(), "ROOT written: backup committed");
+            let mut data = job.data.clone();
+            data["stats"] = json!({
+                "files": results.iter().map(|r| r.files).sum::<u64>(),
+                "bytes": results.iter().map(|r| r.bytes_read).sum::<u64>(),
+                "bytes_uploaded": results.iter().map(|r| r.bytes_uploaded).sum::<u64>(),
+            });
+            ctl.advance("release", data, vec![], 0)
+                .await
+                .map_err(coord)?;
+            Ok(Step::Again)
+        }
+        "release" => {
+            let n: BackupNotes = notes(job)?;
+            if !spec.keep_snapshot {
+                delete_snapshot(&spec.master, &n.snapshot.snapshot_id).await?;
+            }
+            let mut result = job.data.get("stats").cloned().unwrap_or_else(|| json!({}));
+            result["backup_id"] = json!(spec.backup_id);
+            result["database"] = json!(spec.database);
+            result["hybrid_time"] = json!(n.snapshot.hybrid_time);
+            result["snapshot_id"] = json!(n.snapshot.snapshot_id);
+            result["tablets"] = json!(tasks.len());
+            ctl.finish(None, result).await.map_err(coord)?;
+            Ok(Step::Done)
+        }
+        other => Err(AgentError::invalid("backup phase", other)),
+    }
+}
+
+// ---------------------------------------------------------------- restore
+
+async fn node_dirs(client: &Client) -> Result<Vec<(u32, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for n in client.catalog().nodes.iter().filter(|n| n.live) {
+        let mut c = client.node_at(&n.address).await?;
+        let st = c
+            .node_status(pb::NodeStatusRequest {})
+            .await
+            .map_err(|s| snapfleet_tabletdb::error::from_status(&format!("node {}", n.node_id), s))?
+            .into_inner();
+        out.push((n.node_id, std::path::PathBuf::from(st.data_dir)));
+    }
+    Ok(out)
+}
+
+async fn drop_hidden(client: &Client, n: &RestoreNotes) -> Result<()> {
+    // The catalog lists hidden (restoring) tables too; `Client::tables` does not.
+    let cat = client.refresh().await?;
+    for t in &n.tables {
+        if cat.tables.iter().any(|e| e.table_id == t.table_id) {
+            client.drop_table(&n.database, &t.name).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn read_root_meta(repos: &Repos, spec: &RestoreSpec) -> Result<RootMeta> {
+    let repo = repos.get(&spec.repo).await?;
+    let root = repo
+        .read_root(&BackupId::new(spec.backup_id.clone())?)
+        .await?;
+    let meta: RootMeta = serde_json::from_value(root.meta.clone()).map_err(|e| {
+        AgentError::invalid(
+            format!("backup {}", spec.backup_id),
+            format!("not a tabletdb backup ({e})"),
+        )
+    })?;
+    if meta.kind != ROOT_KIND {
+        return Err(AgentError::invalid(
+            format!("backup {}", spec.backup_id),
+            format!(
+                "kind {:?}, this snapfleet restores {ROOT_KIND:?}",
+                meta.kind
+            ),
+        ));
+    }
+    Ok(meta)
+}
+
+async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> Result<Step> {
+    let spec: RestoreSpec = spec(job)?;
+    if job.aborting.is_some() && !in_point_of_no_return(job) {
+        cleanup(repos, job).await?;
+        ctl.finish(None, json!({})).await.map_err(coord)?;
+        return Ok(Step::Done);
+    }
+    match job.phase.as_str() {
+        "" => {
+            let meta = read_root_meta(repos, &spec).await?;
+            let snap = &meta.snapshot;
+            for t in &spec.tables {
+                if !snap.tables.iter().any(|s| &s.name == t) {
+                    return Err(AgentError::invalid(
+                        format!("table {t:?}"),
+                        format!(
+                            "not in backup {} (it has: {})",
+                            spec.backup_id,
+                            snap.tables
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+            let database = if spec.database.is_empty() {
+                snap.database_name.clone()
+            } else {
+                spec.database.clone()
+            };
+            let notes = RestoreNotes {
+                restore_id: format!("restore-{}", job.id.0),
+                database,
+                restore_ht: snap.hybrid_time,
+                ..Default::default()
+            };
+            ctl.advance(
+                "prepare",
+                serde_json::to_value(notes).expect("json"),
+                vec![],
+                0,
+            )
+            .await
+            .map_err(coord)?;
+            Ok(Step::Again)
+        }
+        "prepare" => {
+            let mut n: RestoreNotes = notes(job)?;
+            let meta = read_root_meta(repos, &spec).await?;
+            let client = Client::connect(&spec.master).await?;
+            client.create_database(&n.database, true).await?;
+            let db_id = client.database(&n.database).await?.database_id;
+            let existing: Vec<pb::TableInfo> = client
+                .refresh()
+                .await?
+                .tables
+                .iter()
+                .filter(|t| t.database_id == db_id)
+                .cloned()
+                .collect();
+            let chosen: Vec<&pb::TableInfo> = meta
+                .snapshot
+                .tables
+                .iter()
+                .filter(|t| spec.tables.is_empty() || spec.tables.contains(&t.name))
+                .collect();
+            for src in &chosen {
+                if let Some(e) = existing.iter().find(|e| e.name == src.name) {
+                    if e.state == pb::TableState::Restoring as i32 {
+                        // Left by this job before a leader failover (the notes were not
+                        // logged yet): start that table again.
+                        client.drop_table(&n.database, &e.name).await?;
+                    } else {
+                        return Err(AgentError::invalid(
+                            format!("table {:?} in database {:?}", e.name, n.database),
+                            "already exists on the target; restore under another name \
+                             (--db NEW) or drop it first",
+                        ));
+                    }
+                }
+            }
+            let mut specs = Vec::new();
+            for src in &chosen {
+                let t = client
+                    .create_table(pb::CreateTableRequest {
+                        database: n.database.clone(),
+                        name: src.name.clone(),
+                        schema: src.schema.clone(),
+                        num_tablets: src.tablets.len() as u32,
+                        if_not_exists: false,
+                        for_restore: true,
+                        hidden: false,
+                        placement: vec![],
+                    })
+                    .await?;
+                for (s, d) in src.tablets.iter().zip(&t.tablets) {
+                    let pages = meta
+                        .tablet_pages
+                        .iter()
+                        .find(|p| p.tablet_id == s.tablet_id)
+                        .cloned()
+                        .ok_or_else(|| {
+                            AgentError::invalid(
+                                format!("backup {}", spec.backup_id),
+                                format!("ROOT has no pages for tablet {}", s.tablet_id),
+                            )
+                        })?;
+                    let node = d.replicas.first().copied().unwrap_or(0);
+                    n.tablets.push(Placement {
+                        source_tablet: s.tablet_id.clone(),
+                        node,
+                        target: pb::TabletMeta {
+                            tablet_id: d.tablet_id.clone(),
+                            table_id: t.table_id.clone(),
+                            table_name: t.name.clone(),
+                            database_id: t.database_id.clone(),
+                            schema: t.schema.clone(),
+                            schema_version: t.schema_version,
+                            hash_start: d.hash_start,
+                            hash_end: d.hash_end,
+                            hidden: vec![],
+                        },
+                    });
+                    let task = DownloadTask {
+                        repo: spec.repo.clone(),
+                        backup_id: spec.backup_id.clone(),
+                        restore_id: n.restore_id.clone(),
+                        source_tablet: s.tablet_id.clone(),
+                        pages,
+                    };
+                    specs.push(TaskSpec {
+                        payload: serde_json::to_value(task).expect("json"),
+                        affinity: Affinity {
+                            agent: None,
+                            node: Some(node.to_string()),
+                        },
+                    });
+                }
+                n.tables.push(t);
+            }
+            ctl.advance(
+                "download",
+                serde_json::to_value(&n).expect("json"),
+                specs,
+                TASK_RETRIES,
+            )
+            .await
+            .map_err(coord)?;
+            Ok(Step::Again)
+        }
+        "download" => {
+            if !all_succeeded(tasks) {
+                return Ok(Step::Wait);
+            }
+            ctl.advance("activate", job.data.clone(), vec![], 0)
+                .await
+                .map_err(coord)?;
+            Ok(Step::Again)
+        }
+        "activate" => {
+            let n: RestoreNotes = notes(job)?;
+            let client = Client::connect(&spec.master).await?;
+            let dirs = node_dirs(&client).await?;
+            for p in &n.tablets {
+                let dir = dirs.iter().find(|d| d.0 == p.node).ok_or_else(|| {
+                    AgentError::Database(snapfleet_tabletdb::Error::Unavailable(format!(
+                        "node {} is not live; the restore will finish when it is back",
+                        p.node
+                    )))
+                })?;
+                let staged = staging_dir(&dir.1, &n.restore_id).join(&p.source_tablet);
+                let mut c = client.node(p.node).await?;
+                c.import_tablet(pb::ImportTabletRequest {
+                    meta: Some(p.target.clone()),
+                    staged_dir: staged.display().to_string(),
+                    restore_ht: n.restore_ht,
+                })
+                .await
+                .map_err(|s| {
+                    snapfleet_tabletdb::error::from_status(&format!("node {}", p.node), s)
+                })?;
+            }
+            client
+                .master()
+                .activate_table(pb::ActivateTableRequest {
+                    table_id: String::new(),
+                    table_ids: n.tables.iter().map(|t| t.table_id.clone()).collect(),
+                })
+                .await
+                .map_err(|s| snapfleet_tabletdb::error::from_status("master", s))?;
+            for d in &dirs {
+                let _ = std::fs::remove_dir_all(staging_dir(&d.1, &n.restore_id));
+            }
+            let bytes: u64 = tasks
+                .iter()
+                .filter_map(|t| t.result.as_ref())
+                .filter_map(|r| r.get("bytes").and_then(|b| b.as_u64()))
+                .sum();
+            let files: u64 = tasks
+                .iter()
+                .filter_map(|t| t.result.as_ref())
+                .filter_map(|r| r.get("files").and_then(|b| b.as_u64()))
+                .sum();
+            info!(database = %n.database, tables = n.tables.len(), "restore activated");
+            ctl.finish(
+                None,
+                json!({
+                    "backup_id": spec.backup_id,
+                    "database": n.database,
+                    "tables": n.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+                    "tablets": n.tablets.len(),
+                    "files": files,
+                    "bytes": bytes,
+                    "restore_ht": n.restore_ht,
+                }),
+            )
+            .await
+            .map_err(coord)?;
+            Ok(Step::Done)
+        }
+        other => Err(AgentError::invalid("restore phase", other)),
+    }
+}

@@ -1,0 +1,52 @@
+//! What can go wrong in an agent or a job driver. Every message names the object and says
+//! what to do.
+
+use snapfleet_repository as repo;
+use snapfleet_tabletdb as tabletdb;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("repository: {0}")]
+    Repository(#[from] repo::Error),
+    #[error("database: {0}")]
+    Database(#[from] tabletdb::Error),
+    #[error("coordinator: {0}")]
+    Coordinator(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid {what}: {why}")]
+    Invalid { what: String, why: String },
+    #[error("no passphrase for repository {url}: set SNAPFLEET_PASSWORD_FILE (or SNAPFLEET_PASSWORD) or pass --password-file")]
+    NoPassphrase { url: String },
+    #[error("task cancelled: {0}")]
+    Cancelled(String),
+}
+
+impl AgentError {
+    pub fn invalid(what: impl Into<String>, why: impl std::fmt::Display) -> Self {
+        AgentError::Invalid {
+            what: what.into(),
+            why: why.to_string(),
+        }
+    }
+
+    /// Whether retrying the same task could succeed (a dead peer, a throttling store), as
+    /// opposed to a damaged repository or a bad request.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AgentError::Repository(e) => matches!(
+                e,
+                repo::Error::Store { .. } | repo::Error::Io { .. } | repo::Error::Task(_)
+            ),
+            AgentError::Database(e) => e.is_retryable(),
+            AgentError::Coordinator(_) | AgentError::Io { .. } | AgentError::Cancelled(_) => true,
+            AgentError::Invalid { .. } | AgentError::NoPassphrase { .. } => false,
+        }
+    }
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

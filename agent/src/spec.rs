@@ -1,0 +1,142 @@
+//! The small JSON documents that travel through the coordinator's log: job specs (what the
+//! operator asked), driver notes (what the leader decided), task payloads and results. They
+//! are small by construction: per-tablet, never per-file.
+
+use serde::{Deserialize, Serialize};
+use snapfleet_proto::tabletdb as pb;
+use snapfleet_repository::PartSummary;
+
+/// `snapfleet backup create`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupSpec {
+    /// tabletdb master of the source cluster.
+    pub master: String,
+    pub database: String,
+    pub repo: String,
+    pub backup_id: String,
+    /// Snapshot attempts after the first when a DDL races it.
+    #[serde(default = "default_ddl_retries")]
+    pub ddl_retries: u32,
+    /// Keep the tablet snapshots on the nodes afterwards (fast local restore).
+    #[serde(default)]
+    pub keep_snapshot: bool,
+    /// Cluster-wide budget in bytes/s (0 = unlimited), split among agents with work left.
+    #[serde(default)]
+    pub rate_limit: u64,
+    /// zstd level for chunks (0 = off).
+    #[serde(default = "default_compression")]
+    pub compression: i32,
+}
+
+fn default_ddl_retries() -> u32 {
+    5
+}
+fn default_compression() -> i32 {
+    3
+}
+
+/// The backup driver's notes, logged once the snapshot exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupNotes {
+    pub snapshot: pb::SnapshotInfo,
+}
+
+/// One tablet to upload, run by the agent beside the node that holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadTask {
+    pub repo: String,
+    pub backup_id: String,
+    pub snapshot_id: String,
+    pub database_id: String,
+    pub table_id: String,
+    pub tablet_id: String,
+    pub compression: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadResult {
+    pub part: PartSummary,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub bytes_uploaded: u64,
+}
+
+/// What a backup's ROOT records besides the page list: enough to restore from the
+/// repository alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootMeta {
+    pub kind: String,
+    pub source_master: String,
+    pub snapshot: pb::SnapshotInfo,
+    /// For each source tablet, its pages in ROOT's page list: `[start, end)`.
+    pub tablet_pages: Vec<TabletPages>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TabletPages {
+    pub tablet_id: String,
+    pub start: usize,
+    pub end: usize,
+    /// Bytes of the tablet's files (for progress).
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+pub const ROOT_KIND: &str = "tabletdb-snapshot/v1";
+
+/// `snapfleet restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    pub repo: String,
+    pub backup_id: String,
+    /// tabletdb master of the target cluster.
+    pub master: String,
+    /// Target database name; empty = the source's name.
+    #[serde(default)]
+    pub database: String,
+    /// Only these tables (empty = all).
+    #[serde(default)]
+    pub tables: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: u64,
+}
+
+/// The restore driver's notes.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RestoreNotes {
+    pub restore_id: String,
+    pub database: String,
+    pub restore_ht: u64,
+    /// Hidden tables created on the target (dropped again if the restore fails).
+    pub tables: Vec<pb::TableInfo>,
+    pub tablets: Vec<Placement>,
+}
+
+/// A source tablet and where it goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Placement {
+    pub source_tablet: String,
+    pub target: pb::TabletMeta,
+    pub node: u32,
+}
+
+/// One tablet to download and verify into the staging directory of its target node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadTask {
+    pub repo: String,
+    pub backup_id: String,
+    pub restore_id: String,
+    pub source_tablet: String,
+    pub pages: TabletPages,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadResult {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Where a download task stages a tablet under its node's data directory.
+pub fn staging_dir(node_data_dir: &std::path::Path, restore_id: &str) -> std::path::PathBuf {
+    node_data_dir.join("staging").join(restore_id)
+}

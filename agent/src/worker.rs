@@ -1,0 +1,502 @@
+//! The agent process: registers with the coordinator as the agent of one database node,
+//! heartbeats, long-polls for tasks and runs each one (upload a tablet snapshot, or download
+//! a tablet into staging) while reporting progress, which also renews its lease. A lease it
+//! loses (expired, job cancelled) stops the task's work at once. The agent never holds a
+//! per-file list in memory beyond the file being sent, and its memory is bounded by
+//! streams × chunk size whatever the tablet count.
+
+use crate::error::{AgentError, Result};
+use crate::repos::{Passphrase, Repos};
+use crate::spec::{staging_dir, DownloadResult, DownloadTask, UploadResult, UploadTask};
+use snapfleet_coordinator::client::Leader;
+use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient;
+use snapfleet_coordinator::pb::{self as cpb};
+use snapfleet_proto::tabletdb as pb;
+use snapfleet_repository::{restore_root, BackupId, BackupWriter, RestoreOptions, WriterOptions};
+use snapfleet_tabletdb::tablet::TabletPaths;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// A lease lasts this long without news from the agent.
+pub const LEASE_MS: u64 = 15_000;
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Coordinator replicas (any of them; the agent follows the leader).
+    pub coordinator: Vec<String>,
+    /// The tabletdb node this agent serves.
+    pub db_node: String,
+    /// The agent's own state directory.
+    pub data: PathBuf,
+    /// Agent id; default `agent-<node id>`.
+    pub id: Option<String>,
+    /// Tasks run at once.
+    pub max_tasks: usize,
+    /// Chunks in flight per task.
+    pub streams: usize,
+    pub passphrase: Passphrase,
+}
+
+struct Ctx {
+    id: String,
+    node_id: u32,
+    node_data: PathBuf,
+    leader: Leader,
+    repos: Repos,
+    streams: usize,
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data).map_err(|source| AgentError::Io {
+        what: format!("agent data directory {}", cfg.data.display()),
+        source,
+    })?;
+    let status = node_status(&cfg.db_node, &shutdown).await?;
+    let id = cfg
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("agent-{}", status.node_id));
+    let ctx = Arc::new(Ctx {
+        id: id.clone(),
+        node_id: status.node_id,
+        node_data: PathBuf::from(&status.data_dir),
+        leader: Leader::new(&cfg.coordinator),
+        repos: Repos::new(cfg.passphrase.clone()),
+        streams: cfg.streams.max(1),
+    });
+    let span = tracing::info_span!("agent", id = %id, node = status.node_id);
+    async move {
+        register(&ctx, &cfg, &shutdown).await?;
+        info!(node_data = %ctx.node_data.display(), "agent registered");
+        let hb = tokio::spawn(heartbeat(ctx.clone(), shutdown.clone()).in_current_span());
+        let slots = Arc::new(Semaphore::new(cfg.max_tasks.max(1)));
+        let mut running = tokio::task::JoinSet::new();
+        while !shutdown.is_cancelled() {
+            while running.try_join_next().is_some() {}
+            let free = slots.available_permits() as u32;
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = running.join_next() => continue,
+                }
+            }
+            let req = cpb::AcquireTasksRequest {
+                agent_id: ctx.id.clone(),
+                max: free,
+                lease_ms: LEASE_MS,
+                wait_ms: 5_000,
+            };
+            let got = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = ctx.leader.call(move |ch| {
+                    let req = req.clone();
+                    async move { AgentServiceClient::new(ch).acquire_tasks(req).await }
+                }) => r,
+            };
+            let tasks = match got {
+                Ok(r) => r.into_inner().tasks,
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                    // e.g. the coordinator lost our registration (new cluster): register again.
+                    warn!(status = %s.message(), "acquire refused; registering again");
+                    register(&ctx, &cfg, &shutdown).await?;
+                    continue;
+                }
+                Err(s) => {
+                    warn!(status = %s.message(), "acquire failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            for lease in tasks {
+                let permit = slots.clone().acquire_owned().await.expect("open");
+                let ctx = ctx.clone();
+                let stop = shutdown.child_token();
+                let span = tracing::info_span!("task", task = lease.task_id, job = lease.job_id, kind = %lease.job_kind);
+                running.spawn(
+                    async move {
+                        run_task(&ctx, lease, stop).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        running.shutdown().await;
+        hb.abort();
+        info!("agent stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn node_status(addr: &str, shutdown: &CancellationToken) -> Result<pb::NodeStatusResponse> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = async {
+            let mut c = snapfleet_tabletdb::client::connect_node(addr).await?;
+            c.node_status(pb::NodeStatusRequest {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| snapfleet_tabletdb::error::from_status(&format!("node {addr}"), s))
+        }
+        .await;
+        match r {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() => {
+                warn!(error = %e, "database node not reachable yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn register(ctx: &Ctx, cfg: &AgentConfig, shutdown: &CancellationToken) -> Result<()> {
+    let req = cpb::RegisterRequest {
+        agent_id: ctx.id.clone(),
+        node: ctx.node_id.to_string(),
+        address: cfg.db_node.clone(),
+        labels: Default::default(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    loop {
+        let r = ctx
+            .leader
+            .call({
+                let req = req.clone();
+                move |ch| {
+                    let req = req.clone();
+                    async move { AgentServiceClient::new(ch).register(req).await }
+                }
+            })
+            .await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(s) if shutdown.is_cancelled() => {
+                return Err(AgentError::Coordinator(s.message().to_string()))
+            }
+            Err(s) => {
+                warn!(status = %s.message(), "cannot register with the coordinator yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let req = cpb::HeartbeatRequest {
+            agent_id: ctx.id.clone(),
+        };
+        if let Err(s) = ctx
+            .leader
+            .call(move |ch| {
+                let req = req.clone();
+                async move { AgentServiceClient::new(ch).heartbeat(req).await }
+            })
+            .await
+        {
+            warn!(status = %s.message(), "heartbeat failed");
+        }
+    }
+}
+
+/// Live counters of one task, reported to the coordinator every second.
+#[derive(Default)]
+struct Counters {
+    bytes_done: AtomicU64,
+    bytes_total: AtomicU64,
+    items_done: AtomicU64,
+    items_total: AtomicU64,
+}
+
+async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken) {
+    let counters = Arc::new(Counters::default());
+    let reporter = {
+        let ctx = ctx.clone();
+        let counters = counters.clone();
+        let stop = stop.clone();
+        let task = lease.task_id;
+        tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let req = cpb::ReportProgressRequest {
+                        agent_id: ctx.id.clone(),
+                        task_id: task,
+                        bytes_done: counters.bytes_done.load(Ordering::Relaxed),
+                        bytes_total: counters.bytes_total.load(Ordering::Relaxed),
+                        items_done: counters.items_done.load(Ordering::Relaxed),
+                        items_total: counters.items_total.load(Ordering::Relaxed),
+                        lease_ms: LEASE_MS,
+                    };
+                    match ctx
+                        .leader
+                        .call(move |ch| {
+                            let req = req.clone();
+                            async move { AgentServiceClient::new(ch).report_progress(req).await }
+                        })
+                        .await
+                    {
+                        Ok(r) => ctx.repos.set_rate(r.into_inner().rate_limit),
+                        Err(s)
+                            if matches!(
+                                s.code(),
+                                tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                            ) =>
+                        {
+                            warn!(status = %s.message(), "lease lost: stopping the task");
+                            stop.cancel();
+                            return;
+                        }
+                        Err(s) => warn!(status = %s.message(), "progress report failed"),
+                    }
+                }
+            }
+            .in_current_span(),
+        )
+    };
+    let work = do_work(
+        ctx.clone(),
+        lease.job_kind.clone(),
+        lease.payload_json.clone(),
+        lease.attempt,
+        counters.clone(),
+    );
+    let result: Result<serde_json::Value> = tokio::select! {
+        r = work => r,
+        _ = stop.cancelled() => Err(AgentError::Cancelled("lease lost or agent stopping".into())),
+    };
+    stop.cancel();
+    let _ = reporter.await;
+    match result {
+        Ok(v) => {
+            let req = cpb::CompleteTaskRequest {
+                agent_id: ctx.id.clone(),
+                task_id: lease.task_id,
+                result_json: v.to_string(),
+            };
+            match ctx
+                .leader
+                .call(move |ch| {
+                    let req = req.clone();
+                    async move { AgentServiceClient::new(ch).complete_task(req).await }
+                })
+                .await
+            {
+                Ok(_) => info!("task done"),
+                Err(s) => warn!(status = %s.message(), "could not report completion"),
+            }
+        }
+        Err(AgentError::Cancelled(why)) => info!(%why, "task stopped"),
+        Err(e) => {
+            warn!(error = %e, "task failed");
+            let req = cpb::FailTaskRequest {
+                agent_id: ctx.id.clone(),
+                task_id: lease.task_id,
+                reason: e.to_string(),
+                permanent: !e.is_retryable(),
+            };
+            if let Err(s) = ctx
+                .leader
+                .call(move |ch| {
+                    let req = req.clone();
+                    async move { AgentServiceClient::new(ch).fail_task(req).await }
+                })
+                .await
+            {
+                warn!(status = %s.message(), "could not report the failure");
+            }
+        }
+    }
+}
+
+async fn do_work(
+    ctx: Arc<Ctx>,
+    kind: String,
+    payload: String,
+    attempt: u32,
+    counters: Arc<Counters>,
+) -> Result<serde_json::Value> {
+    match kind.as_str() {
+        "backup" => {
+            let t: UploadTask = parse(&payload)?;
+            let r = upload(&ctx, &t, &counters, attempt).await?;
+            Ok(serde_json::to_value(r).expect("serialisable"))
+        }
+        "restore" => {
+            let t: DownloadTask = parse(&payload)?;
+            let r = download(&ctx, &t, &counters).await?;
+            Ok(serde_json::to_value(r).expect("serialisable"))
+        }
+        other => Err(AgentError::invalid(
+            "task",
+            format!("this agent does not run {other} tasks; upgrade it"),
+        )),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| AgentError::invalid("task payload", e))
+}
+
+fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
+    let io = |source| AgentError::Io {
+        what: format!("tablet snapshot {}", dir.display()),
+        source,
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        let m = e.metadata().map_err(io)?;
+        if !m.is_file() {
+            return Err(AgentError::invalid(
+                "tablet snapshot",
+                format!("{} is not a regular file", e.path().display()),
+            ));
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        out.push((name, e.path(), m.len()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Uploads one tablet snapshot as the manifest part named after the tablet.
+async fn upload(ctx: &Ctx, t: &UploadTask, c: &Counters, attempt: u32) -> Result<UploadResult> {
+    let meta = pb::TabletMeta {
+        tablet_id: t.tablet_id.clone(),
+        table_id: t.table_id.clone(),
+        database_id: t.database_id.clone(),
+        ..Default::default()
+    };
+    let dir = TabletPaths::new(&ctx.node_data, &meta)?.snapshot_dir(&t.snapshot_id);
+    let files = list_files(&dir).map_err(|e| match e {
+        AgentError::Io { what, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            AgentError::invalid(
+                what,
+                "the snapshot is gone from this node (deleted, or the tablet moved): run the backup again",
+            )
+        }
+        e => e,
+    })?;
+    c.items_total.store(files.len() as u64, Ordering::Relaxed);
+    c.bytes_total
+        .store(files.iter().map(|f| f.2).sum(), Ordering::Relaxed);
+    let repo = ctx.repos.get(&t.repo).await?;
+    let w = BackupWriter::with_options(
+        repo,
+        BackupId::new(t.backup_id.clone())?,
+        WriterOptions {
+            compression_level: t.compression,
+            concurrency: ctx.streams,
+            part: Some(t.tablet_id.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    info!(files = files.len(), attempt, dir = %dir.display(), "uploading tablet snapshot");
+    let progress = w.progress();
+    for (name, path, _) in &files {
+        let rel = format!("{}/{}", t.tablet_id, name);
+        let put = w.put_path(&rel, path);
+        tokio::pin!(put);
+        loop {
+            tokio::select! {
+                r = &mut put => { r?; break; }
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            c.bytes_done.store(
+                progress.bytes_read.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+        }
+        c.items_done.fetch_add(1, Ordering::Relaxed);
+        c.bytes_done.store(
+            progress.bytes_read.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+    let part = w.finish().await?;
+    Ok(UploadResult {
+        files: files.len() as u64,
+        bytes_read: progress.bytes_read.load(Ordering::Relaxed),
+        bytes_uploaded: progress.bytes_uploaded.load(Ordering::Relaxed),
+        part,
+    })
+}
+
+/// Downloads one source tablet's files (every chunk verified) into this node's staging dir.
+async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadResult> {
+    let repo = ctx.repos.get(&t.repo).await?;
+    let root = repo.read_root(&BackupId::new(t.backup_id.clone())?).await?;
+    if t.pages.end > root.pages.len() || t.pages.start > t.pages.end {
+        return Err(AgentError::invalid(
+            format!(
+                "pages of tablet {} in backup {}",
+                t.source_tablet, t.backup_id
+            ),
+            "outside the backup's page list (ROOT and task disagree)",
+        ));
+    }
+    let mut sub = root.clone();
+    sub.pages = root.pages[t.pages.start..t.pages.end].to_vec();
+    sub.page_count = sub.pages.len() as u64;
+    c.bytes_total.store(t.pages.bytes, Ordering::Relaxed);
+    let target = staging_dir(&ctx.node_data, &t.restore_id);
+    let tablet_dir = target.join(&t.source_tablet);
+    // A previous attempt may have left part of the files: start clean.
+    let _ = std::fs::remove_dir_all(&tablet_dir);
+    let restore = restore_root(
+        &repo,
+        &sub,
+        &target,
+        RestoreOptions {
+            concurrency: ctx.streams,
+        },
+    );
+    tokio::pin!(restore);
+    let stats = loop {
+        tokio::select! {
+            r = &mut restore => break r,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Ok((files, bytes)) = snapfleet_tabletdb::tablet::dir_size(&tablet_dir) {
+                    c.bytes_done.store(bytes, Ordering::Relaxed);
+                    c.items_done.store(files, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tablet_dir);
+            return Err(e.into());
+        }
+    };
+    c.bytes_done.store(stats.bytes, Ordering::Relaxed);
+    Ok(DownloadResult {
+        files: stats.files,
+        bytes: stats.bytes,
+    })
+}

@@ -1,0 +1,531 @@
+//! The fleet commands: `snapfleet agent` (run the agent of one database node),
+//! `snapfleet backup create|list|describe`, `snapfleet restore`, and
+//! `snapfleet job list|watch|cancel`. Backups and restores are coordinator jobs: the command
+//! submits one and, with `--wait`, follows it (progress per node from WatchJob) until it ends.
+
+use crate::util::{human_bytes, human_duration, parse_rate};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use snapfleet_agent::spec::{BackupSpec, RestoreSpec, RootMeta};
+use snapfleet_agent::{run_agent, AgentConfig, Passphrase, Repos};
+use snapfleet_coordinator::client::Leader;
+use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
+use snapfleet_coordinator::pb::{self as cpb};
+use snapfleet_coordinator::CancellationToken;
+use snapfleet_repository::BackupId;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Clone)]
+pub struct CoordArg {
+    /// Coordinator replicas (any; the leader is found): HOST:PORT[,HOST:PORT…].
+    #[arg(long, env = "SNAPFLEET_COORDINATOR", default_value = "127.0.0.1:7000")]
+    pub coordinator: String,
+}
+
+#[derive(Args, Clone)]
+pub struct RepoArg {
+    /// Repository URL: file:///path, s3://bucket/prefix, …
+    #[arg(long, env = "SNAPFLEET_REPO")]
+    pub repo: String,
+    /// File holding the repository passphrase (also: $SNAPFLEET_PASSWORD).
+    #[arg(long, env = "SNAPFLEET_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    c: CoordArg,
+    /// The tabletdb node this agent serves (its gRPC address).
+    #[arg(long)]
+    db_node: String,
+    /// The agent's state directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Agent id (default: agent-<node id>).
+    #[arg(long)]
+    id: Option<String>,
+    /// Tasks (tablets) processed at once.
+    #[arg(long, default_value_t = 2)]
+    max_tasks: usize,
+    /// Chunks in flight per task (memory ≈ tasks × streams × chunk size).
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// File holding the repository passphrase (also: $SNAPFLEET_PASSWORD_FILE, $SNAPFLEET_PASSWORD).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// Back up a database: distributed snapshot, parallel upload by every node's agent,
+    /// ROOT written last.
+    Create(CreateArgs),
+    /// Committed backups in the repository.
+    List {
+        #[command(flatten)]
+        r: RepoArg,
+    },
+    /// One backup: database, hybrid time, tables, tablets, sizes.
+    Describe {
+        #[command(flatten)]
+        r: RepoArg,
+        id: String,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    c: CoordArg,
+    #[command(flatten)]
+    r: RepoArg,
+    /// tabletdb master of the cluster to back up.
+    #[arg(long, env = "SNAPFLEET_DB_MASTER", default_value = "127.0.0.1:7100")]
+    master: String,
+    #[arg(long)]
+    db: String,
+    /// Backup id (default: generated, time-ordered).
+    #[arg(long)]
+    id: Option<String>,
+    /// Cluster-wide bandwidth budget, e.g. 200MiB/s (split among the agents with work left).
+    #[arg(long, default_value = "0")]
+    rate_limit: String,
+    /// Keep the tablet snapshots on the nodes afterwards (for fast local restore).
+    #[arg(long)]
+    keep_snapshot: bool,
+    /// Snapshot retries when a schema change races it.
+    #[arg(long, default_value_t = 5)]
+    ddl_retries: u32,
+    /// zstd level (0 = off).
+    #[arg(long, default_value_t = 3)]
+    compression: i32,
+    /// Follow the job until it ends (progress per node); exit 1 if it fails.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    c: CoordArg,
+    #[command(flatten)]
+    r: RepoArg,
+    /// The backup to restore.
+    #[arg(long)]
+    backup: String,
+    /// tabletdb master of the target cluster (any node count).
+    #[arg(long, env = "SNAPFLEET_DB_MASTER", default_value = "127.0.0.1:7100")]
+    master: String,
+    /// Restore under this database name (default: the backup's).
+    #[arg(long)]
+    db: Option<String>,
+    /// Only these tables.
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+    #[arg(long, default_value = "0")]
+    rate_limit: String,
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// Jobs, newest first.
+    List {
+        #[command(flatten)]
+        c: CoordArg,
+        /// Include finished jobs.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Follow a job until it ends.
+    Watch {
+        #[command(flatten)]
+        c: CoordArg,
+        id: u64,
+    },
+    /// Cancel a job (a restore before activation leaves the target as it was).
+    Cancel {
+        #[command(flatten)]
+        c: CoordArg,
+        id: u64,
+        #[arg(long, default_value = "cancelled by the operator")]
+        reason: String,
+    },
+}
+
+pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
+    let token = CancellationToken::new();
+    crate::coordinator::cancel_on_signal(token.clone());
+    run_agent(
+        AgentConfig {
+            coordinator: vec![a.c.coordinator],
+            db_node: a.db_node,
+            data: a.data,
+            id: a.id,
+            max_tasks: a.max_tasks,
+            streams: a.streams,
+            passphrase: Passphrase {
+                file: a.password_file,
+            },
+        },
+        token,
+    )
+    .await
+    .context("agent stopped")
+}
+
+fn repos(r: &RepoArg) -> Repos {
+    Repos::new(Passphrase {
+        file: r.password_file.clone(),
+    })
+}
+
+async fn submit(leader: &Leader, kind: &str, spec: serde_json::Value) -> Result<cpb::JobInfo> {
+    let req = cpb::SubmitJobRequest {
+        kind: kind.into(),
+        spec_json: spec.to_string(),
+        driven: true,
+        ..Default::default()
+    };
+    let info = leader
+        .call(move |ch| {
+            let req = req.clone();
+            async move { CoordinatorClient::new(ch).submit_job(req).await }
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("submitting the {kind} job: {}", s.message()))?
+        .into_inner();
+    Ok(info)
+}
+
+pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
+    match cmd {
+        BackupCmd::Create(a) => {
+            let id =
+                a.id.clone()
+                    .unwrap_or_else(|| BackupId::generate().to_string());
+            BackupId::new(id.clone()).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
+            let spec = BackupSpec {
+                master: a.master.clone(),
+                database: a.db.clone(),
+                repo: a.r.repo.clone(),
+                backup_id: id.clone(),
+                ddl_retries: a.ddl_retries,
+                keep_snapshot: a.keep_snapshot,
+                rate_limit: parse_rate(&a.rate_limit)?,
+                compression: a.compression,
+            };
+            let leader = Leader::new([a.c.coordinator.as_str()]);
+            let job = submit(&leader, "backup", serde_json::to_value(spec)?).await?;
+            eprintln!("backup {id}: job {} submitted", job.id);
+            finish_command(&leader, job, a.wait, json).await
+        }
+        BackupCmd::List { r } => {
+            let repos = repos(&r);
+            let repo = repos.get(&r.repo).await?;
+            let ids = repo.list_backups().await?;
+            let mut out = Vec::new();
+            for id in ids {
+                let root = repo.read_root(&id).await?;
+                let meta: Option<RootMeta> = serde_json::from_value(root.meta.clone()).ok();
+                let row = serde_json::json!({
+                    "id": id.to_string(),
+                    "created": root.created.to_rfc3339(),
+                    "database": meta.as_ref().map(|m| m.snapshot.database_name.clone()),
+                    "hybrid_time": meta.as_ref().map(|m| m.snapshot.hybrid_time),
+                    "tables": meta.as_ref().map(|m| m.snapshot.tables.len()),
+                    "stats": root.stats,
+                });
+                if json {
+                    out.push(row);
+                } else {
+                    println!(
+                        "{}  {}  db {}  {} tables  {} in {} files",
+                        id,
+                        root.created.format("%Y-%m-%d %H:%M:%S"),
+                        meta.as_ref()
+                            .map(|m| m.snapshot.database_name.as_str())
+                            .unwrap_or("-"),
+                        meta.as_ref().map(|m| m.snapshot.tables.len()).unwrap_or(0),
+                        human_bytes(root.stats.bytes),
+                        root.stats.files
+                    );
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(())
+        }
+        BackupCmd::Describe { r, id } => {
+            let repos = repos(&r);
+            let repo = repos.get(&r.repo).await?;
+            let root = repo
+                .read_root(&BackupId::new(id.clone()).map_err(|e| anyhow::anyhow!("{e}"))?)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&root)?);
+                return Ok(());
+            }
+            println!("backup {id}, committed {}", root.created.to_rfc3339());
+            println!(
+                "  {} in {} files; {} new chunks, {} reused; {} uploaded",
+                human_bytes(root.stats.bytes),
+                root.stats.files,
+                root.stats.chunks_new,
+                root.stats.chunks_reused,
+                human_bytes(root.stats.bytes_uploaded)
+            );
+            if let Ok(m) = serde_json::from_value::<RootMeta>(root.meta.clone()) {
+                println!(
+                    "  database {:?} at hybrid time {} (source master {})",
+                    m.snapshot.database_name, m.snapshot.hybrid_time, m.source_master
+                );
+                for t in &m.snapshot.tables {
+                    println!("  table {} ({} tablets)", t.name, t.tablets.len());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn run_restore(a: RestoreArgs, json: bool) -> Result<()> {
+    let spec = RestoreSpec {
+        repo: a.r.repo.clone(),
+        backup_id: a.backup.clone(),
+        master: a.master.clone(),
+        database: a.db.clone().unwrap_or_default(),
+        tables: a.tables.clone(),
+        rate_limit: parse_rate(&a.rate_limit)?,
+    };
+    let leader = Leader::new([a.c.coordinator.as_str()]);
+    let job = submit(&leader, "restore", serde_json::to_value(spec)?).await?;
+    eprintln!("restore of backup {}: job {} submitted", a.backup, job.id);
+    finish_command(&leader, job, a.wait, json).await
+}
+
+async fn finish_command(leader: &Leader, job: cpb::JobInfo, wait: bool, json: bool) -> Result<()> {
+    let job = if wait {
+        watch(leader, job.id, json).await?
+    } else {
+        job
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
+    } else if !wait {
+        println!("{}", job.id);
+    }
+    if wait && job.state != "succeeded" {
+        bail!("job {} {}: {}", job.id, job.state, job.failure);
+    }
+    Ok(())
+}
+
+fn job_json(j: &cpb::JobInfo) -> serde_json::Value {
+    let p = j.progress.clone().unwrap_or_default();
+    serde_json::json!({
+        "id": j.id,
+        "kind": j.kind,
+        "state": j.state,
+        "phase": j.phase,
+        "failure": (!j.failure.is_empty()).then(|| j.failure.clone()),
+        "result": serde_json::from_str::<serde_json::Value>(&j.result_json).ok(),
+        "spec": serde_json::from_str::<serde_json::Value>(&j.spec_json).ok(),
+        "tasks_total": p.tasks_total,
+        "tasks_succeeded": p.tasks_succeeded,
+        "bytes_done": p.bytes_done,
+        "bytes_total": p.bytes_total,
+        "created_at_ms": j.created_at_ms,
+        "finished_at_ms": j.finished_at_ms,
+        "nodes": j.nodes.iter().map(|n| serde_json::json!({
+            "node": n.node, "bytes_done": n.bytes_done, "bytes_total": n.bytes_total,
+            "tasks_done": n.tasks_done, "tasks_total": n.tasks_total,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// Follows job `id` (re-attaching after a coordinator failover) until it ends; draws one
+/// progress bar per node on a terminal.
+async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::JobInfo> {
+    let mp = MultiProgress::new();
+    if quiet_human {
+        mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let head = mp.add(ProgressBar::new_spinner());
+    head.enable_steady_tick(Duration::from_millis(200));
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    let started = std::time::Instant::now();
+    let mut last: Option<cpb::JobInfo> = None;
+    loop {
+        let stream = leader
+            .call(move |ch| async move {
+                CoordinatorClient::new(ch)
+                    .watch_job(cpb::JobRef { id })
+                    .await
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => bail!("{}", s.message()),
+            Err(s) => bail!("watching job {id}: {}", s.message()),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(j)) => {
+                    let p = j.progress.clone().unwrap_or_default();
+                    head.set_message(format!(
+                        "job {} {} {}: {}/{} tasks, {} / {}",
+                        j.id,
+                        j.kind,
+                        if j.phase.is_empty() {
+                            "starting"
+                        } else {
+                            &j.phase
+                        },
+                        p.tasks_succeeded,
+                        p.tasks_total,
+                        human_bytes(p.bytes_done),
+                        human_bytes(p.bytes_total)
+                    ));
+                    for n in &j.nodes {
+                        let b = bars.entry(n.node.clone()).or_insert_with(|| {
+                            let b = mp.add(ProgressBar::new(n.bytes_total));
+                            b.set_style(style.clone());
+                            b.set_prefix(format!("node {}", n.node));
+                            b
+                        });
+                        b.set_length(n.bytes_total.max(1));
+                        b.set_position(n.bytes_done);
+                        b.set_message(format!("{}/{} tablets", n.tasks_done, n.tasks_total));
+                    }
+                    let done = is_terminal(&j.state);
+                    last = Some(j);
+                    if done {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Some(j) = &last {
+            if is_terminal(&j.state) {
+                break;
+            }
+        }
+        // The stream ended without a final state (leader change): attach again.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for b in bars.values() {
+        b.finish();
+    }
+    head.finish_and_clear();
+    let j = last.expect("loop ends with a job");
+    if !quiet_human {
+        eprintln!(
+            "job {} {} {} in {}{}",
+            j.id,
+            j.kind,
+            j.state,
+            human_duration(started.elapsed()),
+            if j.failure.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", j.failure)
+            }
+        );
+    }
+    Ok(j)
+}
+
+pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
+    match cmd {
+        JobCmd::List { c, all } => {
+            let leader = Leader::new([c.coordinator.as_str()]);
+            let jobs = leader
+                .call(move |ch| async move {
+                    CoordinatorClient::new(ch)
+                        .list_jobs(cpb::ListJobsRequest {
+                            include_finished: all,
+                            limit: 0,
+                        })
+                        .await
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .jobs;
+            if json {
+                let v: Vec<_> = jobs.iter().map(job_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for j in &jobs {
+                let p = j.progress.clone().unwrap_or_default();
+                println!(
+                    "{:>5}  {:<8} {:<10} {:<9} {}/{} tasks  {} / {}{}",
+                    j.id,
+                    j.kind,
+                    j.state,
+                    j.phase,
+                    p.tasks_succeeded,
+                    p.tasks_total,
+                    human_bytes(p.bytes_done),
+                    human_bytes(p.bytes_total),
+                    if j.failure.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", j.failure)
+                    }
+                );
+            }
+            Ok(())
+        }
+        JobCmd::Watch { c, id } => {
+            let leader = Leader::new([c.coordinator.as_str()]);
+            let j = watch(&leader, id, json).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job_json(&j))?);
+            }
+            if j.state != "succeeded" {
+                bail!("job {} {}: {}", j.id, j.state, j.failure);
+            }
+            Ok(())
+        }
+        JobCmd::Cancel { c, id, reason } => {
+            let leader = Leader::new([c.coordinator.as_str()]);
+            let j = leader
+                .call(move |ch| {
+                    let reason = reason.clone();
+                    async move {
+                        CoordinatorClient::new(ch)
+                            .cancel_job(cpb::CancelJobRequest { id, reason })
+                            .await
+                    }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job_json(&j))?);
+            } else {
+                eprintln!("job {id}: cancel requested ({})", j.state);
+            }
+            Ok(())
+        }
+    }
+}

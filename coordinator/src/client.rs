@@ -1,0 +1,158 @@
+//! Talking to a coordinator group from outside (CLI, agents): a `Leader` holds the replica
+//! addresses, follows "not leader; leader is N at ADDR" redirects, moves on to the next
+//! replica when one is down, and retries until a deadline. Only the two failures that say
+//! "this replica cannot take the request" are retried (redirect, unavailable); any other
+//! status goes back to the caller unchanged.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Replica addresses plus the last known leader.
+pub struct Leader {
+    addrs: Vec<String>,
+    hint: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// How long `call` keeps trying through elections and dead replicas.
+    pub patience: Duration,
+}
+
+fn url(addr: &str) -> String {
+    if addr.starts_with("http") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// The leader address in a "not leader; leader is N at ADDR" message.
+fn redirect(status: &Status) -> Option<String> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let rest = status.message().strip_prefix("not leader; leader is ")?;
+    Some(rest.split_once(" at ")?.1.trim().to_string())
+}
+
+impl Leader {
+    /// `addrs`: one or more replicas, comma-separated or as separate items.
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(addrs: I) -> Self {
+        let addrs: Vec<String> = addrs
+            .into_iter()
+            .flat_map(|a| {
+                a.as_ref()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        Self {
+            addrs,
+            hint: Mutex::new(None),
+            channels: Mutex::new(HashMap::new()),
+            patience: Duration::from_secs(30),
+        }
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut map = self.channels.lock().expect("poisoned");
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(url(addr))
+            .map_err(|e| Status::invalid_argument(format!("coordinator address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Calls `f` on the leader's channel, following redirects and skipping dead replicas
+    /// until `patience` runs out.
+    pub async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.addrs.is_empty() {
+            return Err(Status::invalid_argument(
+                "no coordinator address: pass --coordinator HOST:PORT or set SNAPFLEET_COORDINATOR",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut next = 0usize;
+        loop {
+            let hint = self.hint.lock().expect("poisoned").clone();
+            let addr = match hint {
+                Some(h) => h,
+                None => {
+                    let a = self.addrs[next % self.addrs.len()].clone();
+                    next += 1;
+                    a
+                }
+            };
+            let result = match self.channel(&addr) {
+                Ok(ch) => f(ch).await,
+                Err(e) => return Err(e),
+            };
+            match result {
+                Ok(v) => {
+                    *self.hint.lock().expect("poisoned") = Some(addr);
+                    return Ok(v);
+                }
+                Err(s) => {
+                    if let Some(leader) = redirect(&s) {
+                        *self.hint.lock().expect("poisoned") = Some(leader);
+                    } else if s.code() == Code::Unavailable {
+                        *self.hint.lock().expect("poisoned") = None;
+                        self.channels.lock().expect("poisoned").remove(&addr);
+                    } else {
+                        return Err(s);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Status::unavailable(format!(
+                            "no coordinator leader reachable at {} within {:?} (last answer: {}); \
+                             check that a majority of replicas is running",
+                            self.addrs.join(","),
+                            self.patience,
+                            s.message()
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_redirects() {
+        let s = Status::failed_precondition("not leader; leader is 2 at 127.0.0.1:7001");
+        assert_eq!(redirect(&s).as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(redirect(&Status::failed_precondition("lease lost")), None);
+        assert_eq!(
+            redirect(&Status::unavailable("not leader; leader is 2 at x")),
+            None
+        );
+    }
+
+    #[test]
+    fn splits_address_lists() {
+        let l = Leader::new(["a:1,b:2", " c:3 "]);
+        assert_eq!(l.addrs(), &["a:1", "b:2", "c:3"]);
+    }
+}

@@ -1,19 +1,21 @@
 //! `snapfleet demo`: the whole job on a local fleet with no set-up. Starts a 3-node
-//! tabletdb cluster, loads sample tables while the counter workload keeps writing, takes a
-//! distributed snapshot, restores it into a brand-new 2-node cluster, verifies row counts,
-//! per-table checksums and check-consistency at the snapshot time, and prints a report.
-//! Exits non-zero if any check fails.
-//!
-//! Until the repository and agents land (issues 5–7), the snapshot files travel by local
-//! copy; the restore path on the target (hidden tables, staged import, activate) is the real
-//! one.
+//! tabletdb cluster with its fleet (a coordinator and one agent per node) and a
+//! local-directory repository, loads sample tables while the counter workload keeps
+//! writing, backs up through the coordinator (snapshot, parallel upload by the agents, ROOT
+//! last), then starts a brand-new 2-node cluster with a fresh fleet that never saw the
+//! backup and restores from the repository alone; verifies row counts, per-table checksums
+//! and check-consistency at the backup's hybrid time, and prints a report. Exits non-zero
+//! if any check fails.
 
-use crate::db::create_snapshot;
+use crate::fleet::{submit, watch};
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use snapfleet_agent::local::LocalFleet;
+use snapfleet_agent::spec::{BackupSpec, RestoreSpec};
+use snapfleet_coordinator::client::Leader;
+use snapfleet_repository::{open_store, BackupId, InitOptions, Repository};
 use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
-use snapfleet_tabletdb::restore::{restore_snapshot, tablet_node, tablet_snapshot_dir};
 use snapfleet_tabletdb::{sql, verify, workload, HybridTime};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -39,18 +41,22 @@ pub struct DemoArgs {
 #[derive(serde::Serialize)]
 struct Report {
     ok: bool,
-    snapshot_id: String,
-    snapshot_ht: u64,
-    snapshot_time: String,
+    repository: String,
+    backup_id: String,
+    backup_ht: u64,
+    backup_time: String,
     load_rows: u64,
     load_bytes: u64,
     load_rows_per_sec: f64,
     load_mb_per_sec: f64,
     counter_keys_written: u64,
-    snapshot_files: u64,
-    snapshot_bytes: u64,
-    snapshot_seconds: f64,
-    restore_tablets: usize,
+    backup_files: u64,
+    backup_bytes: u64,
+    backup_bytes_uploaded: u64,
+    backup_seconds: f64,
+    backup_mb_per_sec: f64,
+    restore_tablets: u64,
+    restore_bytes: u64,
     restore_seconds: f64,
     restore_mb_per_sec: f64,
     tables: Vec<TableCheck>,
@@ -110,9 +116,27 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
     )
     .context("starting the 3-node source cluster")?;
     let client = Arc::new(source.client().await?);
+    // A local-directory repository with a random passphrase in a private file.
+    let pass_file = dir.join("repo.pass");
+    let passphrase = format!("{:032x}", rand::random::<u128>());
+    std::fs::write(&pass_file, &passphrase)?;
+    let repo_dir = dir.join("repo");
+    std::fs::create_dir_all(&repo_dir)?;
+    let repo_url = format!("file://{}", repo_dir.canonicalize()?.display());
+    Repository::init(
+        open_store(&repo_url)?,
+        passphrase.as_bytes(),
+        InitOptions::default(),
+    )
+    .await
+    .context("initialising the demo repository")?;
+    let source_fleet = LocalFleet::start(&bin, &dir.join("source-fleet"), &pass_file, &source)
+        .context("starting the source fleet (coordinator + agents)")?;
     say(format!(
-        "[1/6] source cluster up: master {} + 3 nodes ({})",
+        "[1/6] source cluster up: master {} + 3 nodes, coordinator {} + 3 agents, repository {} ({})",
         source.master_addr,
+        source_fleet.coordinator_addr,
+        repo_url,
         human_duration(t0.elapsed())
     ));
 
@@ -185,19 +209,40 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         load.mb_per_sec
     ));
 
-    // 3. Snapshot while the counter keeps writing.
+    // 3. Back up while the counter keeps writing.
     let t = Instant::now();
-    let snap = create_snapshot(&client, db, None, 3).await?;
-    let snapshot_secs = t.elapsed().as_secs_f64();
-    let cut = HybridTime(snap.hybrid_time);
+    let backup_id = BackupId::generate().to_string();
+    let leader = Leader::new([source_fleet.coordinator_addr.as_str()]);
+    let spec = BackupSpec {
+        master: source.master_addr.clone(),
+        database: db.into(),
+        repo: repo_url.clone(),
+        backup_id: backup_id.clone(),
+        ddl_retries: 5,
+        keep_snapshot: false,
+        rate_limit: 0,
+        compression: 3,
+    };
+    let job = submit(&leader, "backup", serde_json::to_value(spec)?).await?;
+    let job = watch(&leader, job.id, json).await?;
+    if job.state != "succeeded" {
+        bail!("backup job {} {}: {}", job.id, job.state, job.failure);
+    }
+    let backup_secs = t.elapsed().as_secs_f64();
+    let br: serde_json::Value = serde_json::from_str(&job.result_json)?;
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let cut = HybridTime(num(&br, "hybrid_time"));
     say(format!(
-        "[3/6] snapshot {} at {} ({}): {} files, {} in {}",
-        snap.snapshot_id,
+        "[3/6] backup {} at {} ({}): {} files, {} read, {} uploaded, {} tablets in {} ({:.1} MB/s)",
+        backup_id,
         cut,
         cut.to_rfc3339(),
-        snap.total_files,
-        human_bytes(snap.total_bytes),
-        human_duration(t.elapsed())
+        num(&br, "files"),
+        human_bytes(num(&br, "bytes")),
+        human_bytes(num(&br, "bytes_uploaded")),
+        num(&br, "tablets"),
+        human_duration(t.elapsed()),
+        num(&br, "bytes") as f64 / backup_secs.max(1e-9) / 1e6
     ));
     // Keep writing a little past the cut, so the restore must hide newer versions.
     let seen_at_cut = counter_progress.load(std::sync::atomic::Ordering::Relaxed);
@@ -210,7 +255,7 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
     let _ = stop_tx.send(());
     let counter = counter.await.context("counter task")??;
 
-    // 4. Restore into a new 2-node cluster.
+    // 4. Restore into a new 2-node cluster with a fresh fleet, from the repository alone.
     let t = Instant::now();
     let target = LocalCluster::start(
         &bin,
@@ -221,31 +266,47 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         },
     )
     .context("starting the 2-node target cluster")?;
+    let target_fleet = LocalFleet::start(&bin, &dir.join("target-fleet"), &pass_file, &target)
+        .context("starting the target fleet")?;
     let tclient = target.client().await?;
     let restore_start = Instant::now();
-    let report = restore_snapshot(&tclient, &snap, db, &[], |tablet| {
-        let node = tablet_node(&snap, tablet).unwrap_or(1);
-        tablet_snapshot_dir(&source.node_dir(node), &snap, tablet).unwrap_or_default()
-    })
-    .await
-    .context("restoring the snapshot into the target cluster")?;
+    let tleader = Leader::new([target_fleet.coordinator_addr.as_str()]);
+    let spec = RestoreSpec {
+        repo: repo_url.clone(),
+        backup_id: backup_id.clone(),
+        master: target.master_addr.clone(),
+        database: String::new(),
+        tables: vec![],
+        rate_limit: 0,
+    };
+    let job = submit(&tleader, "restore", serde_json::to_value(spec)?).await?;
+    let job = watch(&tleader, job.id, json).await?;
+    if job.state != "succeeded" {
+        bail!("restore job {} {}: {}", job.id, job.state, job.failure);
+    }
+    let rr: serde_json::Value = serde_json::from_str(&job.result_json)?;
     let restore_secs = restore_start.elapsed().as_secs_f64();
     say(format!(
-        "[4/6] restored {} tables / {} tablets ({}) into the 2-node cluster in {} ({} incl. start-up)",
-        report.tables,
-        report.tablets,
-        human_bytes(report.bytes),
+        "[4/6] restored {} tablets ({}) into the new 2-node cluster in {} ({} incl. start-up)",
+        num(&rr, "tablets"),
+        human_bytes(num(&rr, "bytes")),
         human_duration(restore_start.elapsed()),
         human_duration(t.elapsed())
     ));
+    let snap_tables: Vec<String> = client
+        .tables(db)
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
 
     // 5. Verify: checksums of every table (source at T vs target now), counter consistency.
     let mut tables = Vec::new();
-    for t in &snap.tables {
-        let s = verify::table_checksum(&client, db, &t.name, Some(cut)).await?;
-        let r = verify::table_checksum(&tclient, db, &t.name, None).await?;
+    for name in &snap_tables {
+        let s = verify::table_checksum(&client, db, name, Some(cut)).await?;
+        let r = verify::table_checksum(&tclient, db, name, None).await?;
         tables.push(TableCheck {
-            table: t.name.clone(),
+            table: name.clone(),
             source_rows: s.rows,
             restored_rows: r.rows,
             ok: s == r,
@@ -284,20 +345,24 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
     ));
     let out = Report {
         ok,
-        snapshot_id: snap.snapshot_id.clone(),
-        snapshot_ht: snap.hybrid_time,
-        snapshot_time: cut.to_rfc3339(),
+        repository: repo_url.clone(),
+        backup_id: backup_id.clone(),
+        backup_ht: cut.0,
+        backup_time: cut.to_rfc3339(),
         load_rows: load.rows,
         load_bytes: load.bytes,
         load_rows_per_sec: load.rows_per_sec,
         load_mb_per_sec: load.mb_per_sec,
         counter_keys_written: counter.keys,
-        snapshot_files: snap.total_files,
-        snapshot_bytes: snap.total_bytes,
-        snapshot_seconds: snapshot_secs,
-        restore_tablets: report.tablets,
+        backup_files: num(&br, "files"),
+        backup_bytes: num(&br, "bytes"),
+        backup_bytes_uploaded: num(&br, "bytes_uploaded"),
+        backup_seconds: backup_secs,
+        backup_mb_per_sec: num(&br, "bytes") as f64 / backup_secs.max(1e-9) / 1e6,
+        restore_tablets: num(&rr, "tablets"),
+        restore_bytes: num(&rr, "bytes"),
         restore_seconds: restore_secs,
-        restore_mb_per_sec: report.bytes as f64 / restore_secs.max(1e-9) / 1e6,
+        restore_mb_per_sec: num(&rr, "bytes") as f64 / restore_secs.max(1e-9) / 1e6,
         tables,
         consistency,
         dir: dir.display().to_string(),
@@ -315,14 +380,21 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         eprintln!(
-            "\nBy hand:\n  snapfleet db up --nodes 3 --data /tmp/src          # then, in another shell:\n  \
+            "\nBy hand (long-running commands each in their own shell):\n  \
+             snapfleet db up --nodes 3 --data /tmp/src                 # master 127.0.0.1:7100; node addresses: snapfleet db status\n  \
+             snapfleet repo init --repo file:///tmp/repo --password-file pass.txt\n  \
+             snapfleet coordinator --id 1 --data /tmp/coord --password-file pass.txt      # 127.0.0.1:7000\n  \
+             snapfleet agent --db-node NODE_ADDR --data /tmp/agent-N --password-file pass.txt   # one per node\n  \
              snapfleet db load --db demo --rows 40000\n  \
-             snapfleet db load --db demo --workload counter --duration 60s --rate 500 --log counter.log &\n  \
-             snapfleet db snapshot create --db demo\n  \
-             snapfleet db sql --db demo 'SELECT count(*) FROM load_0'\n  \
-             snapfleet db check-consistency --db demo --at <snapshot hybrid time> --log counter.log"
+             snapfleet backup create --db demo --repo file:///tmp/repo --password-file pass.txt --wait\n  \
+             snapfleet backup list --repo file:///tmp/repo --password-file pass.txt\n  \
+             # new cluster + its own coordinator and agents, then:\n  \
+             snapfleet restore --backup ID --master NEW_MASTER --coordinator NEW_COORD --repo file:///tmp/repo --password-file pass.txt --wait\n  \
+             snapfleet db check-consistency --master NEW_MASTER --db demo --at BACKUP_HYBRID_TIME --log counter.log"
         );
     }
+    drop(source_fleet);
+    drop(target_fleet);
     drop(source);
     drop(target);
     if a.keep {

@@ -185,7 +185,7 @@ fn repos(r: &RepoArg) -> Repos {
     })
 }
 
-async fn submit(leader: &Leader, kind: &str, spec: serde_json::Value) -> Result<cpb::JobInfo> {
+pub async fn submit(leader: &Leader, kind: &str, spec: serde_json::Value) -> Result<cpb::JobInfo> {
     let req = cpb::SubmitJobRequest {
         kind: kind.into(),
         spec_json: spec.to_string(),
@@ -356,7 +356,7 @@ fn is_terminal(state: &str) -> bool {
 
 /// Follows job `id` (re-attaching after a coordinator failover) until it ends; draws one
 /// progress bar per node on a terminal.
-async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::JobInfo> {
+pub async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::JobInfo> {
     let mp = MultiProgress::new();
     if quiet_human {
         mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());

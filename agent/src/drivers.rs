@@ -207,6 +207,16 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                 Err(e) => return Err(e.into()),
             };
             info!(snapshot = %snap.snapshot_id, ht = snap.hybrid_time, "snapshot taken");
+            let nodes: std::collections::BTreeSet<u32> = snap
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.tablets
+                        .iter()
+                        .filter_map(|tb| tb.replicas.first().copied())
+                })
+                .collect();
+            let share = spec.rate_limit / nodes.len().max(1) as u64;
             let mut specs = Vec::new();
             for t in &snap.tables {
                 for tb in &t.tablets {
@@ -219,6 +229,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                         table_id: t.table_id.clone(),
                         tablet_id: tb.tablet_id.clone(),
                         compression: spec.compression,
+                        rate_limit: share,
                     };
                     specs.push(TaskSpec {
                         payload: serde_json::to_value(task).expect("serialisable"),
@@ -286,10 +297,21 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
             };
             info!(backup = %id, pages = root.pages.len(), "ROOT written: backup committed");
             let mut data = job.data.clone();
+            // Tablets whose upload was retried (agent killed, lease lost): what the final
+            // attempt read and sent shows how much earlier attempts had already stored.
+            let retried: Vec<&UploadResult> = tasks
+                .iter()
+                .zip(&results)
+                .filter(|(t, _)| t.attempts > 1)
+                .map(|(_, r)| r)
+                .collect();
             data["stats"] = json!({
                 "files": results.iter().map(|r| r.files).sum::<u64>(),
                 "bytes": results.iter().map(|r| r.bytes_read).sum::<u64>(),
                 "bytes_uploaded": results.iter().map(|r| r.bytes_uploaded).sum::<u64>(),
+                "retried_tablets": retried.len(),
+                "retried_bytes_read": retried.iter().map(|r| r.bytes_read).sum::<u64>(),
+                "retried_bytes_uploaded": retried.iter().map(|r| r.bytes_uploaded).sum::<u64>(),
             });
             ctl.advance("release", data, vec![], 0)
                 .await
@@ -447,7 +469,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                     }
                 }
             }
-            let mut specs = Vec::new();
+            let mut specs: Vec<TaskSpec> = Vec::new();
             for src in &chosen {
                 let t = client
                     .create_table(pb::CreateTableRequest {
@@ -495,6 +517,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                         restore_id: n.restore_id.clone(),
                         source_tablet: s.tablet_id.clone(),
                         pages,
+                        rate_limit: 0,
                     };
                     specs.push(TaskSpec {
                         payload: serde_json::to_value(task).expect("json"),
@@ -505,6 +528,11 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                     });
                 }
                 n.tables.push(t);
+            }
+            let nodes: std::collections::BTreeSet<u32> = n.tablets.iter().map(|p| p.node).collect();
+            let share = spec.rate_limit / nodes.len().max(1) as u64;
+            for t in &mut specs {
+                t.payload["rate_limit"] = json!(share);
             }
             ctl.advance(
                 "download",

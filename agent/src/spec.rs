@@ -51,6 +51,10 @@ pub struct UploadTask {
     pub table_id: String,
     pub tablet_id: String,
     pub compression: i32,
+    /// This node's initial share of the job's bandwidth budget (bytes/s, 0 = unlimited);
+    /// progress reports bring the current share as other nodes finish.
+    #[serde(default)]
+    pub rate_limit: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +132,8 @@ pub struct DownloadTask {
     pub restore_id: String,
     pub source_tablet: String,
     pub pages: TabletPages,
+    #[serde(default)]
+    pub rate_limit: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

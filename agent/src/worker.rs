@@ -73,7 +73,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     });
     let span = tracing::info_span!("agent", id = %id, node = status.node_id);
     async move {
-        register(&ctx, &cfg, &shutdown).await?;
+        register(&ctx, &cfg, true, &shutdown).await?;
         info!(node_data = %ctx.node_data.display(), "agent registered");
         let hb = tokio::spawn(heartbeat(ctx.clone(), shutdown.clone()).in_current_span());
         let slots = Arc::new(Semaphore::new(cfg.max_tasks.max(1)));
@@ -105,7 +105,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
                 Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                     // e.g. the coordinator lost our registration (new cluster): register again.
                     warn!(status = %s.message(), "acquire refused; registering again");
-                    register(&ctx, &cfg, &shutdown).await?;
+                    register(&ctx, &cfg, false, &shutdown).await?;
                     continue;
                 }
                 Err(s) => {
@@ -161,8 +161,14 @@ async fn node_status(addr: &str, shutdown: &CancellationToken) -> Result<pb::Nod
     }
 }
 
-async fn register(ctx: &Ctx, cfg: &AgentConfig, shutdown: &CancellationToken) -> Result<()> {
+async fn register(
+    ctx: &Ctx,
+    cfg: &AgentConfig,
+    restarted: bool,
+    shutdown: &CancellationToken,
+) -> Result<()> {
     let req = cpb::RegisterRequest {
+        restarted,
         agent_id: ctx.id.clone(),
         node: ctx.node_id.to_string(),
         address: cfg.db_node.clone(),
@@ -403,6 +409,7 @@ async fn upload(ctx: &Ctx, t: &UploadTask, c: &Counters, attempt: u32) -> Result
     c.items_total.store(files.len() as u64, Ordering::Relaxed);
     c.bytes_total
         .store(files.iter().map(|f| f.2).sum(), Ordering::Relaxed);
+    ctx.repos.set_rate(t.rate_limit);
     let repo = ctx.repos.get(&t.repo).await?;
     let w = BackupWriter::with_options(
         repo,
@@ -416,26 +423,13 @@ async fn upload(ctx: &Ctx, t: &UploadTask, c: &Counters, attempt: u32) -> Result
     )
     .await?;
     info!(files = files.len(), attempt, dir = %dir.display(), "uploading tablet snapshot");
+    // Progress counts files whose every chunk is stored: what a retry would not send again.
     let progress = w.progress();
-    for (name, path, _) in &files {
+    for (name, path, size) in &files {
         let rel = format!("{}/{}", t.tablet_id, name);
-        let put = w.put_path(&rel, path);
-        tokio::pin!(put);
-        loop {
-            tokio::select! {
-                r = &mut put => { r?; break; }
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-            c.bytes_done.store(
-                progress.bytes_read.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
-        }
+        w.put_path(&rel, path).await?;
         c.items_done.fetch_add(1, Ordering::Relaxed);
-        c.bytes_done.store(
-            progress.bytes_read.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        c.bytes_done.fetch_add(*size, Ordering::Relaxed);
     }
     let part = w.finish().await?;
     Ok(UploadResult {
@@ -448,6 +442,7 @@ async fn upload(ctx: &Ctx, t: &UploadTask, c: &Counters, attempt: u32) -> Result
 
 /// Downloads one source tablet's files (every chunk verified) into this node's staging dir.
 async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadResult> {
+    ctx.repos.set_rate(t.rate_limit);
     let repo = ctx.repos.get(&t.repo).await?;
     let root = repo.read_root(&BackupId::new(t.backup_id.clone())?).await?;
     if t.pages.end > root.pages.len() || t.pages.start > t.pages.end {

@@ -58,6 +58,15 @@ impl AgentService for AgentApi {
                     version: r.version,
                 }))
                 .await?;
+            if r.restarted {
+                self.0
+                    .raft
+                    .propose(Command::ReleaseLeases {
+                        agent: agent.clone(),
+                        now: LeaderTime::now(),
+                    })
+                    .await?;
+            }
             self.beat(&agent);
             Ok(TResponse::new(Empty {}))
         }

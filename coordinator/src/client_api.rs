@@ -124,7 +124,7 @@ impl Coordinator for ClientApi {
                     .rev()
                     .filter(|j| r.include_finished || !j.state.is_terminal())
                     .take(limit)
-                    .map(convert::job)
+                    .map(|j| convert::job_with_tasks(j, sm.tasks_of(j.id)))
                     .collect()
             });
             Ok(TResponse::new(pb::ListJobsResponse { jobs }))

@@ -90,6 +90,11 @@ pub enum Command {
         retryable: bool,
         now: LeaderTime,
     },
+    /// Releases every lease held by `agent` (its process restarted: the old one is dead).
+    ReleaseLeases {
+        agent: AgentId,
+        now: LeaderTime,
+    },
     /// Releases every lease that expired at `now` so the task can be leased again.
     ExpireLeases {
         now: LeaderTime,
@@ -115,6 +120,7 @@ impl Command {
             Command::CompleteTask { .. } => "complete_task",
             Command::FailTask { .. } => "fail_task",
             Command::ExpireLeases { .. } => "expire_leases",
+            Command::ReleaseLeases { .. } => "release_leases",
         }
     }
 }

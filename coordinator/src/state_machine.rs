@@ -257,7 +257,10 @@ impl StateMachine {
                 retryable,
                 now,
             } => self.fail(agent, task, reason, retryable, now, &mut effects),
-            Command::ExpireLeases { now } => Ok(self.expire(now, &mut effects)),
+            Command::ExpireLeases { now } => Ok(self.release(now, None, &mut effects)),
+            Command::ReleaseLeases { agent, now } => {
+                Ok(self.release(now, Some(&agent), &mut effects))
+            }
         };
         Applied { result, effects }
     }
@@ -581,17 +584,31 @@ impl StateMachine {
         Ok(Response::Ok)
     }
 
-    fn expire(&mut self, now: LeaderTime, effects: &mut Vec<Effect>) -> Response {
+    /// Releases the leases that expired at `now`, or (with `holder`) every lease that agent holds.
+    fn release(
+        &mut self,
+        now: LeaderTime,
+        holder: Option<&AgentId>,
+        effects: &mut Vec<Effect>,
+    ) -> Response {
         let expired: Vec<TaskId> = self
             .in_flight_tasks()
-            .filter(|t| t.lease.as_ref().is_some_and(|l| l.expires_at <= now))
+            .filter(|t| {
+                t.lease.as_ref().is_some_and(|l| match holder {
+                    Some(a) => &l.agent == a,
+                    None => l.expires_at <= now,
+                })
+            })
             .map(|t| t.id)
             .collect();
         for tid in &expired {
             let task = self.tasks.get_mut(tid).expect("exists");
-            let holder = task.lease.take().map(|l| l.agent.0).unwrap_or_default();
+            let holder_name = task.lease.take().map(|l| l.agent.0).unwrap_or_default();
             task.state = TaskState::Pending;
-            task.last_error = Some(format!("lease held by agent {holder:?} expired"));
+            task.last_error = Some(match holder {
+                Some(_) => format!("agent {holder_name:?} restarted while holding the lease"),
+                None => format!("lease held by agent {holder_name:?} expired"),
+            });
             let job = task.job;
             self.recount(job);
             if !effects.contains(&Effect::JobChanged(job)) {

@@ -40,6 +40,7 @@ async fn fake_agent(name: String, addrs: Vec<String>, log: Arc<Mutex<Log>>, stop
         address: format!("{name}:0"),
         labels: Default::default(),
         version: "test".into(),
+        restarted: false,
     }))
     .expect("register");
     while !stop.load(Ordering::SeqCst) {

@@ -263,3 +263,194 @@ async fn corrupt_chunk_fails_restore_before_activate_and_target_is_untouched() {
         assert!(left.is_empty(), "staging left behind: {left:?}");
     }
 }
+
+/// The first in-flight job's progress on `node` as (bytes_done, bytes_total), via the CLI.
+fn node_progress(f: &TestFleet, node: &str) -> Option<(u64, u64)> {
+    let (ok, v, _) = f.snapfleet(&["job", "list"]);
+    if !ok {
+        return None;
+    }
+    let job = v.as_array()?.first()?.clone();
+    let n = job["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)?
+        .clone();
+    Some((n["bytes_done"].as_u64()?, n["bytes_total"].as_u64()?))
+}
+
+/// Waits until the running job has done at least `frac` of `node`'s bytes (60 s at most).
+fn wait_progress(f: &TestFleet, node: &str, frac: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some((done, total)) = node_progress(f, node) {
+            if total > 0 && done as f64 >= frac * total as f64 {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress on node {node}: {:?}",
+            f.snapfleet(&["job", "list", "--all"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn spawn_snapfleet(f: &TestFleet, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(snapfleet_tests::snapfleet_bin())
+        .arg("--json")
+        .args(args)
+        .env("SNAPFLEET_COORDINATOR", &f.fleet.coordinator_addr)
+        .env("SNAPFLEET_DB_MASTER", &f.db.master_addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_agent_and_restarted_coordinator_do_not_stop_backup_or_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = init_repo(tmp.path()).await;
+    let mut src = TestFleet::start(3, &pass);
+    let client = Arc::new(src.db.client().await.unwrap());
+    client.create_database(DB, false).await.unwrap();
+    workload::run_load(
+        client.clone(),
+        workload::LoadOptions {
+            db: DB.into(),
+            tables: 2,
+            tablets: 3,
+            rows: Some(24_000),
+            row_size: 1024,
+            ..Default::default()
+        },
+        Arc::new(workload::Progress::default()),
+    )
+    .await
+    .unwrap();
+    let pass_s = pass.to_str().unwrap();
+    // ~26 MB over 3 nodes at 4 MiB/s in all: seconds per node, long enough to kill.
+    let backup = spawn_snapfleet(
+        &src,
+        &[
+            "backup",
+            "create",
+            "--db",
+            DB,
+            "--repo",
+            &url,
+            "--password-file",
+            pass_s,
+            "--compression",
+            "0",
+            "--rate-limit",
+            "4MiB/s",
+            "--wait",
+        ],
+    );
+    wait_progress(&src, "1", 0.4);
+    src.fleet.kill_agent(1);
+    src.fleet.start_agent(&src.db.cluster, 1).unwrap();
+    wait_progress(&src, "2", 0.6);
+    src.fleet.kill_coordinator();
+    src.fleet.start_coordinator().unwrap();
+    let v = finish(backup);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let r = &v["result"];
+    let at = HybridTime(r["hybrid_time"].as_u64().unwrap());
+    // The restarted agent re-read its tablets but sent only what was missing.
+    assert!(r["retried_tablets"].as_u64().unwrap() >= 1, "{r}");
+    let read = r["retried_bytes_read"].as_u64().unwrap();
+    let sent = r["retried_bytes_uploaded"].as_u64().unwrap();
+    assert!(
+        (sent as f64) < 0.8 * read as f64,
+        "the retried tablets sent {sent} of {read} bytes again: {r}"
+    );
+
+    // Restore into 2 nodes with the coordinator restarted half-way.
+    let mut dst = TestFleet::start(2, &pass);
+    let restore = spawn_snapfleet(
+        &dst,
+        &[
+            "restore",
+            "--backup",
+            r["backup_id"].as_str().unwrap(),
+            "--repo",
+            &url,
+            "--password-file",
+            pass_s,
+            "--rate-limit",
+            "8MiB/s",
+            "--wait",
+        ],
+    );
+    wait_progress(&dst, "1", 0.3);
+    dst.fleet.kill_coordinator();
+    dst.fleet.start_coordinator().unwrap();
+    let v = finish(restore);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let dclient = dst.db.client().await.unwrap();
+    assert_same(&client, &dclient, DB, at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_backup_after_changing_5_percent_uploads_little() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = init_repo(tmp.path()).await;
+    let src = TestFleet::start(3, &pass);
+    let client = Arc::new(src.db.client().await.unwrap());
+    client.create_database(DB, false).await.unwrap();
+    load(&client, 40_000, 0).await;
+    let first = backup(&src, &url, &pass, &[]);
+    // Rewrite 5% of the rows with new payloads.
+    load(&client, 2_000, 0).await;
+    let second = backup(&src, &url, &pass, &[]);
+    let (b1, u1) = (
+        first["result"]["bytes"].as_u64().unwrap(),
+        first["result"]["bytes_uploaded"].as_u64().unwrap(),
+    );
+    let (b2, u2) = (
+        second["result"]["bytes"].as_u64().unwrap(),
+        second["result"]["bytes_uploaded"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "first: {b1} bytes, {u1} uploaded; second: {b2} bytes, {u2} uploaded ({:.1}%)",
+        100.0 * u2 as f64 / b2 as f64
+    );
+    assert!(
+        u1 as f64 > 0.3 * b1 as f64,
+        "first backup uploads the data: {first}"
+    );
+    assert!(
+        (u2 as f64) < 0.15 * b2 as f64,
+        "second backup sent {u2} of {b2} bytes: {second}"
+    );
+    // Both backups restore to their own point in time.
+    let dst = TestFleet::start(1, &pass);
+    for (v, name) in [(&first, "one"), (&second, "two")] {
+        let (ok, r, err) = restore(
+            &dst,
+            &url,
+            &pass,
+            v["result"]["backup_id"].as_str().unwrap(),
+            &["--db", name],
+        );
+        assert!(ok, "{err}\n{r}");
+        let at = HybridTime(v["result"]["hybrid_time"].as_u64().unwrap());
+        let dclient = dst.db.client().await.unwrap();
+        assert_same(&client, &dclient, name, at).await;
+    }
+}

@@ -454,3 +454,90 @@ async fn second_backup_after_changing_5_percent_uploads_little() {
         assert_same(&client, &dclient, name, at).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ddl_racing_the_backup_is_retried_or_refused_never_captured_half_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = init_repo(tmp.path()).await;
+    let src = TestFleet::start(2, &pass);
+    let client = Arc::new(src.db.client().await.unwrap());
+    client.create_database(DB, false).await.unwrap();
+    load(&client, 5_000, 0).await;
+    // Schema changes in a tight loop for the whole test.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ddl = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = format!("ddl_{}", n % 3);
+                let _ = sql::execute(&client, DB, &format!("DROP TABLE IF EXISTS {t}"), None).await;
+                let _ = sql::execute(
+                    &client,
+                    DB,
+                    &format!("CREATE TABLE {t} (k int8 PRIMARY KEY) WITH (tablets = 2)"),
+                    None,
+                )
+                .await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let pass_s = pass.to_str().unwrap();
+    let mut committed = Vec::new();
+    for retries in ["0", "10"] {
+        let (ok, v, err) = src.snapfleet(&[
+            "backup",
+            "create",
+            "--db",
+            DB,
+            "--repo",
+            &url,
+            "--password-file",
+            pass_s,
+            "--ddl-retries",
+            retries,
+            "--wait",
+        ]);
+        if ok {
+            committed.push(v["result"].clone());
+        } else {
+            assert!(
+                err.contains("schema changes kept racing") || err.contains("catalog changed"),
+                "a backup racing DDL failed without saying why: {err}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ddls = ddl.await.unwrap();
+    assert!(ddls > 5, "the DDL loop barely ran ({ddls})");
+    assert!(
+        !committed.is_empty(),
+        "no backup succeeded even with 10 retries"
+    );
+    // Every committed backup restores the load tables exactly as of its time.
+    let dst = TestFleet::start(2, &pass);
+    let dclient = dst.db.client().await.unwrap();
+    for (i, r) in committed.iter().enumerate() {
+        let name = format!("r{i}");
+        let (ok, v, err) = restore(
+            &dst,
+            &url,
+            &pass,
+            r["backup_id"].as_str().unwrap(),
+            &["--db", &name],
+        );
+        assert!(ok, "{err}\n{v}");
+        let at = HybridTime(r["hybrid_time"].as_u64().unwrap());
+        for t in ["load_0", "load_1"] {
+            let a = verify::table_checksum(&client, DB, t, Some(at))
+                .await
+                .unwrap();
+            let b = verify::table_checksum(&dclient, &name, t, None)
+                .await
+                .unwrap();
+            assert_eq!(a, b, "{t} of backup {i}");
+        }
+    }
+}

@@ -25,5 +25,12 @@ case "$what" in
       bash bench/dump.sh "$@"
     } | tee bench/out/dump.md
     ;;
-  *) echo "unknown benchmark $what (have: db, dump)" >&2; exit 2 ;;
+  fleet)
+    {
+      echo "# fleet backup/restore benchmark — $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores"
+      echo
+      "$bin" bench fleet "$@"
+    } | tee bench/out/fleet.md
+    ;;
+  *) echo "unknown benchmark $what (have: db, dump, fleet)" >&2; exit 2 ;;
 esac

@@ -15,6 +15,9 @@ use std::time::Instant;
 pub enum BenchCmd {
     /// Write throughput and snapshot time at 1× and 10× data on a local 3-node cluster.
     Db(DbBenchArgs),
+    /// Backup and restore through the coordinator and agents vs `cp -r` and restic on the
+    /// same tablet files; incremental after a 5% change; agent peak memory.
+    Fleet(crate::bench_fleet::FleetBenchArgs),
 }
 
 #[derive(Args)]
@@ -57,7 +60,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub async fn run(cmd: BenchCmd, json: bool) -> Result<()> {
-    let BenchCmd::Db(a) = cmd;
+    let a = match cmd {
+        BenchCmd::Db(a) => a,
+        BenchCmd::Fleet(f) => return crate::bench_fleet::run(f, json).await,
+    };
     let dir = tempfile::Builder::new()
         .prefix("snapfleet-bench-")
         .tempdir()?;

@@ -10,10 +10,20 @@ pub struct LocalFleet {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub password_file: PathBuf,
-    pub coordinator: Option<ChildProcess>,
+    /// Replica `i` has id `i + 1`.
+    pub coordinators: Vec<Option<ChildProcess>>,
+    /// Replica addresses, comma-separated (what `--coordinator` takes).
     pub coordinator_addr: String,
+    replica_addrs: Vec<String>,
     /// Index `i` serves node id `i + 1`.
     pub agents: Vec<Option<ChildProcess>>,
+}
+
+/// A free loopback port, for replicas that must know each other's address before starting.
+fn free_addr() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))?;
+    let a = l.local_addr().map_err(|e| Error::io("127.0.0.1:0", e))?;
+    Ok(a.to_string())
 }
 
 impl LocalFleet {
@@ -24,16 +34,38 @@ impl LocalFleet {
         password_file: &Path,
         cluster: &LocalCluster,
     ) -> Result<Self> {
+        Self::start_with(bin, dir, password_file, cluster, 1)
+    }
+
+    /// Like `start`, with `replicas` coordinator replicas (1, 3, 5).
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        password_file: &Path,
+        cluster: &LocalCluster,
+        replicas: usize,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let replica_addrs = if replicas <= 1 {
+            vec![String::new()]
+        } else {
+            (0..replicas)
+                .map(|_| free_addr())
+                .collect::<Result<Vec<_>>>()?
+        };
         let mut f = Self {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             password_file: password_file.to_path_buf(),
-            coordinator: None,
+            coordinators: (0..replicas.max(1)).map(|_| None).collect(),
             coordinator_addr: String::new(),
+            replica_addrs,
             agents: Vec::new(),
         };
-        f.start_coordinator()?;
+        for id in 1..=f.coordinators.len() {
+            f.start_coordinator(id)?;
+        }
+        f.coordinator_addr = f.replica_addrs.join(",");
         for (i, n) in cluster.nodes.iter().enumerate() {
             if n.is_some() {
                 f.start_agent(cluster, i as u32 + 1)?;
@@ -42,36 +74,48 @@ impl LocalFleet {
         Ok(f)
     }
 
-    /// Starts (or restarts, on the same port and data) the coordinator.
-    pub fn start_coordinator(&mut self) -> Result<()> {
-        let data = self.dir.join("coordinator");
+    /// Starts (or restarts, on the same port and data) coordinator replica `id` (1-based).
+    pub fn start_coordinator(&mut self, id: usize) -> Result<()> {
+        let data = self.dir.join(format!("coordinator-{id}"));
         std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
         let addr_file = data.join("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let listen = if self.coordinator_addr.is_empty() {
+        let single = self.replica_addrs.len() == 1;
+        let listen = if self.replica_addrs[id - 1].is_empty() {
             "127.0.0.1:0".to_string()
         } else {
-            self.coordinator_addr.clone()
+            self.replica_addrs[id - 1].clone()
         };
-        let log = self.dir.join("coordinator.log");
-        let mut child = spawn(
-            &self.bin,
-            "coordinator",
-            &[
-                "coordinator".into(),
-                "--id".into(),
-                "1".into(),
-                "--listen".into(),
-                listen,
-                "--data".into(),
-                data.display().to_string(),
-                "--password-file".into(),
-                self.password_file.display().to_string(),
-            ],
-            &log,
-        )?;
-        self.coordinator_addr = wait_for_file(&addr_file, &mut child, &log)?;
-        self.coordinator = Some(child);
+        let log = self.dir.join(format!("coordinator-{id}.log"));
+        let mut args: Vec<String> = vec![
+            "coordinator".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            listen,
+            "--data".into(),
+            data.display().to_string(),
+            "--password-file".into(),
+            self.password_file.display().to_string(),
+        ];
+        if !single {
+            args.push("--peers".into());
+            args.push(
+                self.replica_addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| format!("{}={a}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        let mut child = spawn(&self.bin, &format!("coordinator {id}"), &args, &log)?;
+        let addr = wait_for_file(&addr_file, &mut child, &log)?;
+        if single {
+            self.replica_addrs[0] = addr.clone();
+            self.coordinator_addr = addr;
+        }
+        self.coordinators[id - 1] = Some(child);
         Ok(())
     }
 
@@ -112,10 +156,15 @@ impl LocalFleet {
         }
     }
 
-    /// kill -9 of the coordinator.
-    pub fn kill_coordinator(&mut self) {
-        if let Some(mut c) = self.coordinator.take() {
+    /// kill -9 of coordinator replica `id` (1-based).
+    pub fn kill_coordinator(&mut self, id: usize) {
+        if let Some(mut c) = self.coordinators.get_mut(id - 1).and_then(Option::take) {
             c.kill();
         }
+    }
+
+    /// The address of replica `id`.
+    pub fn replica_addr(&self, id: usize) -> &str {
+        &self.replica_addrs[id - 1]
     }
 }

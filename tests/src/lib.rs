@@ -191,15 +191,47 @@ pub async fn init_repo(dir: &std::path::Path) -> (String, PathBuf) {
 impl TestFleet {
     /// `nodes` database nodes plus a fleet whose agents read `password_file`.
     pub fn start(nodes: u32, password_file: &std::path::Path) -> Self {
+        Self::start_with(nodes, password_file, 1)
+    }
+
+    /// With `replicas` coordinator replicas.
+    pub fn start_with(nodes: u32, password_file: &std::path::Path, replicas: usize) -> Self {
         let db = TestCluster::start(nodes);
-        let fleet = snapfleet_agent::local::LocalFleet::start(
+        let fleet = snapfleet_agent::local::LocalFleet::start_with(
             &snapfleet_bin(),
             &db.dir.path().join("fleet"),
             password_file,
             &db.cluster,
+            replicas,
         )
         .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
         Self { db, fleet }
+    }
+
+    /// The id of the coordinator replica that leads now (polls up to 60 s).
+    pub fn coordinator_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for (i, c) in self.fleet.coordinators.iter().enumerate() {
+                if c.is_none() {
+                    continue;
+                }
+                let (ok, v, _) = self.snapfleet(&[
+                    "cluster",
+                    "status",
+                    "--coordinator",
+                    self.fleet.replica_addr(i + 1),
+                ]);
+                if ok && v["role"] == "leader" {
+                    return i + 1;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no coordinator leader within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs `snapfleet --json <args> --coordinator <this fleet>`; returns (success, stdout

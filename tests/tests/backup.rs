@@ -321,10 +321,12 @@ fn finish(child: std::process::Child) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killed_agent_and_restarted_coordinator_do_not_stop_backup_or_restore() {
+async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restore() {
     let tmp = tempfile::tempdir().unwrap();
     let (url, pass) = init_repo(tmp.path()).await;
-    let mut src = TestFleet::start(3, &pass);
+    // Three coordinator replicas: killing the leader elects another, whose job driver
+    // picks the backup up from the phase in the log.
+    let mut src = TestFleet::start_with(3, &pass, 3);
     let client = Arc::new(src.db.client().await.unwrap());
     client.create_database(DB, false).await.unwrap();
     workload::run_load(
@@ -342,6 +344,7 @@ async fn killed_agent_and_restarted_coordinator_do_not_stop_backup_or_restore() 
     .await
     .unwrap();
     let pass_s = pass.to_str().unwrap();
+    let leader = src.coordinator_leader();
     // ~26 MB over 3 nodes at 4 MiB/s in all: seconds per node, long enough to kill.
     let backup = spawn_snapfleet(
         &src,
@@ -364,9 +367,12 @@ async fn killed_agent_and_restarted_coordinator_do_not_stop_backup_or_restore() 
     wait_progress(&src, "1", 0.4);
     src.fleet.kill_agent(1);
     src.fleet.start_agent(&src.db.cluster, 1).unwrap();
-    wait_progress(&src, "2", 0.6);
-    src.fleet.kill_coordinator();
-    src.fleet.start_coordinator().unwrap();
+    // `job list` shows unfinished jobs only: the backup is still running.
+    assert!(
+        node_progress(&src, "1").is_some(),
+        "the backup ended before the leader could be killed: slow it down"
+    );
+    src.fleet.kill_coordinator(leader);
     let v = finish(backup);
     assert_eq!(v["state"], "succeeded", "{v}");
     let r = &v["result"];
@@ -380,7 +386,7 @@ async fn killed_agent_and_restarted_coordinator_do_not_stop_backup_or_restore() 
         "the retried tablets sent {sent} of {read} bytes again: {r}"
     );
 
-    // Restore into 2 nodes with the coordinator restarted half-way.
+    // Restore into 2 nodes (a single coordinator replica, kill -9 and restarted half-way).
     let mut dst = TestFleet::start(2, &pass);
     let restore = spawn_snapfleet(
         &dst,
@@ -398,8 +404,12 @@ async fn killed_agent_and_restarted_coordinator_do_not_stop_backup_or_restore() 
         ],
     );
     wait_progress(&dst, "1", 0.3);
-    dst.fleet.kill_coordinator();
-    dst.fleet.start_coordinator().unwrap();
+    assert!(
+        node_progress(&dst, "1").is_some(),
+        "the restore ended too soon"
+    );
+    dst.fleet.kill_coordinator(1);
+    dst.fleet.start_coordinator(1).unwrap();
     let v = finish(restore);
     assert_eq!(v["state"], "succeeded", "{v}");
     let dclient = dst.db.client().await.unwrap();

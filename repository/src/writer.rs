@@ -25,6 +25,7 @@ use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::format::FORMAT_VERSION;
 use crate::ids::{BackupId, ChunkId};
+use crate::lease::{Lease, LeaseKind};
 use crate::manifest::{
     root_key, BackupStats, ChunkRef, Entry, EntryKind, ManifestWriter, PageRef, Root,
 };
@@ -147,6 +148,9 @@ struct Shared {
     uploads: Arc<Semaphore>,
     manifest: Mutex<Option<ManifestWriter>>,
     pack: Mutex<Pack>,
+    /// Writer lease (see `lease.rs`): held from before the first dedup check until commit,
+    /// `release_lease` or drop.
+    lease: std::sync::Mutex<Option<Lease>>,
     files: AtomicU64,
     dirs: AtomicU64,
     bytes: AtomicU64,
@@ -193,6 +197,7 @@ impl BackupWriter {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
         let manifest = ManifestWriter::new(repo.clone(), backup.clone(), &part, opts.page_entries)?;
+        let lease = Lease::acquire(&repo, LeaseKind::Writer, &format!("backup {backup}")).await?;
         Ok(BackupWriter {
             s: Arc::new(Shared {
                 uploads: Arc::new(Semaphore::new(opts.concurrency)),
@@ -202,6 +207,7 @@ impl BackupWriter {
                 progress: Arc::new(Progress::default()),
                 manifest: Mutex::new(Some(manifest)),
                 pack: Mutex::new(Pack::default()),
+                lease: std::sync::Mutex::new(Some(lease)),
                 files: AtomicU64::new(0),
                 dirs: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
@@ -468,9 +474,28 @@ impl BackupWriter {
         m.push(&entry).await
     }
 
+    /// Fails with `Error::LeaseLost` if this writer's lease may have expired (see `lease.rs`).
+    pub fn check_lease(&self) -> Result<()> {
+        match &*self.s.lease.lock().expect("lease lock") {
+            Some(lease) => lease.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Releases this writer's lease now (commit does it; call it after `commit_backup` or
+    /// when abandoning a writer, so gc need not wait for the lease to expire).
+    pub async fn release_lease(&self) -> Result<()> {
+        let lease = self.s.lease.lock().expect("lease lock").take();
+        match lease {
+            Some(l) => l.release().await,
+            None => Ok(()),
+        }
+    }
+
     /// Flushes the last pack and manifest page of this writer's part. Other clones of this
-    /// writer must be done.
+    /// writer must be done. Fails with `Error::LeaseLost` when the writer's lease lapsed.
     pub async fn finish(&self) -> Result<PartSummary> {
+        self.check_lease()?;
         {
             let mut pack = self.s.pack.lock().await;
             self.flush_pack(&mut pack).await?;
@@ -483,6 +508,7 @@ impl BackupWriter {
             .take()
             .ok_or_else(|| Error::InvalidArgument("writer already finished".into()))?;
         let (pages, page_bytes) = manifest.finish().await?;
+        self.check_lease()?;
         self.s
             .bytes_uploaded
             .fetch_add(page_bytes, Ordering::Relaxed);
@@ -515,6 +541,9 @@ impl BackupWriter {
         let part = self.finish().await?;
         let stats = part.stats.clone();
         let root = commit_backup(&self.s.repo, &self.s.backup, meta, vec![part]).await?;
+        if let Err(e) = self.release_lease().await {
+            tracing::warn!(error = %e, "could not release the writer lease; it will expire");
+        }
         Ok((root, stats))
     }
 }

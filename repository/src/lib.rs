@@ -41,6 +41,8 @@ pub mod verify;
 pub mod writer;
 
 pub use chunker::ChunkerParams;
+/// The object store crate, for callers that build or wrap stores.
+pub use object_store;
 pub use copy::{copy_backup, copy_backups, CopiedBackup, CopyOptions, CopyReport};
 pub use error::{Error, Result};
 pub use forget::{forget, remove_backup, select, ForgetDecision, ForgetReport, KeepPolicy};

@@ -493,11 +493,7 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
             let src = open_repo(a).await?;
             let pass = match (&to_password_file, std::env::var_os("SNAPFLEET_TO_PASSWORD")) {
                 (None, None) => a.passphrase()?,
-                (f, _) => passphrase(
-                    f.as_deref(),
-                    "SNAPFLEET_TO_PASSWORD",
-                    "--to-password-file",
-                )?,
+                (f, _) => passphrase(f.as_deref(), "SNAPFLEET_TO_PASSWORD", "--to-password-file")?,
             };
             let dst = Arc::new(
                 Repository::open(open_store(&to)?, &pass)

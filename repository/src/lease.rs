@@ -369,16 +369,18 @@ mod tests {
         let repo = repo().await;
         let gc = Lease::acquire(&repo, LeaseKind::Gc, "gc").await.unwrap();
         let r2 = repo.clone();
-        let writer = tokio::spawn(async move {
-            Lease::acquire(&r2, LeaseKind::Writer, "backup b-2").await
-        });
+        let writer =
+            tokio::spawn(async move { Lease::acquire(&r2, LeaseKind::Writer, "backup b-2").await });
         // The writer has written its lease and is now waiting: gc sees it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while gc.others(LeaseKind::Writer).await.unwrap().is_empty() {
             assert!(Instant::now() < deadline, "writer lease never appeared");
             tokio::task::yield_now().await;
         }
-        assert!(!writer.is_finished(), "writer must wait while gc holds its lease");
+        assert!(
+            !writer.is_finished(),
+            "writer must wait while gc holds its lease"
+        );
         gc.release().await.unwrap();
         let w = tokio::time::timeout(Duration::from_secs(10), writer)
             .await

@@ -41,8 +41,6 @@ pub mod verify;
 pub mod writer;
 
 pub use chunker::ChunkerParams;
-/// The object store crate, for callers that build or wrap stores.
-pub use object_store;
 pub use copy::{copy_backup, copy_backups, CopiedBackup, CopyOptions, CopyReport};
 pub use error::{Error, Result};
 pub use forget::{forget, remove_backup, select, ForgetDecision, ForgetReport, KeepPolicy};
@@ -53,6 +51,8 @@ pub use lease::{list_leases, FoundLease, Lease, LeaseInfo, LeaseKind};
 pub use manifest::{
     BackupStats, ChunkRef, Entry, EntryKind, ManifestReader, ManifestWriter, PageRef, Root,
 };
+/// The object store crate, for callers that build or wrap stores.
+pub use object_store;
 pub use reader::{restore_backup, restore_backup_with, RestoreOptions, RestoreStats};
 pub use repo::{InitOptions, Repository};
 pub use store::{open_store, open_store_with_options, with_layers, StoreLayers};

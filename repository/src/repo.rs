@@ -241,7 +241,12 @@ impl Repository {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(Error::store("delete", key, e)),
         }
-        if let Ok(id) = key.rsplit('/').next().unwrap_or_default().parse::<ChunkId>() {
+        if let Ok(id) = key
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .parse::<ChunkId>()
+        {
             self.known.lock().expect("cache lock").remove(&id);
         }
         Ok(())

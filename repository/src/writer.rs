@@ -2,6 +2,8 @@
 //! already holds, compress, encrypt, upload with N concurrent uploads — and records them in
 //! manifest pages. Many writers (tasks, processes, hosts) can write one backup: each writes
 //! its own manifest part and returns a [`PartSummary`]; [`commit_backup`] then writes ROOT.
+//! Every writer holds a writer lease under `locks/` from creation until commit (or
+//! `release_lease`, or drop) so that gc never runs while it writes (see `lease.rs`).
 //!
 //! Memory is bounded: at most `concurrency` chunks in flight (each ≤ max chunk size, times ~2
 //! for the sealed copy), one chunker buffer per file stream, one pack buffer, one manifest

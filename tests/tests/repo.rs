@@ -232,7 +232,11 @@ fn wrong_or_missing_passphrase_is_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("SNAPFLEET_PASSWORD"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("SNAPFLEET_PASSWORD"),
+        "{}",
+        stderr(&out)
+    );
     // The passphrase from the environment works too.
     let out = Command::new(snapfleet_bin())
         .args(["repo", "list", "--repo", &r.url])
@@ -248,7 +252,10 @@ fn deep_verify_names_a_corrupted_chunk_and_the_backup_it_breaks() {
     let r = Repo::init("pw");
     let src = r.path().join("src");
     make_tree(&src, 2);
-    let id = r.ok(&["repo", "put", src.to_str().unwrap()]).trim().to_string();
+    let id = r
+        .ok(&["repo", "put", src.to_str().unwrap()])
+        .trim()
+        .to_string();
     r.ok(&["repo", "verify", "--deep"]);
 
     // Flip one byte in the largest chunk: the size stays, only a deep check sees it.
@@ -353,7 +360,11 @@ async fn gc_during_a_running_backup_loses_nothing() {
     assert_eq!(r.chunks().len(), garbage, "the writer reused b1's chunks");
 
     let out = r.run(&["repo", "gc", "--grace", "0s"]);
-    assert_eq!(out.status.code(), Some(1), "gc must refuse while b3 is written");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "gc must refuse while b3 is written"
+    );
     let err = stderr(&out);
     assert!(
         err.contains("gc refused") && err.contains("backup b3") && err.contains("locks/writer-"),
@@ -418,7 +429,11 @@ fn copy_to_a_repository_with_another_passphrase() {
     }
     dst_repo.ok(&["repo", "verify", "--deep"]);
     let out = dst_repo.run_with(&src_repo.pw, &["repo", "list"]);
-    assert_eq!(out.status.code(), Some(1), "the source passphrase does not open the copy");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the source passphrase does not open the copy"
+    );
 }
 
 #[test]

@@ -62,6 +62,10 @@ pub enum RepoCmd {
         /// Backup id (default: time plus a random suffix).
         #[arg(long)]
         id: Option<String>,
+        /// Read every file: do not skip small files unchanged (path, size, mtime, mode) since
+        /// the newest backup of the same directory.
+        #[arg(long)]
+        no_parent: bool,
     },
     /// Restore a backup (an id, or `latest`) into a directory.
     Get { backup: String, dir: PathBuf },
@@ -288,7 +292,8 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
             compression,
             tags,
             id,
-        } => put(a, &dir, compression, tags, id, json).await?,
+            no_parent,
+        } => put(a, &dir, compression, tags, id, no_parent, json).await?,
         RepoCmd::Get { backup, dir } => {
             let repo = open_repo(a).await?;
             let id = resolve_backup(&repo, &backup).await?;
@@ -601,6 +606,20 @@ async fn key(a: &RepoArgs, k: KeyCmd, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The newest committed backup whose `meta.source` is `source` (the parent of a new one).
+async fn newest_backup_of(repo: &Repository, source: &str) -> Result<Option<sr::Root>> {
+    let mut newest: Option<sr::Root> = None;
+    for id in repo.list_backups().await? {
+        let root = repo.read_root(&id).await?;
+        if root.meta["source"] == source
+            && newest.as_ref().is_none_or(|n| root.created >= n.created)
+        {
+            newest = Some(root);
+        }
+    }
+    Ok(newest)
+}
+
 /// `latest`, or a backup id.
 async fn resolve_backup(repo: &Repository, name: &str) -> Result<BackupId> {
     if name == "latest" {
@@ -624,6 +643,7 @@ async fn put(
     compression: i32,
     tags: Vec<String>,
     id: Option<String>,
+    no_parent: bool,
     json: bool,
 ) -> Result<()> {
     if !dir.is_dir() {
@@ -638,10 +658,18 @@ async fn put(
         compression_level: compression,
         ..Default::default()
     };
+    let source = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let parent = if no_parent {
+        None
+    } else {
+        newest_backup_of(&repo, &source.display().to_string()).await?
+    };
     let w = sr::BackupWriter::with_options(repo.clone(), id.clone(), opts).await?;
+    if let Some(p) = &parent {
+        w.set_parent(p).await;
+    }
     let pb = byte_bar(format!("backing up {}", dir.display()));
     let feeder = BarFeeder::start(&pb, w.progress());
-    let source = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let res = async {
         w.put_dir(dir).await?;
         w.commit(serde_json::json!({
@@ -664,6 +692,7 @@ async fn put(
     if json {
         print_json(&serde_json::json!({
             "backup_id": root.backup_id,
+            "parent": parent.as_ref().map(|p| p.backup_id.clone()),
             "bytes_read": stats.bytes_read,
             "bytes_uploaded": stats.backup.bytes_uploaded,
             "duration_ms": stats.duration_ms,

@@ -465,3 +465,44 @@ fn key_add_list_remove() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("last key"), "{}", stderr(&out));
 }
+
+/// A second put of the same directory skips unchanged small files (the newest backup of the
+/// directory is the parent), sends little, and still restores byte for byte.
+#[test]
+fn an_incremental_put_reads_and_sends_only_what_changed() {
+    let r = Repo::init("pw");
+    let src = r.path().join("src");
+    make_tree(&src, 9);
+    let first = r.json(&["repo", "put", src.to_str().unwrap()]);
+    assert!(first["parent"].is_null(), "{first:#}");
+    let small = src.join("small");
+    let small_bytes: u64 = list_tree(&small)
+        .iter()
+        .map(|p| small.join(p))
+        .filter(|p| p.is_file())
+        .map(|p| p.metadata().unwrap().len())
+        .sum();
+    std::fs::write(src.join("small/d1/f005"), b"changed, and shorter").unwrap();
+    std::fs::write(src.join("small/d2/new-file"), random_bytes(5000, 99)).unwrap();
+    let second = r.json(&["repo", "put", src.to_str().unwrap()]);
+    assert_eq!(second["parent"], first["backup_id"], "{second:#}");
+    let read = second["bytes_read"].as_u64().unwrap();
+    let total = first["bytes_read"].as_u64().unwrap();
+    // Large files are always read (their chunks dedup); of the small ones only the two new.
+    assert!(
+        read <= total - small_bytes + 5020 + 20,
+        "unchanged small files must not be read again: {read} of {total}"
+    );
+    let sent = second["bytes_uploaded"].as_u64().unwrap();
+    assert!(
+        sent < 100_000,
+        "sent {sent} bytes for two small files: {second:#}"
+    );
+    let out = r.path().join("out");
+    r.ok(&["repo", "get", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
+    // Without a parent every file is read.
+    let full = r.json(&["repo", "put", src.to_str().unwrap(), "--no-parent"]);
+    assert!(full["parent"].is_null());
+    assert!(full["bytes_read"].as_u64().unwrap() > total);
+}

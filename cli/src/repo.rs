@@ -156,11 +156,17 @@ fn passphrase(file: Option<&Path>, env: &str, file_flag: &str) -> Result<Vec<u8>
 }
 
 impl RepoArgs {
+    /// The repository URL; a missing one is a usage error (exit status 2).
     fn url(&self) -> Result<&str> {
-        self.repo
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| anyhow!("no repository: give --repo URL or set SNAPFLEET_REPO (e.g. file:///srv/backups, s3://bucket/prefix)"))
+        match self.repo.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => Ok(u),
+            None => clap::Error::raw(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no repository: give --repo URL or set SNAPFLEET_REPO \
+                 (e.g. file:///srv/backups, s3://bucket/prefix)\n",
+            )
+            .exit(),
+        }
     }
 
     fn passphrase(&self) -> Result<Vec<u8>> {

@@ -237,6 +237,18 @@ fn wrong_or_missing_passphrase_is_a_clear_error() {
         "{}",
         stderr(&out)
     );
+    let out = Command::new(snapfleet_bin())
+        .args(["repo", "list"])
+        .env_remove("SNAPFLEET_REPO")
+        .env("SNAPFLEET_PASSWORD", "right one")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing --repo is a usage error"
+    );
+    assert!(stderr(&out).contains("SNAPFLEET_REPO"), "{}", stderr(&out));
     // The passphrase from the environment works too.
     let out = Command::new(snapfleet_bin())
         .args(["repo", "list", "--repo", &r.url])

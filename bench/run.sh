@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the benchmarks and writes bench/out/<name>.md. Usage: bench/run.sh [db] [ARGS…]
+# Runs the benchmarks and writes bench/out/<name>.md (repo: bench/results/repo.md).
+# Usage: bench/run.sh [db|dump|repo] [ARGS…]
 # Not part of the tests: numbers depend on the machine; compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +33,13 @@ case "$what" in
       "$bin" bench fleet "$@"
     } | tee bench/out/fleet.md
     ;;
-  *) echo "unknown benchmark $what (have: db, dump, fleet)" >&2; exit 2 ;;
+  repo)
+    mkdir -p bench/results
+    {
+      echo "# repository benchmark — $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores"
+      echo
+      bash bench/repo.sh "$bin" "$@"
+    } | tee bench/results/repo.md
+    ;;
+  *) echo "unknown benchmark $what (have: db, dump, repo, fleet)" >&2; exit 2 ;;
 esac

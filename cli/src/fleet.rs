@@ -3,12 +3,13 @@
 //! `snapfleet job list|watch|cancel`. Backups and restores are coordinator jobs: the command
 //! submits one and, with `--wait`, follows it (progress per node from WatchJob) until it ends.
 
+use crate::repo::{open_repo, RepoArgs};
 use crate::util::{human_bytes, human_duration, parse_rate};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use snapfleet_agent::spec::{BackupSpec, RestoreSpec, RootMeta};
-use snapfleet_agent::{run_agent, AgentConfig, Passphrase, Repos};
+use snapfleet_agent::{run_agent, AgentConfig, Passphrase};
 use snapfleet_coordinator::client::Leader;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::pb::{self as cpb};
@@ -23,16 +24,6 @@ pub struct CoordArg {
     /// Coordinator replicas (any; the leader is found): HOST:PORT[,HOST:PORT…].
     #[arg(long, env = "SNAPFLEET_COORDINATOR", default_value = "127.0.0.1:7000")]
     pub coordinator: String,
-}
-
-#[derive(Args, Clone)]
-pub struct RepoArg {
-    /// Repository URL: file:///path, s3://bucket/prefix, …
-    #[arg(long, env = "SNAPFLEET_REPO")]
-    pub repo: String,
-    /// File holding the repository passphrase (also: $SNAPFLEET_PASSWORD).
-    #[arg(long, env = "SNAPFLEET_PASSWORD_FILE")]
-    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -67,12 +58,12 @@ pub enum BackupCmd {
     /// Committed backups in the repository.
     List {
         #[command(flatten)]
-        r: RepoArg,
+        r: RepoArgs,
     },
     /// One backup: database, hybrid time, tables, tablets, sizes.
     Describe {
         #[command(flatten)]
-        r: RepoArg,
+        r: RepoArgs,
         id: String,
     },
 }
@@ -82,7 +73,7 @@ pub struct CreateArgs {
     #[command(flatten)]
     c: CoordArg,
     #[command(flatten)]
-    r: RepoArg,
+    r: RepoArgs,
     /// tabletdb master of the cluster to back up.
     #[arg(long, env = "SNAPFLEET_DB_MASTER", default_value = "127.0.0.1:7100")]
     master: String,
@@ -113,7 +104,7 @@ pub struct RestoreArgs {
     #[command(flatten)]
     c: CoordArg,
     #[command(flatten)]
-    r: RepoArg,
+    r: RepoArgs,
     /// The backup to restore.
     #[arg(long)]
     backup: String,
@@ -179,12 +170,6 @@ pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
     .context("agent stopped")
 }
 
-fn repos(r: &RepoArg) -> Repos {
-    Repos::new(Passphrase {
-        file: r.password_file.clone(),
-    })
-}
-
 pub async fn submit(leader: &Leader, kind: &str, spec: serde_json::Value) -> Result<cpb::JobInfo> {
     let req = cpb::SubmitJobRequest {
         kind: kind.into(),
@@ -213,7 +198,7 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
             let spec = BackupSpec {
                 master: a.master.clone(),
                 database: a.db.clone(),
-                repo: a.r.repo.clone(),
+                repo: a.r.url()?.to_string(),
                 backup_id: id.clone(),
                 ddl_retries: a.ddl_retries,
                 keep_snapshot: a.keep_snapshot,
@@ -226,8 +211,7 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
             finish_command(&leader, job, a.wait, json).await
         }
         BackupCmd::List { r } => {
-            let repos = repos(&r);
-            let repo = repos.get(&r.repo).await?;
+            let repo = open_repo(&r).await?;
             let ids = repo.list_backups().await?;
             let mut out = Vec::new();
             for id in ids {
@@ -263,8 +247,7 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
             Ok(())
         }
         BackupCmd::Describe { r, id } => {
-            let repos = repos(&r);
-            let repo = repos.get(&r.repo).await?;
+            let repo = open_repo(&r).await?;
             let root = repo
                 .read_root(&BackupId::new(id.clone()).map_err(|e| anyhow::anyhow!("{e}"))?)
                 .await?;
@@ -297,7 +280,7 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
 
 pub async fn run_restore(a: RestoreArgs, json: bool) -> Result<()> {
     let spec = RestoreSpec {
-        repo: a.r.repo.clone(),
+        repo: a.r.url()?.to_string(),
         backup_id: a.backup.clone(),
         master: a.master.clone(),
         database: a.db.clone().unwrap_or_default(),
@@ -328,7 +311,7 @@ async fn finish_command(leader: &Leader, job: cpb::JobInfo, wait: bool, json: bo
 }
 
 fn job_json(j: &cpb::JobInfo) -> serde_json::Value {
-    let p = j.progress.clone().unwrap_or_default();
+    let p = j.progress.unwrap_or_default();
     serde_json::json!({
         "id": j.id,
         "kind": j.kind,
@@ -384,42 +367,37 @@ pub async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::J
             Err(s) if s.code() == tonic::Code::NotFound => bail!("{}", s.message()),
             Err(s) => bail!("watching job {id}: {}", s.message()),
         };
-        loop {
-            match stream.message().await {
-                Ok(Some(j)) => {
-                    let p = j.progress.clone().unwrap_or_default();
-                    head.set_message(format!(
-                        "job {} {} {}: {}/{} tasks, {} / {}",
-                        j.id,
-                        j.kind,
-                        if j.phase.is_empty() {
-                            "starting"
-                        } else {
-                            &j.phase
-                        },
-                        p.tasks_succeeded,
-                        p.tasks_total,
-                        human_bytes(p.bytes_done),
-                        human_bytes(p.bytes_total)
-                    ));
-                    for n in &j.nodes {
-                        let b = bars.entry(n.node.clone()).or_insert_with(|| {
-                            let b = mp.add(ProgressBar::new(n.bytes_total));
-                            b.set_style(style.clone());
-                            b.set_prefix(format!("node {}", n.node));
-                            b
-                        });
-                        b.set_length(n.bytes_total.max(1));
-                        b.set_position(n.bytes_done);
-                        b.set_message(format!("{}/{} tablets", n.tasks_done, n.tasks_total));
-                    }
-                    let done = is_terminal(&j.state);
-                    last = Some(j);
-                    if done {
-                        break;
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(j)) = stream.message().await {
+            let p = j.progress.unwrap_or_default();
+            head.set_message(format!(
+                "job {} {} {}: {}/{} tasks, {} / {}",
+                j.id,
+                j.kind,
+                if j.phase.is_empty() {
+                    "starting"
+                } else {
+                    &j.phase
+                },
+                p.tasks_succeeded,
+                p.tasks_total,
+                human_bytes(p.bytes_done),
+                human_bytes(p.bytes_total)
+            ));
+            for n in &j.nodes {
+                let b = bars.entry(n.node.clone()).or_insert_with(|| {
+                    let b = mp.add(ProgressBar::new(n.bytes_total));
+                    b.set_style(style.clone());
+                    b.set_prefix(format!("node {}", n.node));
+                    b
+                });
+                b.set_length(n.bytes_total.max(1));
+                b.set_position(n.bytes_done);
+                b.set_message(format!("{}/{} tablets", n.tasks_done, n.tasks_total));
+            }
+            let done = is_terminal(&j.state);
+            last = Some(j);
+            if done {
+                break;
             }
         }
         if let Some(j) = &last {
@@ -475,7 +453,7 @@ pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
                 return Ok(());
             }
             for j in &jobs {
-                let p = j.progress.clone().unwrap_or_default();
+                let p = j.progress.unwrap_or_default();
                 println!(
                     "{:>5}  {:<8} {:<10} {:<9} {}/{} tasks  {} / {}{}",
                     j.id,

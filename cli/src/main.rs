@@ -12,6 +12,7 @@ mod export;
 mod fleet;
 mod import;
 mod pitr;
+mod repo;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +66,8 @@ enum Cmd {
     Export(export::ExportArgs),
     /// Import a SQL script (a snapfleet export or plain pg_dump output) into a database.
     Import(import::ImportArgs),
+    /// The backup repository on its own: init, keys, put/get a directory, verify, forget, gc, copy.
+    Repo(repo::RepoCommand),
     /// Benchmarks (see bench/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -107,6 +110,7 @@ fn main() {
             Cmd::Clone(a) => clone::run(a, cli.json).await,
             Cmd::Export(a) => export::run(a, cli.json).await,
             Cmd::Import(a) => import::run(a, cli.json).await,
+            Cmd::Repo(r) => repo::run(r, cli.json).await,
             Cmd::Bench(b) => bench::run(b, cli.json).await,
         }
     });

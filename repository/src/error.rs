@@ -86,6 +86,32 @@ pub enum Error {
     #[error("refusing to remove key `{id}`: it is the last key and the repository would become unreadable; add another key first")]
     LastKey { id: String },
 
+    /// GC found writers holding live leases and refused to sweep (see `lease.rs`).
+    #[error(
+        "gc refused: {count} backup writer(s) hold a live lease ({leases}); nothing was deleted. \
+         Run gc again once they have committed, or after their lease expires if the writer died"
+    )]
+    GcBlocked { count: usize, leases: String },
+
+    /// A lease this process holds was not renewed in time: someone may have acted as if it
+    /// had expired (a gc may have swept chunks this writer relies on).
+    #[error(
+        "lease `{key}` was not renewed for {secs} s (TTL {ttl} s); a concurrent gc may have \
+         removed chunks this backup reuses, so it was not committed: run the backup again"
+    )]
+    LeaseLost { key: String, secs: u64, ttl: u64 },
+
+    /// GC could not read a committed backup, so it cannot know which chunks are live.
+    #[error(
+        "gc stopped before deleting anything: cannot read `{key}` of committed backup \
+         `{backup}` ({detail}); run `snapfleet repo verify` and restore or forget that backup first"
+    )]
+    GcMarkFailed {
+        backup: String,
+        key: String,
+        detail: String,
+    },
+
     /// Local file-system failure (source tree or restore target).
     #[error("local file `{}`: {source}", path.display())]
     Io {

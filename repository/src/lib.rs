@@ -3,7 +3,8 @@
 //!
 //! Layout (see DESIGN.md, "Repository format"): `snapfleet-repo.json` (format version, key
 //! slots), `chunks/<aa>/<keyed-blake3>` (zstd + AES-256-GCM), `backups/<id>/manifest/<part>-<n>`
-//! (paged file lists) and `backups/<id>/ROOT` (the commit point). This crate must never
+//! (paged file lists), `backups/<id>/ROOT` (the commit point) and `locks/` (leases that keep
+//! gc safe against running backups, see [`lease`]). This crate must never
 //! return unverified data, never write outside a restore target, and never let a backup
 //! without ROOT be seen as existing.
 //!
@@ -23,11 +24,15 @@
 
 pub mod chunk;
 pub mod chunker;
+pub mod copy;
 pub mod crypto;
 pub mod error;
+pub mod forget;
 pub mod format;
+pub mod gc;
 pub mod ids;
 pub mod layers;
+pub mod lease;
 pub mod manifest;
 pub mod reader;
 pub mod repo;
@@ -36,12 +41,18 @@ pub mod verify;
 pub mod writer;
 
 pub use chunker::ChunkerParams;
+pub use copy::{copy_backup, copy_backups, CopiedBackup, CopyOptions, CopyReport};
 pub use error::{Error, Result};
+pub use forget::{forget, remove_backup, select, ForgetDecision, ForgetReport, KeepPolicy};
 pub use format::{KdfParams, KeyInfo, RepoConfig, FORMAT_VERSION};
+pub use gc::{gc, GcOptions, GcReport};
 pub use ids::{BackupId, ChunkId, KeyId};
+pub use lease::{list_leases, FoundLease, Lease, LeaseInfo, LeaseKind};
 pub use manifest::{
     BackupStats, ChunkRef, Entry, EntryKind, ManifestReader, ManifestWriter, PageRef, Root,
 };
+/// The object store crate, for callers that build or wrap stores.
+pub use object_store;
 pub use reader::{restore_backup, restore_backup_with, restore_root, RestoreOptions, RestoreStats};
 pub use repo::{InitOptions, Repository};
 pub use store::{open_store, open_store_with_options, with_layers, StoreLayers};

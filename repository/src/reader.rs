@@ -103,7 +103,7 @@ fn prepare_path(target: &Path, rel: &str) -> Result<PathBuf> {
 
 /// Keeps the last few packs so consecutive small files do not refetch them.
 #[derive(Default)]
-struct PackCache {
+pub(crate) struct PackCache {
     entries: Mutex<Vec<(ChunkId, Arc<Vec<u8>>)>>,
 }
 
@@ -128,7 +128,7 @@ impl PackCache {
     }
 }
 
-async fn fetch(
+pub(crate) async fn fetch(
     repo: &Repository,
     cache: &PackCache,
     r: &ChunkRef,

@@ -226,6 +226,32 @@ impl Repository {
         }
     }
 
+    /// Metadata of an object (size, store-clock modification time), or `None` if absent.
+    pub(crate) async fn head_meta(&self, key: &str) -> Result<Option<object_store::ObjectMeta>> {
+        match self.store.head(&path(key)).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::store("head", key, e)),
+        }
+    }
+
+    /// Deletes an object; one that is already gone counts as deleted.
+    pub(crate) async fn delete_object(&self, key: &str) -> Result<()> {
+        match self.store.delete(&path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::store("delete", key, e)),
+        }
+        if let Ok(id) = key
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .parse::<ChunkId>()
+        {
+            self.known.lock().expect("cache lock").remove(&id);
+        }
+        Ok(())
+    }
+
     /// Whether a chunk is known to exist (cache first, then a HEAD); its stored size if so.
     /// An object too small to be a sealed chunk counts as absent, so it gets rewritten.
     pub(crate) async fn chunk_exists(&self, id: &ChunkId) -> Result<Option<u64>> {

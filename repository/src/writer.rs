@@ -2,6 +2,8 @@
 //! already holds, compress, encrypt, upload with N concurrent uploads — and records them in
 //! manifest pages. Many writers (tasks, processes, hosts) can write one backup: each writes
 //! its own manifest part and returns a [`PartSummary`]; [`commit_backup`] then writes ROOT.
+//! Every writer holds a writer lease under `locks/` from creation until commit (or
+//! `release_lease`, or drop) so that gc never runs while it writes (see `lease.rs`).
 //!
 //! Memory is bounded: at most `concurrency` chunks in flight (each ≤ max chunk size, times ~2
 //! for the sealed copy), one chunker buffer per file stream, one pack buffer, one manifest
@@ -25,8 +27,10 @@ use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::format::FORMAT_VERSION;
 use crate::ids::{BackupId, ChunkId};
+use crate::lease::{Lease, LeaseKind};
 use crate::manifest::{
-    root_key, BackupStats, ChunkRef, Entry, EntryKind, ManifestWriter, PageRef, Root,
+    root_key, BackupStats, ChunkRef, Entry, EntryKind, ManifestReader, ManifestWriter, PageRef,
+    Root,
 };
 use crate::reader::check_rel_path;
 use crate::repo::Repository;
@@ -126,11 +130,53 @@ impl FileMeta {
     }
 }
 
+/// Files waiting in one pack at most (reused files add entries but no bytes).
+const MAX_PENDING_FILES: usize = 10_000;
+
 struct PendingSmall {
     path: String,
     meta: FileMeta,
     offset: u64,
     len: u64,
+    /// Unchanged since the parent backup: its chunk references; nothing of it is in the pack.
+    reused: Option<Vec<ChunkRef>>,
+}
+
+/// Walks the parent backup's small-file entries alongside `put_dir`. Both are in walk order
+/// (depth first, names sorted: component-wise lexicographic), so one forward cursor finds
+/// every unchanged file with one manifest page in memory. Entries out of that order (large
+/// files, which finish concurrently; other writers' parts) are only missed, never mismatched.
+struct ParentCursor {
+    reader: ManifestReader,
+    peeked: Option<Entry>,
+    threshold: u64,
+}
+
+impl ParentCursor {
+    async fn find(&mut self, path: &str) -> Result<Option<Entry>> {
+        loop {
+            let Some(e) = &self.peeked else {
+                match self.reader.next_entry().await? {
+                    None => return Ok(None),
+                    Some(e) => {
+                        if e.kind == EntryKind::File
+                            && e.size > 0
+                            && e.size < self.threshold
+                            && !e.chunks.is_empty()
+                        {
+                            self.peeked = Some(e);
+                        }
+                        continue;
+                    }
+                }
+            };
+            match e.path.split('/').cmp(path.split('/')) {
+                std::cmp::Ordering::Less => self.peeked = None,
+                std::cmp::Ordering::Equal => return Ok(self.peeked.take()),
+                std::cmp::Ordering::Greater => return Ok(None),
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -147,6 +193,10 @@ struct Shared {
     uploads: Arc<Semaphore>,
     manifest: Mutex<Option<ManifestWriter>>,
     pack: Mutex<Pack>,
+    parent: Mutex<Option<ParentCursor>>,
+    /// Writer lease (see `lease.rs`): held from before the first dedup check until commit,
+    /// `release_lease` or drop.
+    lease: std::sync::Mutex<Option<Lease>>,
     files: AtomicU64,
     dirs: AtomicU64,
     bytes: AtomicU64,
@@ -193,6 +243,7 @@ impl BackupWriter {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
         let manifest = ManifestWriter::new(repo.clone(), backup.clone(), &part, opts.page_entries)?;
+        let lease = Lease::acquire(&repo, LeaseKind::Writer, &format!("backup {backup}")).await?;
         Ok(BackupWriter {
             s: Arc::new(Shared {
                 uploads: Arc::new(Semaphore::new(opts.concurrency)),
@@ -202,6 +253,8 @@ impl BackupWriter {
                 progress: Arc::new(Progress::default()),
                 manifest: Mutex::new(Some(manifest)),
                 pack: Mutex::new(Pack::default()),
+                parent: Mutex::new(None),
+                lease: std::sync::Mutex::new(Some(lease)),
                 files: AtomicU64::new(0),
                 dirs: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
@@ -364,7 +417,9 @@ impl BackupWriter {
                     stack.push((rel, listing));
                 }
                 ListedKind::File if item.size < self.s.opts.small_file_threshold => {
-                    self.put_path(&rel, &item.path).await?;
+                    if !self.reuse_from_parent(&rel, item.size, item.meta).await? {
+                        self.put_path(&rel, &item.path).await?;
+                    }
                 }
                 ListedKind::File => {
                     while large.len() >= self.s.opts.file_streams {
@@ -388,6 +443,74 @@ impl BackupWriter {
         Ok(())
     }
 
+    /// Uses `parent`, a committed backup of the same tree, to skip reading small files whose
+    /// path, size, modification time and mode are unchanged: `put_dir` records them with the
+    /// parent's chunk references (after checking those chunks exist). Change detection by
+    /// metadata, as restic and rsync do; without a parent every file is read.
+    pub async fn set_parent(&self, parent: &Root) {
+        *self.s.parent.lock().await = Some(ParentCursor {
+            reader: ManifestReader::new(self.s.repo.clone(), parent),
+            peeked: None,
+            threshold: self.s.opts.small_file_threshold,
+        });
+    }
+
+    /// Records `rel` from the parent backup if it is unchanged there; false if it must be read.
+    async fn reuse_from_parent(&self, rel: &str, size: u64, meta: FileMeta) -> Result<bool> {
+        if size == 0 {
+            return Ok(false);
+        }
+        let found = {
+            let mut parent = self.s.parent.lock().await;
+            let Some(cursor) = parent.as_mut() else {
+                return Ok(false);
+            };
+            match cursor.find(rel).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the parent backup; reading every file");
+                    *parent = None;
+                    return Ok(false);
+                }
+            }
+        };
+        let Some(e) = found else { return Ok(false) };
+        let total: u64 = e.chunks.iter().map(|c| c.len).sum();
+        if e.size != size
+            || total != size
+            || e.mtime != meta.mtime
+            || e.mtime_nsec != meta.mtime_nsec
+            || e.mode != meta.mode
+        {
+            return Ok(false);
+        }
+        for c in &e.chunks {
+            if self.s.repo.chunk_exists(&c.id).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        let mut pack = self.s.pack.lock().await;
+        if pack.buf.is_empty() {
+            // Nothing packed waits before it: record it now (after earlier reused files).
+            self.flush_pack(&mut pack).await?;
+            drop(pack);
+            self.push_file_entry(rel, meta, size, e.chunks).await?;
+        } else {
+            // Keep walk order: recorded when the pack before it is flushed.
+            pack.files.push(PendingSmall {
+                path: rel.to_string(),
+                meta,
+                offset: 0,
+                len: size,
+                reused: Some(e.chunks),
+            });
+            if pack.files.len() >= MAX_PENDING_FILES {
+                self.flush_pack(&mut pack).await?; // bound memory: cut the pack early
+            }
+        }
+        Ok(true)
+    }
+
     async fn add_small(&self, rel_path: &str, meta: FileMeta, data: Vec<u8>) -> Result<()> {
         let cut_here = self.s.repo.keys().chunk_id(&data).0[0] & 0x0f == 0;
         let mut pack = self.s.pack.lock().await;
@@ -401,6 +524,7 @@ impl BackupWriter {
             meta,
             offset,
             len: data.len() as u64,
+            reused: None,
         });
         if pack.buf.len() >= self.s.opts.pack_target && cut_here {
             self.flush_pack(&mut pack).await?;
@@ -413,24 +537,31 @@ impl BackupWriter {
             return Ok(());
         }
         let Pack { buf, files } = std::mem::take(pack);
-        let id = self.s.repo.keys().chunk_id(&buf);
-        let permit = self
-            .s
-            .uploads
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
-        let stored = store_chunk(&self.s, id, buf, permit).await?;
+        let packed = if buf.is_empty() {
+            None // only files reused from the parent
+        } else {
+            let id = self.s.repo.keys().chunk_id(&buf);
+            let permit = self
+                .s
+                .uploads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
+            Some((id, store_chunk(&self.s, id, buf, permit).await?))
+        };
         for f in files {
-            let r = ChunkRef {
-                id,
-                offset: f.offset,
-                len: f.len,
-                stored,
+            let refs = match (f.reused, packed) {
+                (Some(refs), _) => refs,
+                (None, Some((id, stored))) => vec![ChunkRef {
+                    id,
+                    offset: f.offset,
+                    len: f.len,
+                    stored,
+                }],
+                (None, None) => unreachable!("a packed file has bytes in the pack"),
             };
-            self.push_file_entry(&f.path, f.meta, f.len, vec![r])
-                .await?;
+            self.push_file_entry(&f.path, f.meta, f.len, refs).await?;
         }
         Ok(())
     }
@@ -468,9 +599,28 @@ impl BackupWriter {
         m.push(&entry).await
     }
 
+    /// Fails with `Error::LeaseLost` if this writer's lease may have expired (see `lease.rs`).
+    pub fn check_lease(&self) -> Result<()> {
+        match &*self.s.lease.lock().expect("lease lock") {
+            Some(lease) => lease.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Releases this writer's lease now (commit does it; call it after `commit_backup` or
+    /// when abandoning a writer, so gc need not wait for the lease to expire).
+    pub async fn release_lease(&self) -> Result<()> {
+        let lease = self.s.lease.lock().expect("lease lock").take();
+        match lease {
+            Some(l) => l.release().await,
+            None => Ok(()),
+        }
+    }
+
     /// Flushes the last pack and manifest page of this writer's part. Other clones of this
-    /// writer must be done.
+    /// writer must be done. Fails with `Error::LeaseLost` when the writer's lease lapsed.
     pub async fn finish(&self) -> Result<PartSummary> {
+        self.check_lease()?;
         {
             let mut pack = self.s.pack.lock().await;
             self.flush_pack(&mut pack).await?;
@@ -483,6 +633,7 @@ impl BackupWriter {
             .take()
             .ok_or_else(|| Error::InvalidArgument("writer already finished".into()))?;
         let (pages, page_bytes) = manifest.finish().await?;
+        self.check_lease()?;
         self.s
             .bytes_uploaded
             .fetch_add(page_bytes, Ordering::Relaxed);
@@ -515,6 +666,9 @@ impl BackupWriter {
         let part = self.finish().await?;
         let stats = part.stats.clone();
         let root = commit_backup(&self.s.repo, &self.s.backup, meta, vec![part]).await?;
+        if let Err(e) = self.release_lease().await {
+            tracing::warn!(error = %e, "could not release the writer lease; it will expire");
+        }
         Ok((root, stats))
     }
 }

@@ -182,3 +182,9 @@ async fn default_chunker_no_compression() {
         .unwrap();
     assert_same_tree(&src, &out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_gc_copy() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    forget_gc_and_copy(local_store(a.path()), local_store(b.path())).await;
+}

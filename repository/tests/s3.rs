@@ -44,6 +44,12 @@ async fn s3_uncommitted_invisible() {
     uncommitted_backup_is_invisible(moto.store("pending")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_forget_gc_copy() {
+    let moto = Moto::start();
+    forget_gc_and_copy(moto.store("retention"), moto.store("offsite")).await;
+}
+
 /// A throttling endpoint: a proxy answers `503 SlowDown` to 30% of HTTP requests. The
 /// backup and the restore still complete (object_store's HTTP retries plus our retry layer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

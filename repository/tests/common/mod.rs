@@ -852,3 +852,96 @@ fn proxy_one(
     client.write_all(&resp[split..])?;
     client.flush()
 }
+
+/// Retention, gc and copy on one backend: forget the older of two backups; gc refuses while a
+/// writer holds a lease, then frees the forgotten backup's chunks; the kept backup still
+/// restores; copying to a repository with another passphrase re-encrypts, and a second copy
+/// skips what is there.
+pub async fn forget_gc_and_copy(store: Arc<dyn ObjectStore>, target: Arc<dyn ObjectStore>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src1, src2) = (tmp.path().join("src1"), tmp.path().join("src2"));
+    make_tree(&src1);
+    std::fs::create_dir_all(&src2).unwrap();
+    std::fs::write(src2.join("other.bin"), random_bytes(3 << 20, 77)).unwrap();
+    std::fs::write(src2.join("notes.txt"), text_bytes(200 << 10, 78)).unwrap();
+    let repo = new_repo(store.clone()).await;
+    put_tree(&repo, &src1, "b1").await;
+    put_tree(&repo, &src2, "b2").await;
+    let before = chunk_objects(&store).await.len();
+
+    let policy = KeepPolicy {
+        last: 1,
+        ..Default::default()
+    };
+    let report = forget(&repo, &policy, false).await.unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert_eq!(report.removed[0].backup.as_str(), "b1");
+    assert_eq!(
+        repo.list_backups().await.unwrap(),
+        vec![BackupId::new("b2").unwrap()]
+    );
+
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let w = BackupWriter::new(repo.clone(), BackupId::new("b3").unwrap())
+        .await
+        .unwrap();
+    match gc(&repo, &opts).await {
+        Err(Error::GcBlocked { count: 1, leases }) => assert!(leases.contains("backup b3")),
+        other => panic!("gc must refuse while b3 is written: {other:?}"),
+    }
+    assert_eq!(chunk_objects(&store).await.len(), before);
+    w.release_lease().await.unwrap();
+    drop(w);
+    let report = gc(&repo, &opts).await.unwrap();
+    assert!(report.chunks_deleted > 0, "{report:?}");
+    assert_eq!(
+        chunk_objects(&store).await.len() as u64,
+        report.live_chunks,
+        "{report:?}"
+    );
+    let deep = VerifyOptions {
+        deep: true,
+        concurrency: 4,
+    };
+    assert!(verify(&repo, &deep).await.unwrap().is_ok());
+    let out = tmp.path().join("out");
+    restore_backup(&repo, &BackupId::new("b2").unwrap(), &out)
+        .await
+        .unwrap();
+    assert_same_tree(&src2, &out);
+
+    let dst = Arc::new(
+        Repository::init(target.clone(), b"another passphrase", init_opts())
+            .await
+            .unwrap(),
+    );
+    let copied = copy_backups(&repo, &dst, &CopyOptions::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(copied.copied.len(), 1);
+    assert!(copied.copied[0].stats.backup.bytes_uploaded > 0);
+    let again = copy_backups(&repo, &dst, &CopyOptions::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert!(again.copied.is_empty());
+    assert_eq!(again.skipped, vec![BackupId::new("b2").unwrap()]);
+    let out2 = tmp.path().join("out2");
+    restore_backup(&dst, &BackupId::new("b2").unwrap(), &out2)
+        .await
+        .unwrap();
+    assert_same_tree(&src2, &out2);
+    assert_eq!(
+        dst.read_root(&BackupId::new("b2").unwrap())
+            .await
+            .unwrap()
+            .created,
+        repo.read_root(&BackupId::new("b2").unwrap())
+            .await
+            .unwrap()
+            .created,
+        "a copy keeps the creation time (retention in the target depends on it)"
+    );
+}

@@ -161,6 +161,18 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
         Arc::new(workload::Progress::default()),
     )
     .await?;
+    // Compact every tablet now, so no tool below competes with background compaction.
+    say("compacting the tablets…".into());
+    for t in client.refresh().await?.tables.iter() {
+        for tb in &t.tablets {
+            let mut node = client.node(tb.replicas[0]).await?;
+            node.compact_tablet(snapfleet_tabletdb::pb::CompactTabletRequest {
+                tablet_id: tb.tablet_id.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("compacting tablet {}: {}", tb.tablet_id, s.message()))?;
+        }
+    }
     let leader = Leader::new([fleet.coordinator_addr.as_str()]);
     let backup = |url: &str, compression: i32, keep: bool| BackupSpec {
         master: source.master_addr.clone(),

@@ -8,7 +8,7 @@
 //! This module must never log or format key material, and never return plaintext that did
 //! not authenticate.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key};
 
 use crate::error::{Error, Result};
@@ -109,20 +109,17 @@ impl Keys {
         let nonce_bytes: [u8; 12] = rand::random();
         let aad = [&header[..], context].concat();
         let nonce = aes_gcm::Nonce::from(nonce_bytes);
-        let ct = self
-            .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::InvalidArgument("plaintext too large to encrypt".into()))?;
-        let mut out = Vec::with_capacity(HEADER_LEN + ct.len());
+        // One copy of the body: header, nonce and body into the output, encrypted in place
+        // there, the tag appended.
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 16);
         out.extend_from_slice(&header);
         out.extend_from_slice(&nonce_bytes);
-        out.extend_from_slice(&ct);
+        out.extend_from_slice(body);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&nonce, &aad, (&mut out[HEADER_LEN..]).into())
+            .map_err(|_| Error::InvalidArgument("plaintext too large to encrypt".into()))?;
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 

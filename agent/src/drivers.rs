@@ -187,7 +187,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
         "" => {
             // Fail before touching the database if the repository is unusable.
             let repo = repos.get(&spec.repo).await?;
-            let id = BackupId::new(spec.backup_id.clone())?;
+            let id = BackupId::new(spec.id())?;
             if repo.read_root(&id).await.is_ok() {
                 return Err(AgentError::invalid(
                     format!("backup {id}"),
@@ -223,7 +223,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                     let node = tb.replicas.first().copied().unwrap_or(0);
                     let task = UploadTask {
                         repo: spec.repo.clone(),
-                        backup_id: spec.backup_id.clone(),
+                        backup_id: spec.id(),
                         snapshot_id: snap.snapshot_id.clone(),
                         database_id: t.database_id.clone(),
                         table_id: t.table_id.clone(),
@@ -252,7 +252,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
             }
             let n: BackupNotes = notes(job)?;
             let repo = repos.get(&spec.repo).await?;
-            let id = BackupId::new(spec.backup_id.clone())?;
+            let id = BackupId::new(spec.id())?;
             let mut results: Vec<UploadResult> = Vec::with_capacity(tasks.len());
             for t in tasks {
                 let r = t.result.clone().unwrap_or_default();
@@ -289,6 +289,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                         source_master: spec.master.clone(),
                         snapshot: n.snapshot.clone(),
                         tablet_pages,
+                        schedule_id: spec.schedule_id.clone(),
                     };
                     let meta = serde_json::to_value(meta).expect("json");
                     commit_backup(&repo, &id, meta, parts).await?
@@ -324,16 +325,51 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                 delete_snapshot(&spec.master, &n.snapshot.snapshot_id).await?;
             }
             let mut result = job.data.get("stats").cloned().unwrap_or_else(|| json!({}));
-            result["backup_id"] = json!(spec.backup_id);
+            result["backup_id"] = json!(spec.id());
             result["database"] = json!(spec.database);
             result["hybrid_time"] = json!(n.snapshot.hybrid_time);
             result["snapshot_id"] = json!(n.snapshot.snapshot_id);
             result["tablets"] = json!(tasks.len());
+            if let (Some(schedule), true) = (&spec.schedule_id, spec.retention > 0) {
+                let repo = repos.get(&spec.repo).await?;
+                let removed = apply_retention(&repo, schedule, spec.retention as usize).await?;
+                result["retention_removed"] = json!(removed);
+            }
             ctl.finish(None, result).await.map_err(coord)?;
             Ok(Step::Done)
         }
         other => Err(AgentError::invalid("backup phase", other)),
     }
+}
+
+/// Keeps the newest `keep` backups made by `schedule`; removes the older ones (ROOT first,
+/// so each disappears at once; their chunks are left to `repo gc`). Returns the removed ids.
+async fn apply_retention(
+    repo: &snapfleet_repository::Repository,
+    schedule: &str,
+    keep: usize,
+) -> Result<Vec<String>> {
+    let mut mine = Vec::new();
+    for id in repo.list_backups().await? {
+        let root = match repo.read_root(&id).await {
+            Ok(r) => r,
+            Err(RepoError::BackupNotFound { .. }) => continue, // removed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let from = root.meta.get("schedule_id").and_then(|v| v.as_str());
+        if from == Some(schedule) {
+            mine.push((root.created, id));
+        }
+    }
+    mine.sort();
+    let excess = mine.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for (_, id) in mine.into_iter().take(excess) {
+        snapfleet_repository::remove_backup(repo, &id).await?;
+        info!(backup = %id, schedule, "removed by the schedule's retention");
+        removed.push(id.to_string());
+    }
+    Ok(removed)
 }
 
 // ---------------------------------------------------------------- restore

@@ -13,6 +13,8 @@ pub struct BackupSpec {
     pub master: String,
     pub database: String,
     pub repo: String,
+    /// Empty in a schedule's template: see [`BackupSpec::id`].
+    #[serde(default)]
     pub backup_id: String,
     /// Snapshot attempts after the first when a DDL races it.
     #[serde(default = "default_ddl_retries")]
@@ -26,6 +28,25 @@ pub struct BackupSpec {
     /// zstd level for chunks (0 = off).
     #[serde(default = "default_compression")]
     pub compression: i32,
+    /// Set when a schedule fired this backup (by the coordinator).
+    #[serde(default)]
+    pub schedule_id: Option<String>,
+    #[serde(default)]
+    pub due_ms: Option<u64>,
+    /// Backups of the schedule to keep in the repository (0 = all).
+    #[serde(default)]
+    pub retention: u32,
+}
+
+impl BackupSpec {
+    /// The backup id: given, or derived from the schedule and the firing's due time (the
+    /// same on every leader, so a failover never makes two backups of one firing).
+    pub fn id(&self) -> String {
+        match (&self.schedule_id, self.due_ms) {
+            (Some(s), Some(due)) if self.backup_id.is_empty() => format!("{s}-{due}"),
+            _ => self.backup_id.clone(),
+        }
+    }
 }
 
 fn default_ddl_retries() -> u32 {
@@ -74,6 +95,9 @@ pub struct RootMeta {
     pub snapshot: pb::SnapshotInfo,
     /// For each source tablet, its pages in ROOT's page list: `[start, end)`.
     pub tablet_pages: Vec<TabletPages>,
+    /// The schedule that made this backup (retention counts its backups only).
+    #[serde(default)]
+    pub schedule_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -183,6 +183,9 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
         keep_snapshot: keep,
         rate_limit: 0,
         compression,
+        schedule_id: None,
+        due_ms: None,
+        retention: 0,
     };
     let mut rows = Vec::new();
 

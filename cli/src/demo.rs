@@ -222,6 +222,9 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         keep_snapshot: false,
         rate_limit: 0,
         compression: 3,
+        schedule_id: None,
+        due_ms: None,
+        retention: 0,
     };
     let job = submit(&leader, "backup", serde_json::to_value(spec)?).await?;
     let job = watch(&leader, job.id, json).await?;

@@ -60,10 +60,53 @@ pub enum BackupCmd {
         #[command(flatten)]
         r: RepoArgs,
     },
+    /// Recurring backups run by the coordinator, with retention.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
     /// One backup: database, hybrid time, tables, tablets, sizes.
     Describe {
         #[command(flatten)]
         r: RepoArgs,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ScheduleCmd {
+    /// Back up a database every interval; keep the newest N backups of this schedule.
+    Create {
+        #[command(flatten)]
+        c: CoordArg,
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long, env = "SNAPFLEET_DB_MASTER", default_value = "127.0.0.1:7100")]
+        master: String,
+        #[arg(long)]
+        db: String,
+        /// Interval: 90s, 15m, 1h, 1d. The first backup starts at once.
+        #[arg(long)]
+        every: String,
+        /// Backups of this schedule to keep in the repository (0 = all); older ones are
+        /// forgotten after each successful backup (their chunks go at the next `repo gc`).
+        #[arg(long, default_value_t = 0)]
+        keep: u32,
+        /// Schedule id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "0")]
+        rate_limit: String,
+        #[arg(long, default_value_t = 3)]
+        compression: i32,
+    },
+    /// Schedules with their next due time.
+    List {
+        #[command(flatten)]
+        c: CoordArg,
+    },
+    /// Stop a schedule (its backups stay).
+    Delete {
+        #[command(flatten)]
+        c: CoordArg,
         id: String,
     },
 }
@@ -204,12 +247,16 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
                 keep_snapshot: a.keep_snapshot,
                 rate_limit: parse_rate(&a.rate_limit)?,
                 compression: a.compression,
+                schedule_id: None,
+                due_ms: None,
+                retention: 0,
             };
             let leader = Leader::new([a.c.coordinator.as_str()]);
             let job = submit(&leader, "backup", serde_json::to_value(spec)?).await?;
             eprintln!("backup {id}: job {} submitted", job.id);
             finish_command(&leader, job, a.wait, json).await
         }
+        BackupCmd::Schedule(c) => run_schedule(c, json).await,
         BackupCmd::List { r } => {
             let repo = open_repo(&r).await?;
             let ids = repo.list_backups().await?;
@@ -502,6 +549,135 @@ pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&job_json(&j))?);
             } else {
                 eprintln!("job {id}: cancel requested ({})", j.state);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn schedule_json(s: &cpb::ScheduleInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "kind": s.kind,
+        "interval_ms": s.interval_ms,
+        "retention": s.retention,
+        "next_due_ms": s.next_due_ms,
+        "spec": serde_json::from_str::<serde_json::Value>(&s.spec_json).ok(),
+    })
+}
+
+async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
+    match cmd {
+        ScheduleCmd::Create {
+            c,
+            r,
+            master,
+            db,
+            every,
+            keep,
+            id,
+            rate_limit,
+            compression,
+        } => {
+            let interval = crate::util::parse_duration(&every)?;
+            let spec = BackupSpec {
+                master,
+                database: db,
+                repo: r.url()?.to_string(),
+                backup_id: String::new(),
+                ddl_retries: 5,
+                keep_snapshot: false,
+                rate_limit: parse_rate(&rate_limit)?,
+                compression,
+                schedule_id: None,
+                due_ms: None,
+                retention: 0,
+            };
+            let req = cpb::ScheduleInfo {
+                id: id.unwrap_or_default(),
+                kind: "backup".into(),
+                spec_json: serde_json::to_string(&spec)?,
+                interval_ms: interval.as_millis() as u64,
+                retention: keep,
+                next_due_ms: 0,
+            };
+            let leader = Leader::new([c.coordinator.as_str()]);
+            let s = leader
+                .call(move |ch| {
+                    let req = req.clone();
+                    async move { CoordinatorClient::new(ch).put_schedule(req).await }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("creating the schedule: {}", s.message()))?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&schedule_json(&s))?);
+            } else {
+                println!("{}", s.id);
+                eprintln!(
+                    "schedule {}: backup every {}, keeping {}",
+                    s.id,
+                    every,
+                    if keep == 0 {
+                        "all".to_string()
+                    } else {
+                        keep.to_string()
+                    }
+                );
+            }
+            Ok(())
+        }
+        ScheduleCmd::List { c } => {
+            let leader = Leader::new([c.coordinator.as_str()]);
+            let list = leader
+                .call(|ch| async move {
+                    CoordinatorClient::new(ch)
+                        .list_schedules(cpb::Empty {})
+                        .await
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .schedules;
+            if json {
+                let v: Vec<_> = list.iter().map(schedule_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for s in &list {
+                    let spec: Option<BackupSpec> = serde_json::from_str(&s.spec_json).ok();
+                    println!(
+                        "{}  {} of {} every {}, keep {}, next {}",
+                        s.id,
+                        s.kind,
+                        spec.map(|b| b.database).unwrap_or_default(),
+                        human_duration(Duration::from_millis(s.interval_ms)),
+                        s.retention,
+                        chrono::DateTime::from_timestamp_millis(s.next_due_ms as i64)
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        ScheduleCmd::Delete { c, id } => {
+            let leader = Leader::new([c.coordinator.as_str()]);
+            let rid = id.clone();
+            leader
+                .call(move |ch| {
+                    let id = rid.clone();
+                    async move {
+                        CoordinatorClient::new(ch)
+                            .delete_schedule(cpb::ScheduleRef { id })
+                            .await
+                    }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            if json {
+                println!("{}", serde_json::json!({ "deleted": id }));
+            } else {
+                eprintln!("schedule {id} deleted (its backups stay)");
             }
             Ok(())
         }

@@ -6,8 +6,8 @@
 
 use crate::command::{Command, Response, TaskSpec};
 use crate::convert;
-use crate::ids::{AgentId, JobId, LeaderTime, RepoId};
-use crate::model::{Affinity, JobKind};
+use crate::ids::{AgentId, JobId, LeaderTime, RepoId, ScheduleId};
+use crate::model::{Affinity, JobKind, Schedule};
 use crate::pb::coordinator_server::Coordinator;
 use crate::pb::{self, Empty};
 use crate::server::Shared;
@@ -243,5 +243,93 @@ impl Coordinator for ClientApi {
                 .collect(),
             agents,
         }))
+    }
+
+    async fn put_schedule(
+        &self,
+        req: Request<pb::ScheduleInfo>,
+    ) -> Result<TResponse<pb::ScheduleInfo>, Status> {
+        let r = req.into_inner();
+        async move {
+            self.0.raft.require_leader()?;
+            let kind = JobKind::parse(&r.kind).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown job kind {:?}", r.kind))
+            })?;
+            if !self.0.drivers.iter().any(|d| d.handles(kind)) {
+                return Err(Status::invalid_argument(format!(
+                    "this coordinator has no driver for {} jobs; schedules need one",
+                    kind.as_str()
+                )));
+            }
+            if r.interval_ms < 1_000 {
+                return Err(Status::invalid_argument(
+                    "a schedule's interval must be at least 1s",
+                ));
+            }
+            let now = LeaderTime::now();
+            let id = if r.id.is_empty() {
+                format!("s{}", now.0)
+            } else {
+                r.id.clone()
+            };
+            let schedule = Schedule {
+                id: ScheduleId(id),
+                kind,
+                spec: convert::json("spec_json", &r.spec_json)?,
+                repository: None,
+                interval_ms: r.interval_ms,
+                retention: r.retention,
+                next_due: if r.next_due_ms == 0 {
+                    now
+                } else {
+                    LeaderTime(r.next_due_ms)
+                },
+            };
+            self.0
+                .raft
+                .propose(Command::PutSchedule(schedule.clone()))
+                .await?;
+            tracing::info!(schedule = %schedule.id, "schedule stored");
+            Ok(TResponse::new(convert::schedule(&schedule)))
+        }
+        .instrument(info_span!("rpc", method = "PutSchedule"))
+        .await
+    }
+
+    async fn list_schedules(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<TResponse<pb::ListSchedulesResponse>, Status> {
+        async move {
+            self.leader_read().await?;
+            let schedules = self
+                .0
+                .raft
+                .read(|sm| sm.schedules().map(convert::schedule).collect());
+            Ok(TResponse::new(pb::ListSchedulesResponse { schedules }))
+        }
+        .instrument(info_span!("rpc", method = "ListSchedules"))
+        .await
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::ScheduleRef>,
+    ) -> Result<TResponse<Empty>, Status> {
+        let r = req.into_inner();
+        async move {
+            self.0.raft.require_leader()?;
+            let id = ScheduleId(r.id.clone());
+            if !self.0.raft.read(|sm| sm.schedules().any(|s| s.id == id)) {
+                return Err(Status::not_found(format!(
+                    "schedule {:?} does not exist: list them with `snapfleet backup schedule list`",
+                    r.id
+                )));
+            }
+            self.0.raft.propose(Command::DeleteSchedule(id)).await?;
+            Ok(TResponse::new(Empty {}))
+        }
+        .instrument(info_span!("rpc", method = "DeleteSchedule"))
+        .await
     }
 }

@@ -90,6 +90,12 @@ pub enum Command {
         retryable: bool,
         now: LeaderTime,
     },
+    /// Submits the due schedule's job (driven; spec = template + `schedule_id` + `due_ms`,
+    /// `retention`) and moves its `next_due` past `now`.
+    FireSchedule {
+        schedule: ScheduleId,
+        now: LeaderTime,
+    },
     /// Releases every lease held by `agent` (its process restarted: the old one is dead).
     ReleaseLeases {
         agent: AgentId,
@@ -121,6 +127,7 @@ impl Command {
             Command::FailTask { .. } => "fail_task",
             Command::ExpireLeases { .. } => "expire_leases",
             Command::ReleaseLeases { .. } => "release_leases",
+            Command::FireSchedule { .. } => "fire_schedule",
         }
     }
 }

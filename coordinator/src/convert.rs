@@ -3,7 +3,7 @@
 
 use crate::command::{Grant, Rejection};
 use crate::error::CoordinatorError;
-use crate::model::{Agent, Job, JobProgress, Task, TaskState};
+use crate::model::{Agent, Job, JobProgress, Schedule, Task, TaskState};
 use crate::pb;
 use tonic::{Code, Status};
 
@@ -88,6 +88,17 @@ pub fn job(j: &Job) -> pb::JobInfo {
         result_json: j.result.as_ref().map(|r| r.to_string()).unwrap_or_default(),
         aborting: j.aborting.is_some(),
         nodes: vec![],
+    }
+}
+
+pub fn schedule(s: &Schedule) -> pb::ScheduleInfo {
+    pb::ScheduleInfo {
+        id: s.id.0.clone(),
+        kind: s.kind.as_str().into(),
+        spec_json: s.spec.to_string(),
+        interval_ms: s.interval_ms,
+        retention: s.retention,
+        next_due_ms: s.next_due.0,
     }
 }
 

@@ -45,6 +45,21 @@ pub async fn run(raft: RaftHandle, interval: Duration, shutdown: CancellationTok
             continue;
         }
         let now = LeaderTime::now();
+        if let Some(schedule) = raft.read(|sm| sm.due_schedule(now)) {
+            match raft
+                .propose(Command::FireSchedule {
+                    schedule: schedule.clone(),
+                    now,
+                })
+                .await
+            {
+                Ok(Response::JobSubmitted(job)) => {
+                    info!(schedule = %schedule, job = job.0, "schedule fired")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, schedule = %schedule, "firing a schedule"),
+            }
+        }
         let due = raft.read(|sm| sm.earliest_lease_expiry().is_some_and(|t| t <= now));
         if !due {
             continue;

@@ -258,6 +258,9 @@ impl StateMachine {
                 now,
             } => self.fail(agent, task, reason, retryable, now, &mut effects),
             Command::ExpireLeases { now } => Ok(self.release(now, None, &mut effects)),
+            Command::FireSchedule { schedule, now } => {
+                self.fire_schedule(schedule, now, &mut effects)
+            }
             Command::ReleaseLeases { agent, now } => {
                 Ok(self.release(now, Some(&agent), &mut effects))
             }
@@ -311,6 +314,44 @@ impl StateMachine {
         effects.push(Effect::JobChanged(id));
         effects.push(Effect::TasksRunnable);
         Response::JobSubmitted(id)
+    }
+
+    fn fire_schedule(
+        &mut self,
+        id: ScheduleId,
+        now: LeaderTime,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Response, Rejection> {
+        let s = self
+            .schedules
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Rejection::Invalid(format!("{id} does not exist")))?;
+        if s.next_due > now {
+            return Err(Rejection::Invalid(format!("{id} is not due yet")));
+        }
+        let mut spec = s.spec.clone();
+        if let Some(obj) = spec.as_object_mut() {
+            obj.insert("schedule_id".into(), serde_json::json!(id.0));
+            obj.insert("due_ms".into(), serde_json::json!(s.next_due.0));
+            obj.insert("retention".into(), serde_json::json!(s.retention));
+        }
+        // Missed firings (coordinator down) are not made up: the next one is the first
+        // multiple of the interval after now.
+        let interval = s.interval_ms.max(1);
+        let behind = (now.0 - s.next_due.0) / interval + 1;
+        self.schedules.get_mut(&id).expect("exists").next_due =
+            LeaderTime(s.next_due.0 + behind * interval);
+        Ok(self.submit_job(s.kind, spec, s.repository, vec![], 0, now, true, effects))
+    }
+
+    /// The schedule due first, if any is due at `now`.
+    pub fn due_schedule(&self, now: LeaderTime) -> Option<ScheduleId> {
+        self.schedules
+            .values()
+            .filter(|s| s.next_due <= now)
+            .min_by_key(|s| s.next_due)
+            .map(|s| s.id.clone())
     }
 
     fn new_tasks(&mut self, job: JobId, specs: Vec<TaskSpec>, retry_budget: u32) -> Vec<TaskId> {
@@ -1025,5 +1066,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn schedules_fire_once_per_due_time_and_skip_missed_ones() {
+        let mut sm = StateMachine::new();
+        sm.apply(Command::PutSchedule(Schedule {
+            id: ScheduleId("s".into()),
+            kind: JobKind::Backup,
+            spec: json!({"database": "d"}),
+            repository: None,
+            interval_ms: 1_000,
+            retention: 3,
+            next_due: LeaderTime(10_000),
+        }));
+        assert_eq!(sm.due_schedule(LeaderTime(9_999)), None);
+        let fire = |sm: &mut StateMachine, now| {
+            sm.apply(Command::FireSchedule {
+                schedule: ScheduleId("s".into()),
+                now: LeaderTime(now),
+            })
+            .result
+        };
+        assert!(fire(&mut sm, 9_999).is_err(), "not due yet");
+        let Ok(Response::JobSubmitted(j)) = fire(&mut sm, 10_000) else {
+            panic!()
+        };
+        let job = sm.job(j).unwrap();
+        assert!(job.driven);
+        assert_eq!(job.spec["schedule_id"], "s");
+        assert_eq!(job.spec["due_ms"], 10_000);
+        assert_eq!(job.spec["retention"], 3);
+        // Fired again at the same time: refused (not due), so a retried proposal makes no twin.
+        assert!(fire(&mut sm, 10_500).is_err());
+        // Down for 5.5 intervals: one firing, then the next multiple after now.
+        assert!(matches!(
+            fire(&mut sm, 16_500),
+            Ok(Response::JobSubmitted(_))
+        ));
+        assert_eq!(sm.schedules().next().unwrap().next_due, LeaderTime(17_000));
     }
 }

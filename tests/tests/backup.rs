@@ -551,3 +551,98 @@ async fn ddl_racing_the_backup_is_retried_or_refused_never_captured_half_way() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_schedule_fires_on_time_and_keeps_the_newest_n() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = init_repo(tmp.path()).await;
+    let src = TestFleet::start(2, &pass);
+    let client = Arc::new(src.db.client().await.unwrap());
+    client.create_database(DB, false).await.unwrap();
+    load(&client, 2_000, 0).await;
+    let pass_s = pass.to_str().unwrap();
+    let (ok, v, err) = src.snapfleet(&[
+        "backup",
+        "schedule",
+        "create",
+        "--db",
+        DB,
+        "--repo",
+        &url,
+        "--password-file",
+        pass_s,
+        "--every",
+        "2s",
+        "--keep",
+        "2",
+        "--id",
+        "nightly",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["id"], "nightly");
+    // Wait until four scheduled backups have succeeded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let (_, jobs, _) = src.snapfleet(&["job", "list", "--all"]);
+        let done = jobs
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|j| j["kind"] == "backup" && j["state"] == "succeeded")
+                    .count()
+            })
+            .unwrap_or(0);
+        let failed: Vec<_> = jobs
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|j| j["state"] == "failed")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(failed.is_empty(), "scheduled backups failed: {failed:?}");
+        if done >= 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {done} scheduled backups in 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (ok, _, err) = src.snapfleet(&["backup", "schedule", "delete", "nightly"]);
+    assert!(ok, "{err}");
+    let (ok, list, _) = src.snapfleet(&["backup", "schedule", "list"]);
+    assert!(ok && list.as_array().unwrap().is_empty(), "{list}");
+    // Let a firing that was already running finish, then count what the repository keeps.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while src
+        .snapfleet(&["job", "list"])
+        .1
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scheduled job never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (ok, backups, err) =
+        src.snapfleet(&["backup", "list", "--repo", &url, "--password-file", pass_s]);
+    assert!(ok, "{err}");
+    let ids: Vec<String> = backups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "retention keeps 2: {ids:?}");
+    assert!(ids.iter().all(|i| i.starts_with("nightly-")), "{ids:?}");
+    // The newest is restorable.
+    let newest = ids.iter().max().unwrap();
+    let dst = TestFleet::start(1, &pass);
+    let (ok, r, err) = restore(&dst, &url, &pass, newest, &[]);
+    assert!(ok, "{err}\n{r}");
+}

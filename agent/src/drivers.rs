@@ -505,65 +505,77 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                     }
                 }
             }
+            // Tables created here are logged only with the next phase: if this step fails,
+            // drop them now so a failed restore leaves the target as it was.
             let mut specs: Vec<TaskSpec> = Vec::new();
-            for src in &chosen {
-                let t = client
-                    .create_table(pb::CreateTableRequest {
-                        database: n.database.clone(),
-                        name: src.name.clone(),
-                        schema: src.schema.clone(),
-                        num_tablets: src.tablets.len() as u32,
-                        if_not_exists: false,
-                        for_restore: true,
-                        hidden: false,
-                        placement: vec![],
-                    })
-                    .await?;
-                for (s, d) in src.tablets.iter().zip(&t.tablets) {
-                    let pages = meta
-                        .tablet_pages
-                        .iter()
-                        .find(|p| p.tablet_id == s.tablet_id)
-                        .cloned()
-                        .ok_or_else(|| {
-                            AgentError::invalid(
-                                format!("backup {}", spec.backup_id),
-                                format!("ROOT has no pages for tablet {}", s.tablet_id),
-                            )
-                        })?;
-                    let node = d.replicas.first().copied().unwrap_or(0);
-                    n.tablets.push(Placement {
-                        source_tablet: s.tablet_id.clone(),
-                        node,
-                        target: pb::TabletMeta {
-                            tablet_id: d.tablet_id.clone(),
-                            table_id: t.table_id.clone(),
-                            table_name: t.name.clone(),
-                            database_id: t.database_id.clone(),
-                            schema: t.schema.clone(),
-                            schema_version: t.schema_version,
-                            hash_start: d.hash_start,
-                            hash_end: d.hash_end,
-                            hidden: vec![],
-                        },
-                    });
-                    let task = DownloadTask {
-                        repo: spec.repo.clone(),
-                        backup_id: spec.backup_id.clone(),
-                        restore_id: n.restore_id.clone(),
-                        source_tablet: s.tablet_id.clone(),
-                        pages,
-                        rate_limit: 0,
-                    };
-                    specs.push(TaskSpec {
-                        payload: serde_json::to_value(task).expect("json"),
-                        affinity: Affinity {
-                            agent: None,
-                            node: Some(node.to_string()),
-                        },
-                    });
+            let created = async {
+                for src in &chosen {
+                    let t = client
+                        .create_table(pb::CreateTableRequest {
+                            database: n.database.clone(),
+                            name: src.name.clone(),
+                            schema: src.schema.clone(),
+                            num_tablets: src.tablets.len() as u32,
+                            if_not_exists: false,
+                            for_restore: true,
+                            hidden: false,
+                            placement: vec![],
+                        })
+                        .await?;
+                    n.tables.push(t.clone());
+                    for (s, d) in src.tablets.iter().zip(&t.tablets) {
+                        let pages = meta
+                            .tablet_pages
+                            .iter()
+                            .find(|p| p.tablet_id == s.tablet_id)
+                            .cloned()
+                            .ok_or_else(|| {
+                                AgentError::invalid(
+                                    format!("backup {}", spec.backup_id),
+                                    format!("ROOT has no pages for tablet {}", s.tablet_id),
+                                )
+                            })?;
+                        let node = d.replicas.first().copied().unwrap_or(0);
+                        n.tablets.push(Placement {
+                            source_tablet: s.tablet_id.clone(),
+                            node,
+                            target: pb::TabletMeta {
+                                tablet_id: d.tablet_id.clone(),
+                                table_id: t.table_id.clone(),
+                                table_name: t.name.clone(),
+                                database_id: t.database_id.clone(),
+                                schema: t.schema.clone(),
+                                schema_version: t.schema_version,
+                                hash_start: d.hash_start,
+                                hash_end: d.hash_end,
+                                hidden: vec![],
+                            },
+                        });
+                        let task = DownloadTask {
+                            repo: spec.repo.clone(),
+                            backup_id: spec.backup_id.clone(),
+                            restore_id: n.restore_id.clone(),
+                            source_tablet: s.tablet_id.clone(),
+                            pages,
+                            rate_limit: 0,
+                        };
+                        specs.push(TaskSpec {
+                            payload: serde_json::to_value(task).expect("json"),
+                            affinity: Affinity {
+                                agent: None,
+                                node: Some(node.to_string()),
+                            },
+                        });
+                    }
                 }
-                n.tables.push(t);
+                Ok::<(), AgentError>(())
+            }
+            .await;
+            if let Err(e) = created {
+                if let Err(d) = drop_hidden(&client, &n).await {
+                    warn!(error = %d, "dropping the tables of a failed prepare step");
+                }
+                return Err(e);
             }
             let nodes: std::collections::BTreeSet<u32> = n.tablets.iter().map(|p| p.node).collect();
             let share = spec.rate_limit / nodes.len().max(1) as u64;

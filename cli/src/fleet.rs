@@ -63,6 +63,12 @@ pub enum BackupCmd {
     /// Recurring backups run by the coordinator, with retention.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Delete one backup (ROOT first, so it disappears at once; chunks go at `repo gc`).
+    Delete {
+        #[command(flatten)]
+        r: RepoArgs,
+        id: String,
+    },
     /// One backup: database, hybrid time, tables, tablets, sizes.
     Describe {
         #[command(flatten)]
@@ -257,6 +263,19 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
             finish_command(&leader, job, a.wait, json).await
         }
         BackupCmd::Schedule(c) => run_schedule(c, json).await,
+        BackupCmd::Delete { r, id } => {
+            let repo = open_repo(&r).await?;
+            let bid = BackupId::new(id.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Refuse unknown ids instead of silently deleting nothing.
+            repo.read_root(&bid).await?;
+            snapfleet_repository::remove_backup(&repo, &bid).await?;
+            if json {
+                println!("{}", serde_json::json!({ "deleted": id }));
+            } else {
+                eprintln!("backup {id} deleted; run `snapfleet repo gc` to free its chunks");
+            }
+            Ok(())
+        }
         BackupCmd::List { r } => {
             let repo = open_repo(&r).await?;
             let ids = repo.list_backups().await?;

@@ -640,8 +640,32 @@ async fn backup_schedule_fires_on_time_and_keeps_the_newest_n() {
         .collect();
     assert_eq!(ids.len(), 2, "retention keeps 2: {ids:?}");
     assert!(ids.iter().all(|i| i.starts_with("nightly-")), "{ids:?}");
-    // The newest is restorable.
+    // The newest is restorable; the other one can be deleted by hand.
     let newest = ids.iter().max().unwrap();
+    let oldest = ids.iter().min().unwrap();
+    let (ok, _, err) = src.snapfleet(&[
+        "backup",
+        "delete",
+        oldest,
+        "--repo",
+        &url,
+        "--password-file",
+        pass_s,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = src.snapfleet(&[
+        "backup",
+        "delete",
+        oldest,
+        "--repo",
+        &url,
+        "--password-file",
+        pass_s,
+    ]);
+    assert!(
+        !ok && err.contains(oldest.as_str()),
+        "deleting twice: {err}"
+    );
     let dst = TestFleet::start(1, &pass);
     let (ok, r, err) = restore(&dst, &url, &pass, newest, &[]);
     assert!(ok, "{err}\n{r}");

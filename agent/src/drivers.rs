@@ -90,8 +90,22 @@ impl JobDriver for TabletdbDrivers {
                     Err(e) => {
                         warn!(error = %e, phase = %job.phase, "job failed");
                         let why = e.to_string();
-                        if let Err(e) = abort(&ctl, &repos, &job, why).await {
-                            warn!(error = %e, "cleaning up after the failure; retrying");
+                        transient += 1;
+                        if let Err(c) = abort(&ctl, &repos, &job, why.clone()).await {
+                            if transient >= 2 * STEP_RETRIES {
+                                // Never leave a job running forever: say what is left over.
+                                let _ = ctl
+                                    .finish(
+                                        Some(format!(
+                                            "{why}; cleanup incomplete ({c}): drop the hidden \
+                                             tables / snapshots of this job by hand"
+                                        )),
+                                        json!({}),
+                                    )
+                                    .await;
+                                return;
+                            }
+                            warn!(error = %c, "cleaning up after the failure; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }

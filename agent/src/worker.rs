@@ -460,8 +460,10 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
     c.bytes_total.store(t.pages.bytes, Ordering::Relaxed);
     let target = staging_dir(&ctx.node_data, &t.restore_id);
     let tablet_dir = target.join(&t.source_tablet);
-    // A previous attempt may have left part of the files: start clean.
+    // A previous attempt may have left part of the files: start clean. If this task fails
+    // or is stopped (lease lost, job cancelled), its partial files go too.
     let _ = std::fs::remove_dir_all(&tablet_dir);
+    let mut guard = RemoveOnDrop(Some(tablet_dir.clone()));
     let restore = restore_root(
         &repo,
         &sub,
@@ -482,16 +484,26 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
             }
         }
     };
-    let stats = match stats {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tablet_dir);
-            return Err(e.into());
-        }
-    };
+    let stats = stats?;
+    guard.0 = None;
     c.bytes_done.store(stats.bytes, Ordering::Relaxed);
     Ok(DownloadResult {
         files: stats.files,
         bytes: stats.bytes,
     })
+}
+
+/// Removes a directory when dropped (a download that failed or was stopped half-way).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(&p);
+            // The restore's staging directory too, once no tablet of it is left here.
+            if let Some(parent) = p.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
 }

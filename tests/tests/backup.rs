@@ -670,3 +670,62 @@ async fn backup_schedule_fires_on_time_and_keeps_the_newest_n() {
     let (ok, r, err) = restore(&dst, &url, &pass, newest, &[]);
     assert!(ok, "{err}\n{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_restore_leaves_the_target_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = init_repo(tmp.path()).await;
+    let src = TestFleet::start(2, &pass);
+    let client = Arc::new(src.db.client().await.unwrap());
+    client.create_database(DB, false).await.unwrap();
+    load(&client, 20_000, 0).await;
+    let v = backup(&src, &url, &pass, &["--compression", "0"]);
+    let id = v["result"]["backup_id"].as_str().unwrap().to_string();
+
+    let dst = TestFleet::start(2, &pass);
+    let pass_s = pass.to_str().unwrap();
+    let child = spawn_snapfleet(
+        &dst,
+        &[
+            "restore",
+            "--backup",
+            &id,
+            "--repo",
+            &url,
+            "--password-file",
+            pass_s,
+            "--rate-limit",
+            "1MiB/s",
+            "--wait",
+        ],
+    );
+    wait_progress(&dst, "1", 0.1);
+    let (_, jobs, _) = dst.snapfleet(&["job", "list"]);
+    let job = jobs[0]["id"].as_u64().unwrap().to_string();
+    let (ok, _, err) = dst.snapfleet(&["job", "cancel", &job, "--reason", "drill over"]);
+    assert!(ok, "{err}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a cancelled restore reported success"
+    );
+    assert!(
+        err.contains("cancelled") && err.contains("drill over"),
+        "{err}"
+    );
+    let dclient = dst.db.client().await.unwrap();
+    let cat = dclient.refresh().await.unwrap();
+    assert!(
+        cat.tables.is_empty(),
+        "tables left behind: {:?}",
+        cat.tables
+    );
+    for n in 1..=2 {
+        let staging = dst.db.node_dir(n).join("staging");
+        let left: Vec<_> = std::fs::read_dir(&staging)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "staging left behind: {left:?}");
+    }
+}

@@ -24,6 +24,7 @@ use snapfleet_coordinator::{DriveFuture, JobCtl, JobDriver};
 use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::{commit_backup, BackupId, Error as RepoError, PartSummary};
 use snapfleet_tabletdb::client::Client;
+use snapfleet_tabletdb::restore::{create_restoring_table, import_meta};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -524,18 +525,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             let mut specs: Vec<TaskSpec> = Vec::new();
             let created = async {
                 for src in &chosen {
-                    let t = client
-                        .create_table(pb::CreateTableRequest {
-                            database: n.database.clone(),
-                            name: src.name.clone(),
-                            schema: src.schema.clone(),
-                            num_tablets: src.tablets.len() as u32,
-                            if_not_exists: false,
-                            for_restore: true,
-                            hidden: false,
-                            placement: vec![],
-                        })
-                        .await?;
+                    let t = create_restoring_table(&client, &n.database, src).await?;
                     n.tables.push(t.clone());
                     for (s, d) in src.tablets.iter().zip(&t.tablets) {
                         let pages = meta
@@ -553,17 +543,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                         n.tablets.push(Placement {
                             source_tablet: s.tablet_id.clone(),
                             node,
-                            target: pb::TabletMeta {
-                                tablet_id: d.tablet_id.clone(),
-                                table_id: t.table_id.clone(),
-                                table_name: t.name.clone(),
-                                database_id: t.database_id.clone(),
-                                schema: t.schema.clone(),
-                                schema_version: t.schema_version,
-                                hash_start: d.hash_start,
-                                hash_end: d.hash_end,
-                                hidden: vec![],
-                            },
+                            target: import_meta(&t, d),
                         });
                         let task = DownloadTask {
                             repo: spec.repo.clone(),

@@ -97,18 +97,7 @@ pub async fn restore_snapshot(
             ..Default::default()
         };
         for src in &chosen {
-            let t = client
-                .create_table(pb::CreateTableRequest {
-                    database: target_db.to_string(),
-                    name: src.name.clone(),
-                    schema: src.schema.clone(),
-                    num_tablets: src.tablets.len() as u32,
-                    if_not_exists: false,
-                    for_restore: true,
-                    hidden: false,
-                    placement: vec![],
-                })
-                .await?;
+            let t = create_restoring_table(client, target_db, src).await?;
             created.push(t.clone());
             for (s, d) in src.tablets.iter().zip(&t.tablets) {
                 debug_assert_eq!((s.hash_start, s.hash_end), (d.hash_start, d.hash_end));
@@ -125,17 +114,7 @@ pub async fn restore_snapshot(
                 copy_dir(&src_dir, &staged)?;
                 let mut c = client.node(node).await?;
                 c.import_tablet(pb::ImportTabletRequest {
-                    meta: Some(pb::TabletMeta {
-                        tablet_id: d.tablet_id.clone(),
-                        table_id: t.table_id.clone(),
-                        table_name: t.name.clone(),
-                        database_id: t.database_id.clone(),
-                        schema: t.schema.clone(),
-                        schema_version: t.schema_version,
-                        hash_start: d.hash_start,
-                        hash_end: d.hash_end,
-                        hidden: vec![],
-                    }),
+                    meta: Some(import_meta(&t, d)),
                     staged_dir: staged.display().to_string(),
                     restore_ht: snapshot.hybrid_time,
                 })
@@ -177,6 +156,42 @@ pub async fn restore_snapshot(
             }
             Err(e)
         }
+    }
+}
+
+/// Creates table `src` (from a snapshot's catalog) in `db` hidden (RESTORING), with the
+/// source's tablet count and hash ranges, placed by the master over the live nodes.
+pub async fn create_restoring_table(
+    client: &Client,
+    db: &str,
+    src: &pb::TableInfo,
+) -> Result<pb::TableInfo> {
+    client
+        .create_table(pb::CreateTableRequest {
+            database: db.to_string(),
+            name: src.name.clone(),
+            schema: src.schema.clone(),
+            num_tablets: src.tablets.len() as u32,
+            if_not_exists: false,
+            for_restore: true,
+            hidden: false,
+            placement: vec![],
+        })
+        .await
+}
+
+/// What `ImportTablet` needs to know of target tablet `d` of table `t`.
+pub fn import_meta(t: &pb::TableInfo, d: &pb::TabletInfo) -> pb::TabletMeta {
+    pb::TabletMeta {
+        tablet_id: d.tablet_id.clone(),
+        table_id: t.table_id.clone(),
+        table_name: t.name.clone(),
+        database_id: t.database_id.clone(),
+        schema: t.schema.clone(),
+        schema_version: t.schema_version,
+        hash_start: d.hash_start,
+        hash_end: d.hash_end,
+        hidden: vec![],
     }
 }
 

@@ -192,6 +192,40 @@ async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
     assert_eq!(b, b2);
 }
 
+/// A 2-node source with its fleet, `rows` loaded and backed up (zstd off): (temp dir,
+/// repository url, passphrase file, source, client, backup id).
+async fn backed_up(
+    rows: u64,
+) -> (
+    tempfile::TempDir,
+    String,
+    std::path::PathBuf,
+    TestFleet,
+    Arc<snapfleet_tabletdb::Client>,
+    String,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = init_repo(tmp.path()).await;
+    let src = TestFleet::start(2, &pass);
+    let client = Arc::new(src.db.client().await.unwrap());
+    client.create_database(DB, false).await.unwrap();
+    load(&client, rows, 0).await;
+    let v = backup(&src, &url, &pass, &["--compression", "0"]);
+    let id = v["result"]["backup_id"].as_str().unwrap().to_string();
+    (tmp, url, pass, src, client, id)
+}
+
+/// Nothing is left in the target nodes' staging directories.
+fn assert_no_staging(dst: &TestFleet) {
+    for (i, _) in dst.db.nodes.iter().enumerate() {
+        let staging = dst.db.node_dir(i as u32 + 1).join("staging");
+        let left: Vec<_> = std::fs::read_dir(&staging)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "staging left behind: {left:?}");
+    }
+}
+
 /// Flips one byte in the middle of every chunk object larger than 4 KiB.
 fn corrupt_chunks(repo_dir: &Path) -> usize {
     let mut n = 0;
@@ -215,14 +249,7 @@ fn corrupt_chunks(repo_dir: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupt_chunk_fails_restore_before_activate_and_target_is_untouched() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(2, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
-    client.create_database(DB, false).await.unwrap();
-    load(&client, 5_000, 0).await;
-    let v = backup(&src, &url, &pass, &["--compression", "0"]);
-    let id = v["result"]["backup_id"].as_str().unwrap().to_string();
+    let (tmp, url, pass, _src, _client, id) = backed_up(5_000).await;
 
     let dst = TestFleet::start(2, &pass);
     let dclient = dst.db.client().await.unwrap();
@@ -255,13 +282,7 @@ async fn corrupt_chunk_fails_restore_before_activate_and_target_is_untouched() {
     };
     assert_eq!(names(&before), names(&after));
     // Nothing is left in the target nodes' staging directories.
-    for id in 1..=2 {
-        let staging = dst.db.node_dir(id).join("staging");
-        let left: Vec<_> = std::fs::read_dir(&staging)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "staging left behind: {left:?}");
-    }
+    assert_no_staging(&dst);
 }
 
 /// The first in-flight job's progress on `node` as (bytes_done, bytes_total), via the CLI.
@@ -673,14 +694,7 @@ async fn backup_schedule_fires_on_time_and_keeps_the_newest_n() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_restore_leaves_the_target_as_it_was() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(2, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
-    client.create_database(DB, false).await.unwrap();
-    load(&client, 20_000, 0).await;
-    let v = backup(&src, &url, &pass, &["--compression", "0"]);
-    let id = v["result"]["backup_id"].as_str().unwrap().to_string();
+    let (_tmp, url, pass, _src, _client, id) = backed_up(20_000).await;
 
     let dst = TestFleet::start(2, &pass);
     let pass_s = pass.to_str().unwrap();
@@ -721,11 +735,5 @@ async fn cancelled_restore_leaves_the_target_as_it_was() {
         "tables left behind: {:?}",
         cat.tables
     );
-    for n in 1..=2 {
-        let staging = dst.db.node_dir(n).join("staging");
-        let left: Vec<_> = std::fs::read_dir(&staging)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "staging left behind: {left:?}");
-    }
+    assert_no_staging(&dst);
 }

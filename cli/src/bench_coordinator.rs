@@ -205,6 +205,25 @@ impl Group {
         }
     }
 
+    /// Graceful stop (SIGTERM): the replica syncs its storage, commit index included, before
+    /// exiting (after kill -9 the commit index on disk may lag: it is re-learnt on restart).
+    fn stop(&mut self, id: u64) -> Result<()> {
+        if let Some(mut p) = self.replicas[id as usize - 1].proc.take() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status()
+                .context("running kill -TERM")?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while p.is_running() {
+                if Instant::now() > deadline {
+                    bail!("coordinator replica {id} did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
     fn live(&self) -> impl Iterator<Item = &Replica> {
         self.replicas.iter().filter(|r| r.proc.is_some())
     }
@@ -427,7 +446,7 @@ async fn memory(bin: &Path, root: &Path, tasks: usize, jobs: usize) -> Result<Me
     let submit_seconds = t.elapsed().as_secs_f64();
     let (rss_after, hwm_after) = rss(pid)?;
     // The replica's own state, rebuilt from its data directory (snapshot + committed log).
-    g.kill(1);
+    g.stop(1)?;
     let dir1 = g.replica(1).dir.clone();
     let sm = tokio::task::spawn_blocking(move || snapfleet_coordinator::raft_loop::read_state(&dir1))
         .await??;

@@ -199,7 +199,9 @@ pub struct RaftLoop<O: Outbox> {
 
 /// The state machine a stopped replica left in `data_dir`: its latest snapshot plus every
 /// committed entry after it, applied in order. For inspection and benchmarks; never call it
-/// on the directory of a running replica (sled admits one process at a time).
+/// on the directory of a running replica (sled admits one process at a time). After kill -9
+/// the commit index on disk may lag the log (it is re-learnt on restart): stop the replica
+/// gracefully first to see everything it applied.
 pub fn read_state(data_dir: &std::path::Path) -> Result<StateMachine> {
     use raft::Storage as _;
     let storage = SledStorage::open(data_dir)?;

@@ -38,7 +38,11 @@ pub struct CoordinatorBenchArgs {
     #[arg(long, default_value_t = 10)]
     jobs: usize,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_value = "failover,throughput,memory")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "failover,throughput,memory"
+    )]
     only: Vec<String>,
 }
 
@@ -250,7 +254,9 @@ impl Group {
             if let Some(all) = all {
                 let leader = all[0].leader_id;
                 let live: Vec<u64> = self.live().map(|r| r.id).collect();
-                if leader != 0 && live.contains(&leader) && all.iter().all(|s| s.leader_id == leader)
+                if leader != 0
+                    && live.contains(&leader)
+                    && all.iter().all(|s| s.leader_id == leader)
                 {
                     let ls = all.iter().find(|s| s.id == leader).cloned();
                     if let Some(ls) = ls {
@@ -448,8 +454,9 @@ async fn memory(bin: &Path, root: &Path, tasks: usize, jobs: usize) -> Result<Me
     // The replica's own state, rebuilt from its data directory (snapshot + committed log).
     g.stop(1)?;
     let dir1 = g.replica(1).dir.clone();
-    let sm = tokio::task::spawn_blocking(move || snapfleet_coordinator::raft_loop::read_state(&dir1))
-        .await??;
+    let sm =
+        tokio::task::spawn_blocking(move || snapfleet_coordinator::raft_loop::read_state(&dir1))
+            .await??;
     let in_state: usize = sm.jobs().map(|j| sm.tasks_of(j.id).count()).sum();
     if in_state != tasks {
         bail!("the replica's state holds {in_state} tasks, expected {tasks}");
@@ -544,7 +551,10 @@ pub async fn run(a: CoordinatorBenchArgs, json: bool) -> Result<()> {
         );
     }
     if let Some(t) = &t {
-        println!("### Committed entries per second ({} clients, {:.1} s, one-task SubmitJob each)\n", t.clients, t.seconds);
+        println!(
+            "### Committed entries per second ({} clients, {:.1} s, one-task SubmitJob each)\n",
+            t.clients, t.seconds
+        );
         println!("| jobs submitted | jobs/s | committed entries | entries/s | latency median | latency p99 | errors |\n|---|---|---|---|---|---|---|");
         println!(
             "| {} | {:.0} | {} | {:.0} | {:.1} ms | {:.1} ms | {} |\n",

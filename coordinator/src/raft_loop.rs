@@ -210,8 +210,12 @@ pub fn read_state(data_dir: &std::path::Path) -> Result<StateMachine> {
     let first = storage.first_index()?;
     let commit = storage.hard_state()?.commit;
     if commit >= first {
-        let entries =
-            storage.entries(first, commit + 1, None, raft::GetEntriesContext::empty(false))?;
+        let entries = storage.entries(
+            first,
+            commit + 1,
+            None,
+            raft::GetEntriesContext::empty(false),
+        )?;
         for entry in entries {
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 continue;

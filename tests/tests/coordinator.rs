@@ -5,12 +5,12 @@
 //! coordinator/tests/failover.rs.)
 
 use snapfleet_coordinator::client::Leader;
+use snapfleet_coordinator::pb;
 use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
-use snapfleet_coordinator::pb;
 use snapfleet_tabletdb::local::ChildProcess;
-use std::path::Path;
 use snapfleet_tests::snapfleet_bin;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -221,7 +221,12 @@ async fn all_three_killed_and_restarted_keep_jobs_and_tasks() {
     let before = get_job(&leader, job.id).await;
     let p = before.progress.clone().unwrap();
     assert_eq!(
-        (p.tasks_total, p.tasks_succeeded, p.tasks_running, p.tasks_pending),
+        (
+            p.tasks_total,
+            p.tasks_succeeded,
+            p.tasks_running,
+            p.tasks_pending
+        ),
         (20, 3, 2, 15)
     );
 

@@ -219,7 +219,7 @@ async fn all_three_killed_and_restarted_keep_jobs_and_tasks() {
         .await
         .unwrap();
     let before = get_job(&leader, job.id).await;
-    let p = before.progress.clone().unwrap();
+    let p = before.progress.unwrap();
     assert_eq!(
         (
             p.tasks_total,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and writes bench/out/<name>.md (repo: bench/results/repo.md).
-# Usage: bench/run.sh [db|dump|repo] [ARGS…]
+# Usage: bench/run.sh [db|dump|repo|fleet|coordinator] [ARGS…]
 # Not part of the tests: numbers depend on the machine; compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,15 @@ case "$what" in
       "$bin" bench fleet "$@"
     } | tee bench/out/fleet.md
     ;;
+  coordinator)
+    # Replica logs at warn: info logs one line per submitted job and would be measured too.
+    export SNAPFLEET_CHILD_LOG="${SNAPFLEET_CHILD_LOG:-warn}"
+    {
+      echo "# coordinator benchmark — $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores"
+      echo
+      "$bin" bench coordinator "$@"
+    } | tee bench/out/coordinator.md
+    ;;
   repo)
     mkdir -p bench/results
     {
@@ -41,5 +50,5 @@ case "$what" in
       bash bench/repo.sh "$bin" "$@"
     } | tee bench/results/repo.md
     ;;
-  *) echo "unknown benchmark $what (have: db, dump, repo, fleet)" >&2; exit 2 ;;
+  *) echo "unknown benchmark $what (have: db, dump, repo, fleet, coordinator)" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
 //! 1 the operation failed (the message says why and what to do), 2 usage error.
 
 mod bench;
+mod bench_coordinator;
 mod bench_fleet;
 mod clone;
 mod coordinator;

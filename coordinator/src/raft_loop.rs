@@ -197,6 +197,37 @@ pub struct RaftLoop<O: Outbox> {
     effects: broadcast::Sender<Effect>,
 }
 
+/// The state machine a stopped replica left in `data_dir`: its latest snapshot plus every
+/// committed entry after it, applied in order. For inspection and benchmarks; never call it
+/// on the directory of a running replica (sled admits one process at a time). After kill -9
+/// the commit index on disk may lag the log (it is re-learnt on restart): stop the replica
+/// gracefully first to see everything it applied.
+pub fn read_state(data_dir: &std::path::Path) -> Result<StateMachine> {
+    use raft::Storage as _;
+    let storage = SledStorage::open(data_dir)?;
+    let mut sm = StateMachine::restore(&storage.snapshot_data()?)
+        .map_err(|e| CoordinatorError::corrupt("state-machine snapshot", e))?;
+    let first = storage.first_index()?;
+    let commit = storage.hard_state()?.commit;
+    if commit >= first {
+        let entries = storage.entries(
+            first,
+            commit + 1,
+            None,
+            raft::GetEntriesContext::empty(false),
+        )?;
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                continue;
+            }
+            let cmd: Command = serde_json::from_slice(&entry.data)
+                .map_err(|e| CoordinatorError::corrupt("log entry", e))?;
+            sm.apply(cmd);
+        }
+    }
+    Ok(sm)
+}
+
 /// A sender for the loop's input (the transport's server side uses it).
 pub type InputSender = mpsc::Sender<Input>;
 

@@ -126,6 +126,7 @@ pub struct CreateArgs {
     /// tabletdb master of the cluster to back up.
     #[arg(long, env = "SNAPFLEET_DB_MASTER", default_value = "127.0.0.1:7100")]
     master: String,
+    /// The database to back up.
     #[arg(long)]
     db: String,
     /// Backup id (default: generated, time-ordered).

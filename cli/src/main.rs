@@ -41,7 +41,7 @@ enum Cmd {
     Coordinator(coordinator::CoordinatorArgs),
     /// Run the agent of one database node: uploads and downloads tablets for jobs.
     Agent(fleet::AgentArgs),
-    /// Back up databases into a repository; list and describe backups.
+    /// Back up databases into a repository; schedules; list, describe and delete backups.
     #[command(subcommand)]
     Backup(fleet::BackupCmd),
     /// Restore a backup into a cluster of any size (from the repository alone).
@@ -55,8 +55,8 @@ enum Cmd {
     /// The reference database, tabletdb: run clusters, load data, query, snapshot, verify.
     #[command(subcommand)]
     Db(db::DbCmd),
-    /// Run the whole job on a local fleet: 3-node cluster, load, snapshot, restore into a
-    /// new 2-node cluster, verify, report.
+    /// Run the whole job on a local fleet: 3-node cluster + coordinator + agents, load, back
+    /// up into a local repository, restore into a new 2-node cluster from it, verify, report.
     Demo(demo::DemoArgs),
     /// Point-in-time recovery.
     #[command(subcommand)]

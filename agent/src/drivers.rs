@@ -24,7 +24,7 @@ use snapfleet_coordinator::{DriveFuture, JobCtl, JobDriver};
 use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::{commit_backup, BackupId, Error as RepoError, PartSummary};
 use snapfleet_tabletdb::client::Client;
-use snapfleet_tabletdb::restore::{create_restoring_table, import_meta};
+use snapfleet_tabletdb::restore::{create_restoring_table, import_meta, node_data_dirs};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -165,7 +165,7 @@ async fn cleanup(_repos: &Repos, job: &Job) -> Result<()> {
             let n: RestoreNotes = notes(job)?;
             let client = Client::connect(&spec.master).await?;
             drop_hidden(&client, &n).await?;
-            for dir in node_dirs(&client).await.unwrap_or_default() {
+            for dir in node_data_dirs(&client).await.unwrap_or_default() {
                 let _ = std::fs::remove_dir_all(staging_dir(&dir.1, &n.restore_id));
             }
             Ok(())
@@ -389,20 +389,6 @@ async fn apply_retention(
 
 // ---------------------------------------------------------------- restore
 
-async fn node_dirs(client: &Client) -> Result<Vec<(u32, std::path::PathBuf)>> {
-    let mut out = Vec::new();
-    for n in client.catalog().nodes.iter().filter(|n| n.live) {
-        let mut c = client.node_at(&n.address).await?;
-        let st = c
-            .node_status(pb::NodeStatusRequest {})
-            .await
-            .map_err(|s| snapfleet_tabletdb::error::from_status(&format!("node {}", n.node_id), s))?
-            .into_inner();
-        out.push((n.node_id, std::path::PathBuf::from(st.data_dir)));
-    }
-    Ok(out)
-}
-
 async fn drop_hidden(client: &Client, n: &RestoreNotes) -> Result<()> {
     // The catalog lists hidden (restoring) tables too; `Client::tables` does not.
     let cat = client.refresh().await?;
@@ -598,7 +584,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
         "activate" => {
             let n: RestoreNotes = notes(job)?;
             let client = Client::connect(&spec.master).await?;
-            let dirs = node_dirs(&client).await?;
+            let dirs = node_data_dirs(&client).await?;
             for p in &n.tablets {
                 let dir = dirs.iter().find(|d| d.0 == p.node).ok_or_else(|| {
                     AgentError::Database(snapfleet_tabletdb::Error::Unavailable(format!(

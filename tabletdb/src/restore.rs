@@ -79,16 +79,7 @@ pub async fn restore_snapshot(
         )));
     }
     // Node data directories, for staging next to where the tablets will live.
-    let mut node_dirs: HashMap<u32, PathBuf> = HashMap::new();
-    for n in client.catalog().nodes.iter().filter(|n| n.live) {
-        let mut c = client.node_at(&n.address).await?;
-        let st = c
-            .node_status(pb::NodeStatusRequest {})
-            .await
-            .map_err(|s| from_status(&format!("node {}", n.node_id), s))?
-            .into_inner();
-        node_dirs.insert(n.node_id, PathBuf::from(st.data_dir));
-    }
+    let node_dirs: HashMap<u32, PathBuf> = node_data_dirs(client).await?.into_iter().collect();
     let mut created: Vec<pb::TableInfo> = Vec::new();
     let result = async {
         let mut report = RestoreReport {
@@ -157,6 +148,22 @@ pub async fn restore_snapshot(
             Err(e)
         }
     }
+}
+
+/// The data directory of every live node of the cluster behind `client` (from each node's
+/// own status), where restores stage tablets before importing them.
+pub async fn node_data_dirs(client: &Client) -> Result<Vec<(u32, PathBuf)>> {
+    let mut out = Vec::new();
+    for n in client.catalog().nodes.iter().filter(|n| n.live) {
+        let mut c = client.node_at(&n.address).await?;
+        let st = c
+            .node_status(pb::NodeStatusRequest {})
+            .await
+            .map_err(|s| from_status(&format!("node {}", n.node_id), s))?
+            .into_inner();
+        out.push((n.node_id, PathBuf::from(st.data_dir)));
+    }
+    Ok(out)
 }
 
 /// Creates table `src` (from a snapshot's catalog) in `db` hidden (RESTORING), with the

@@ -25,12 +25,7 @@ impl Passphrase {
             .clone()
             .or_else(|| std::env::var_os("SNAPFLEET_PASSWORD_FILE").map(PathBuf::from));
         if let Some(f) = file {
-            let s = std::fs::read(&f).map_err(|source| AgentError::Io {
-                what: format!("password file {}", f.display()),
-                source,
-            })?;
-            let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
-            return Ok(trimmed.to_vec());
+            return read_passphrase_file(&f);
         }
         if let Some(p) = std::env::var_os("SNAPFLEET_PASSWORD") {
             return Ok(p.into_encoded_bytes());
@@ -39,6 +34,27 @@ impl Passphrase {
             url: url.to_string(),
         })
     }
+}
+
+/// Reads a passphrase file: its first line, without the line ending (the same rule for
+/// `repo init`, the coordinator and the agents, so a file they share unlocks alike).
+pub fn read_passphrase_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|source| AgentError::Io {
+        what: format!(
+            "cannot read the passphrase file {}; check --password-file / SNAPFLEET_PASSWORD_FILE",
+            path.display()
+        ),
+        source,
+    })?;
+    let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(AgentError::invalid(
+            format!("passphrase file {}", path.display()),
+            "it is empty",
+        ));
+    }
+    Ok(line.to_vec())
 }
 
 /// Opened repositories, by URL, sharing one bandwidth budget.

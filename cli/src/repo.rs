@@ -129,20 +129,9 @@ pub enum KeyCmd {
     Remove { id: String },
 }
 
-/// Reads a passphrase file: its first line, without the line ending.
+/// Reads a passphrase file (first line; the rule agents and coordinators use too).
 fn read_password_file(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read the passphrase file {}; check --password-file / SNAPFLEET_PASSWORD_FILE",
-            path.display()
-        )
-    })?;
-    let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.is_empty() {
-        bail!("the passphrase file {} is empty", path.display());
-    }
-    Ok(line.to_vec())
+    Ok(snapfleet_agent::repos::read_passphrase_file(path)?)
 }
 
 fn passphrase(file: Option<&Path>, env: &str, file_flag: &str) -> Result<Vec<u8>> {

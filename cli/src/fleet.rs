@@ -84,11 +84,7 @@ pub enum ScheduleCmd {
         #[command(flatten)]
         c: CoordArg,
         #[command(flatten)]
-        r: RepoArgs,
-        #[arg(long, env = "SNAPFLEET_DB_MASTER", default_value = "127.0.0.1:7100")]
-        master: String,
-        #[arg(long)]
-        db: String,
+        o: BackupOpts,
         /// Interval: 90s, 15m, 1h, 1d. The first backup starts at once.
         #[arg(long)]
         every: String,
@@ -99,10 +95,6 @@ pub enum ScheduleCmd {
         /// Schedule id (default: generated).
         #[arg(long)]
         id: Option<String>,
-        #[arg(long, default_value = "0")]
-        rate_limit: String,
-        #[arg(long, default_value_t = 3)]
-        compression: i32,
     },
     /// Schedules with their next due time.
     List {
@@ -117,10 +109,9 @@ pub enum ScheduleCmd {
     },
 }
 
+/// What to back up and how: shared by `backup create` and `backup schedule create`.
 #[derive(Args)]
-pub struct CreateArgs {
-    #[command(flatten)]
-    c: CoordArg,
+pub struct BackupOpts {
     #[command(flatten)]
     r: RepoArgs,
     /// tabletdb master of the cluster to back up.
@@ -129,21 +120,48 @@ pub struct CreateArgs {
     /// The database to back up.
     #[arg(long)]
     db: String,
-    /// Backup id (default: generated, time-ordered).
-    #[arg(long)]
-    id: Option<String>,
     /// Cluster-wide bandwidth budget, e.g. 200MiB/s (split among the agents with work left).
     #[arg(long, default_value = "0")]
     rate_limit: String,
-    /// Keep the tablet snapshots on the nodes afterwards (for fast local restore).
-    #[arg(long)]
-    keep_snapshot: bool,
     /// Snapshot retries when a schema change races it.
     #[arg(long, default_value_t = 5)]
     ddl_retries: u32,
     /// zstd level (0 = off).
     #[arg(long, default_value_t = 3)]
     compression: i32,
+}
+
+impl BackupOpts {
+    /// The job spec; `backup_id` empty for a schedule's template.
+    fn spec(&self, backup_id: String, keep_snapshot: bool) -> Result<BackupSpec> {
+        Ok(BackupSpec {
+            master: self.master.clone(),
+            database: self.db.clone(),
+            repo: self.r.url()?.to_string(),
+            backup_id,
+            ddl_retries: self.ddl_retries,
+            keep_snapshot,
+            rate_limit: parse_rate(&self.rate_limit)?,
+            compression: self.compression,
+            schedule_id: None,
+            due_ms: None,
+            retention: 0,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    c: CoordArg,
+    #[command(flatten)]
+    o: BackupOpts,
+    /// Backup id (default: generated, time-ordered).
+    #[arg(long)]
+    id: Option<String>,
+    /// Keep the tablet snapshots on the nodes afterwards (for fast local restore).
+    #[arg(long)]
+    keep_snapshot: bool,
     /// Follow the job until it ends (progress per node); exit 1 if it fails.
     #[arg(long)]
     wait: bool,
@@ -245,19 +263,7 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
                 a.id.clone()
                     .unwrap_or_else(|| BackupId::generate().to_string());
             BackupId::new(id.clone()).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
-            let spec = BackupSpec {
-                master: a.master.clone(),
-                database: a.db.clone(),
-                repo: a.r.url()?.to_string(),
-                backup_id: id.clone(),
-                ddl_retries: a.ddl_retries,
-                keep_snapshot: a.keep_snapshot,
-                rate_limit: parse_rate(&a.rate_limit)?,
-                compression: a.compression,
-                schedule_id: None,
-                due_ms: None,
-                retention: 0,
-            };
+            let spec = a.o.spec(id.clone(), a.keep_snapshot)?;
             let leader = Leader::new([a.c.coordinator.as_str()]);
             let job = submit(&leader, "backup", serde_json::to_value(spec)?).await?;
             eprintln!("backup {id}: job {} submitted", job.id);
@@ -590,29 +596,13 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
     match cmd {
         ScheduleCmd::Create {
             c,
-            r,
-            master,
-            db,
+            o,
             every,
             keep,
             id,
-            rate_limit,
-            compression,
         } => {
             let interval = crate::util::parse_duration(&every)?;
-            let spec = BackupSpec {
-                master,
-                database: db,
-                repo: r.url()?.to_string(),
-                backup_id: String::new(),
-                ddl_retries: 5,
-                keep_snapshot: false,
-                rate_limit: parse_rate(&rate_limit)?,
-                compression,
-                schedule_id: None,
-                due_ms: None,
-                retention: 0,
-            };
+            let spec = o.spec(String::new(), false)?;
             let req = cpb::ScheduleInfo {
                 id: id.unwrap_or_default(),
                 kind: "backup".into(),

@@ -91,12 +91,7 @@ async fn assert_same(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(3, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
-    client.create_database(DB, false).await.unwrap();
-    load(&client, 20_000, 0).await;
+    let (tmp, url, pass, src, client) = loaded_source(3, 20_000).await;
     let log = tmp.path().join("counter.log");
     let writer = CounterWriter::start(client.clone(), DB, 6, log.clone());
     writer.wait_for_keys(200).await;
@@ -192,6 +187,27 @@ async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
     assert_eq!(b, b2);
 }
 
+/// A repository and an `nodes`-node source with its fleet and `rows` loaded: (temp dir,
+/// repository url, passphrase file, source, client).
+async fn loaded_source(
+    nodes: u32,
+    rows: u64,
+) -> (
+    tempfile::TempDir,
+    String,
+    std::path::PathBuf,
+    TestFleet,
+    Arc<snapfleet_tabletdb::Client>,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = init_repo(tmp.path()).await;
+    let src = TestFleet::start(nodes, &pass);
+    let client = Arc::new(src.db.client().await.unwrap());
+    client.create_database(DB, false).await.unwrap();
+    load(&client, rows, 0).await;
+    (tmp, url, pass, src, client)
+}
+
 /// A 2-node source with its fleet, `rows` loaded and backed up (zstd off): (temp dir,
 /// repository url, passphrase file, source, client, backup id).
 async fn backed_up(
@@ -204,12 +220,7 @@ async fn backed_up(
     Arc<snapfleet_tabletdb::Client>,
     String,
 ) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(2, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
-    client.create_database(DB, false).await.unwrap();
-    load(&client, rows, 0).await;
+    let (tmp, url, pass, src, client) = loaded_source(2, rows).await;
     let v = backup(&src, &url, &pass, &["--compression", "0"]);
     let id = v["result"]["backup_id"].as_str().unwrap().to_string();
     (tmp, url, pass, src, client, id)
@@ -439,12 +450,7 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn second_backup_after_changing_5_percent_uploads_little() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(3, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
-    client.create_database(DB, false).await.unwrap();
-    load(&client, 40_000, 0).await;
+    let (_tmp, url, pass, src, client) = loaded_source(3, 40_000).await;
     let first = backup(&src, &url, &pass, &[]);
     // Rewrite 5% of the rows with new payloads.
     load(&client, 2_000, 0).await;
@@ -488,12 +494,7 @@ async fn second_backup_after_changing_5_percent_uploads_little() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ddl_racing_the_backup_is_retried_or_refused_never_captured_half_way() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(2, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
-    client.create_database(DB, false).await.unwrap();
-    load(&client, 5_000, 0).await;
+    let (_tmp, url, pass, src, client) = loaded_source(2, 5_000).await;
     // Schema changes in a tight loop for the whole test.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ddl = {
@@ -575,12 +576,7 @@ async fn ddl_racing_the_backup_is_retried_or_refused_never_captured_half_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_schedule_fires_on_time_and_keeps_the_newest_n() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(2, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
-    client.create_database(DB, false).await.unwrap();
-    load(&client, 2_000, 0).await;
+    let (_tmp, url, pass, src, _client) = loaded_source(2, 2_000).await;
     let pass_s = pass.to_str().unwrap();
     let (ok, v, err) = src.snapfleet(&[
         "backup",

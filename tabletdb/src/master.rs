@@ -84,6 +84,11 @@ struct Inner {
     known_nodes: std::sync::Mutex<HashMap<NodeId, String>>,
     /// The catalog version as of the last persist, readable without the catalog lock.
     version: std::sync::atomic::AtomicU64,
+    /// Snapshots hold this shared while they checkpoint tablets; schema changes take it
+    /// exclusively. A DDL therefore waits the few milliseconds a snapshot takes (hard
+    /// links) instead of aborting it, and a snapshot never starves under a DDL loop (the
+    /// lock is fair: each side waits at most for the ones queued before it).
+    ddl_fence: tokio::sync::RwLock<()>,
 }
 
 /// The master's gRPC service.
@@ -154,6 +159,7 @@ impl MasterService {
                 clients: Default::default(),
                 default_tablets: default_tablets.max(1),
                 known_nodes: Default::default(),
+                ddl_fence: Default::default(),
                 version: std::sync::atomic::AtomicU64::new(0),
             }),
         })
@@ -413,6 +419,7 @@ impl MasterService {
         &self,
         req: pb::CreateSnapshotRequest,
     ) -> Result<pb::SnapshotInfo> {
+        let _fence = self.inner.ddl_fence.read().await;
         let (v1, db, tables, state_copy) = {
             let st = self.inner.state.lock().await;
             let db = st.database(&req.database)?;
@@ -543,6 +550,7 @@ impl MasterService {
         req: pb::RestoreToTimeRequest,
     ) -> Result<pb::RestoreToTimeResponse> {
         // Serialised with DDL: the catalog cannot move under the restore.
+        let _fence = self.inner.ddl_fence.write().await;
         let mut st = self.inner.state.lock().await;
         let db = st.database(&req.database)?;
         let t = HybridTime(req.hybrid_time);
@@ -650,6 +658,8 @@ impl MasterService {
         snap: &pb::SnapshotInfo,
         target: &str,
     ) -> Result<pb::CloneDatabaseResponse> {
+        // A schema change like any other: snapshots of other databases wait, not abort.
+        let _fence = self.inner.ddl_fence.write().await;
         let db = {
             let mut st = self.inner.state.lock().await;
             let db = pb::DatabaseInfo {
@@ -846,6 +856,7 @@ impl Master for MasterService {
         let req = request.into_inner();
         types::check_name("database", &req.name)?;
         let span = info_span!("create_database", name = %req.name);
+        let _fence = self.inner.ddl_fence.write().instrument(span.clone()).await;
         let mut st = self.inner.state.lock().instrument(span).await;
         if let Some(d) = st.databases.iter().find(|d| d.name == req.name) {
             if req.if_not_exists {
@@ -870,6 +881,7 @@ impl Master for MasterService {
         let req = request.into_inner();
         let span = info_span!("drop_database", name = %req.name);
         async {
+            let _fence = self.inner.ddl_fence.write().await;
             let mut st = self.inner.state.lock().await;
             let db = st.database(&req.name)?;
             let ids: Vec<String> = st
@@ -899,6 +911,7 @@ impl Master for MasterService {
         let req = request.into_inner();
         let span = info_span!("create_table", db = %req.database, table = %req.name);
         async {
+            let _fence = self.inner.ddl_fence.write().await;
             let mut st = self.inner.state.lock().await;
             Ok(Response::new(self.create_table_locked(&mut st, req).await?))
         }
@@ -913,6 +926,7 @@ impl Master for MasterService {
         let req = request.into_inner();
         let span = info_span!("drop_table", db = %req.database, table = %req.name);
         async {
+            let _fence = self.inner.ddl_fence.write().await;
             let mut st = self.inner.state.lock().await;
             let db = st.database(&req.database)?;
             let id = st
@@ -944,6 +958,7 @@ impl Master for MasterService {
         if !req.table_id.is_empty() {
             ids.push(req.table_id.clone());
         }
+        let _fence = self.inner.ddl_fence.write().await;
         let mut st = self.inner.state.lock().await;
         // Check them all first: all become visible in one catalog change, or none.
         if let Some(missing) = ids

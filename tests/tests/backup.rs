@@ -493,7 +493,7 @@ async fn second_backup_after_changing_5_percent_uploads_little() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ddl_racing_the_backup_is_retried_or_refused_never_captured_half_way() {
+async fn ddl_racing_the_backup_waits_and_is_never_captured_half_way() {
     let (_tmp, url, pass, src, client) = loaded_source(2, 5_000).await;
     // Schema changes in a tight loop for the whole test.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -532,22 +532,17 @@ async fn ddl_racing_the_backup_is_retried_or_refused_never_captured_half_way() {
             retries,
             "--wait",
         ]);
-        if ok {
-            committed.push(v["result"].clone());
-        } else {
-            assert!(
-                err.contains("schema changes kept racing") || err.contains("catalog changed"),
-                "a backup racing DDL failed without saying why: {err}"
-            );
-        }
+        // DDL waits the few milliseconds a snapshot takes: even without retries the
+        // backup is never refused.
+        assert!(
+            ok,
+            "a backup racing DDL (--ddl-retries {retries}) failed: {err}"
+        );
+        committed.push(v["result"].clone());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let ddls = ddl.await.unwrap();
     assert!(ddls > 5, "the DDL loop barely ran ({ddls})");
-    assert!(
-        !committed.is_empty(),
-        "no backup succeeded even with 10 retries"
-    );
     // Every committed backup restores the load tables exactly as of its time.
     let dst = TestFleet::start(2, &pass);
     let dclient = dst.db.client().await.unwrap();

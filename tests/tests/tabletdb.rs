@@ -690,6 +690,11 @@ async fn ddl_racing_snapshots_never_yields_a_mixed_snapshot() {
     let ddls = ddl.await.unwrap();
     assert!(ddls > 0);
     eprintln!("snapshots: {ok} ok, {aborted} aborted by {ddls} DDLs");
+    // Schema changes wait behind a snapshot (and snapshots behind them): none is aborted.
+    assert_eq!(
+        aborted, 0,
+        "a DDL aborted a snapshot instead of waiting for it"
+    );
     // Aborted snapshots leave no files behind.
     let listed = client
         .master()

@@ -41,6 +41,8 @@ pub struct AgentConfig {
     /// Chunks in flight per task.
     pub streams: usize,
     pub passphrase: Passphrase,
+    /// Mutual TLS towards the coordinator (`--certs DIR`: an agent identity).
+    pub tls: Option<Arc<snapfleet_coordinator::tls::Tls>>,
 }
 
 struct Ctx {
@@ -67,7 +69,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         id: id.clone(),
         node_id: status.node_id,
         node_data: PathBuf::from(&status.data_dir),
-        leader: Leader::new(&cfg.coordinator),
+        leader: Leader::new(&cfg.coordinator).with_tls(cfg.tls.clone()),
         repos: Repos::new(cfg.passphrase.clone()),
         streams: cfg.streams.max(1),
     });

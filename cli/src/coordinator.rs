@@ -27,6 +27,11 @@ pub struct CoordinatorArgs {
     /// restore (also: $SNAPFLEET_PASSWORD_FILE, $SNAPFLEET_PASSWORD).
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Certificate directory (`snapfleet certs init|issue`): serve mutual TLS with node.pem and
+    /// enforce each caller's role; replicas talk to each other with the same identity.
+    /// Absent: plaintext, no roles (only for the local demo and tests).
+    #[arg(long, env = "SNAPFLEET_CERTS")]
+    certs: Option<PathBuf>,
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM (systemd stop, kill).
@@ -41,8 +46,8 @@ pub fn cancel_on_signal(token: CancellationToken) {
 pub enum ClusterCmd {
     /// Replicas, leader, term, commit index, agents and their last heartbeat.
     Status {
-        #[arg(long, env = "SNAPFLEET_COORDINATOR", default_value = "127.0.0.1:7000")]
-        coordinator: String,
+        #[command(flatten)]
+        c: crate::fleet::CoordArg,
     },
 }
 
@@ -72,6 +77,12 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
     let token = CancellationToken::new();
     cancel_on_signal(token.clone());
     let mut config = Config::new(a.id, a.listen, peers, a.data);
+    config.tls = a
+        .certs
+        .as_deref()
+        .map(snapfleet_coordinator::tls::Tls::load)
+        .transpose()
+        .context("--certs")?;
     let repos = Repos::new(Passphrase {
         file: a.password_file,
     });
@@ -82,16 +93,20 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
 }
 
 pub async fn run_cluster(cmd: ClusterCmd, json: bool) -> Result<()> {
-    let ClusterCmd::Status { coordinator } = cmd;
-    let url = if coordinator.starts_with("http") {
-        coordinator.clone()
-    } else {
-        format!("http://{coordinator}")
-    };
-    let mut c = CoordinatorClient::connect(url)
+    let ClusterCmd::Status { c } = cmd;
+    // The replica asked answers for itself (role, indexes): no leader following.
+    let tls = c.tls()?;
+    let addr = c.coordinator.split(',').next().unwrap_or_default().trim();
+    let channel = snapfleet_coordinator::tls::endpoint(addr, tls.as_deref(), false)
+        .with_context(|| format!("coordinator address {addr:?}"))?
+        .connect()
         .await
-        .with_context(|| format!("connecting to the coordinator at {coordinator} (start one with `snapfleet coordinator`)"))?;
-    let s = c
+        .with_context(|| {
+            format!(
+                "connecting to the coordinator at {addr} (start one with `snapfleet coordinator`)"
+            )
+        })?;
+    let s = CoordinatorClient::new(channel)
         .cluster_status(snapfleet_coordinator::pb::Empty {})
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?

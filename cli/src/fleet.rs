@@ -13,10 +13,12 @@ use snapfleet_agent::{run_agent, AgentConfig, Passphrase};
 use snapfleet_coordinator::client::Leader;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::pb::{self as cpb};
+use snapfleet_coordinator::tls::Tls;
 use snapfleet_coordinator::CancellationToken;
 use snapfleet_repository::BackupId;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Clone)]
@@ -24,6 +26,25 @@ pub struct CoordArg {
     /// Coordinator replicas (any; the leader is found): HOST:PORT[,HOST:PORT…].
     #[arg(long, env = "SNAPFLEET_COORDINATOR", default_value = "127.0.0.1:7000")]
     pub coordinator: String,
+    /// Certificate directory for mutual TLS (`snapfleet certs init|issue`); absent = plaintext.
+    #[arg(long, env = "SNAPFLEET_CERTS")]
+    pub certs: Option<PathBuf>,
+}
+
+impl CoordArg {
+    /// The TLS identity of `--certs`, loaded and checked (None without it).
+    pub fn tls(&self) -> Result<Option<Arc<Tls>>> {
+        self.certs
+            .as_deref()
+            .map(Tls::load)
+            .transpose()
+            .context("--certs")
+    }
+
+    /// A leader-following client for `--coordinator`, over TLS with `--certs`.
+    pub fn leader(&self) -> Result<Leader> {
+        Ok(Leader::new([self.coordinator.as_str()]).with_tls(self.tls()?))
+    }
 }
 
 #[derive(Args)]
@@ -220,9 +241,11 @@ pub enum JobCmd {
 pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
     let token = CancellationToken::new();
     crate::coordinator::cancel_on_signal(token.clone());
+    let tls = a.c.tls()?;
     run_agent(
         AgentConfig {
             coordinator: vec![a.c.coordinator],
+            tls,
             db_node: a.db_node,
             data: a.data,
             id: a.id,
@@ -264,7 +287,7 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
                     .unwrap_or_else(|| BackupId::generate().to_string());
             BackupId::new(id.clone()).map_err(|e| anyhow::anyhow!("--id: {e}"))?;
             let spec = a.o.spec(id.clone(), a.keep_snapshot)?;
-            let leader = Leader::new([a.c.coordinator.as_str()]);
+            let leader = a.c.leader()?;
             let job = submit(&leader, "backup", serde_json::to_value(spec)?).await?;
             eprintln!("backup {id}: job {} submitted", job.id);
             finish_command(&leader, job, a.wait, json).await
@@ -360,7 +383,7 @@ pub async fn run_restore(a: RestoreArgs, json: bool) -> Result<()> {
         tables: a.tables.clone(),
         rate_limit: parse_rate(&a.rate_limit)?,
     };
-    let leader = Leader::new([a.c.coordinator.as_str()]);
+    let leader = a.c.leader()?;
     let job = submit(&leader, "restore", serde_json::to_value(spec)?).await?;
     eprintln!("restore of backup {}: job {} submitted", a.backup, job.id);
     finish_command(&leader, job, a.wait, json).await
@@ -506,7 +529,7 @@ pub async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::J
 pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
     match cmd {
         JobCmd::List { c, all } => {
-            let leader = Leader::new([c.coordinator.as_str()]);
+            let leader = c.leader()?;
             let jobs = leader
                 .call(move |ch| async move {
                     CoordinatorClient::new(ch)
@@ -547,7 +570,7 @@ pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
             Ok(())
         }
         JobCmd::Watch { c, id } => {
-            let leader = Leader::new([c.coordinator.as_str()]);
+            let leader = c.leader()?;
             let j = watch(&leader, id, json).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&job_json(&j))?);
@@ -558,7 +581,7 @@ pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
             Ok(())
         }
         JobCmd::Cancel { c, id, reason } => {
-            let leader = Leader::new([c.coordinator.as_str()]);
+            let leader = c.leader()?;
             let j = leader
                 .call(move |ch| {
                     let reason = reason.clone();
@@ -611,7 +634,7 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                 retention: keep,
                 next_due_ms: 0,
             };
-            let leader = Leader::new([c.coordinator.as_str()]);
+            let leader = c.leader()?;
             let s = leader
                 .call(move |ch| {
                     let req = req.clone();
@@ -638,7 +661,7 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
             Ok(())
         }
         ScheduleCmd::List { c } => {
-            let leader = Leader::new([c.coordinator.as_str()]);
+            let leader = c.leader()?;
             let list = leader
                 .call(|ch| async move {
                     CoordinatorClient::new(ch)
@@ -671,7 +694,7 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
             Ok(())
         }
         ScheduleCmd::Delete { c, id } => {
-            let leader = Leader::new([c.coordinator.as_str()]);
+            let leader = c.leader()?;
             let rid = id.clone();
             leader
                 .call(move |ch| {

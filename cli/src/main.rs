@@ -5,6 +5,7 @@
 mod bench;
 mod bench_coordinator;
 mod bench_fleet;
+mod certs;
 mod clone;
 mod coordinator;
 mod db;
@@ -52,6 +53,9 @@ enum Cmd {
     /// The coordinator cluster.
     #[command(subcommand)]
     Cluster(coordinator::ClusterCmd),
+    /// Certificates for mutual TLS: a CA, then one identity (and role) per process or person.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
     /// The reference database, tabletdb: run clusters, load data, query, snapshot, verify.
     #[command(subcommand)]
     Db(db::DbCmd),
@@ -105,6 +109,7 @@ fn main() {
             Cmd::Restore(a) => fleet::run_restore(a, cli.json).await,
             Cmd::Job(c) => fleet::run_job(c, cli.json).await,
             Cmd::Cluster(c) => coordinator::run_cluster(c, cli.json).await,
+            Cmd::Certs(c) => certs::run(c, cli.json),
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
             Cmd::Pitr(c) => pitr::run(c, cli.json).await,

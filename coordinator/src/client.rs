@@ -4,11 +4,13 @@
 //! "this replica cannot take the request" are retried (redirect, unavailable); any other
 //! status goes back to the caller unchanged.
 
+use crate::tls::Tls;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Replica addresses plus the last known leader.
@@ -16,16 +18,9 @@ pub struct Leader {
     addrs: Vec<String>,
     hint: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<Arc<Tls>>,
     /// How long `call` keeps trying through elections and dead replicas.
     pub patience: Duration,
-}
-
-fn url(addr: &str) -> String {
-    if addr.starts_with("http") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
 }
 
 /// The leader address in a "not leader; leader is N at ADDR" message.
@@ -54,8 +49,15 @@ impl Leader {
             addrs,
             hint: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
+            tls: None,
             patience: Duration::from_secs(30),
         }
+    }
+
+    /// Dial over mutual TLS with the client identity of `tls` (None: plaintext).
+    pub fn with_tls(mut self, tls: Option<Arc<Tls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -67,7 +69,7 @@ impl Leader {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(url(addr))
+        let ch = crate::tls::endpoint(addr, self.tls.as_deref(), false)
             .map_err(|e| Status::invalid_argument(format!("coordinator address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

@@ -8,6 +8,7 @@
 //! - [`storage`]: `raft::Storage` over sled.
 //! - [`raft_loop`]: the task that owns the `RawNode` (tick, step, ready, apply, advance).
 //! - [`transport`]: Raft messages between replicas over gRPC.
+//! - [`tls`]: mutual TLS, certificates (rcgen) and the role check on every RPC.
 //! - [`server`]: `run_coordinator`, the client and agent gRPC services, the leader's scheduler.
 
 mod agent_api;
@@ -25,6 +26,7 @@ pub mod scheduler;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 pub use driver::{DriveFuture, JobCtl, JobDriver};

@@ -37,6 +37,8 @@ pub struct Config {
     pub tuning: Tuning,
     /// Leader-side runners of job phases (backup, restore…); none = tasks-only jobs.
     pub drivers: Drivers,
+    /// Mutual TLS with roles on every RPC (`--certs DIR`); None = plaintext (local demo).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// The job drivers a replica runs (see [`crate::driver`]).
@@ -83,6 +85,7 @@ impl Config {
             data_dir: data_dir.into(),
             tuning: Tuning::default(),
             drivers: Drivers::default(),
+            tls: None,
         }
     }
 }
@@ -140,7 +143,16 @@ pub async fn run_coordinator_on(
             config.id,
             peers.clone(),
             storage,
-            |input| GrpcOutbox::start(config.id, &peers, input, &mut tasks, inner.clone()),
+            |input| {
+                GrpcOutbox::start(
+                    config.id,
+                    &peers,
+                    input,
+                    &mut tasks,
+                    inner.clone(),
+                    config.tls.clone(),
+                )
+            },
             config.tuning.raft.clone(),
         )?;
         let input = raft_input(&raft);
@@ -181,7 +193,19 @@ pub async fn run_coordinator_on(
         info!(peers = ?peers, "coordinator replica serving");
 
         let serve_token = inner.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            let cfg = tls
+                .server_config()
+                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+            builder = builder
+                .tls_config(cfg)
+                .map_err(|e| CoordinatorError::Config(format!("TLS: {e}")))?;
+        }
+        let server = builder
+            .layer(crate::tls::AuthLayer {
+                enforce: config.tls.is_some(),
+            })
             .add_service(
                 // Snapshots carry the whole (small) state machine in one message.
                 RaftTransportServer::new(TransportService {

@@ -9,13 +9,15 @@ use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::raft_transport_server::RaftTransport;
 use crate::pb::{Empty, RaftBatch};
 use crate::raft_loop::{decode_message, encode_message, is_snapshot, Input, InputSender, Outbox};
+use crate::tls::Tls;
 use raft::eraftpb::Message;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
@@ -35,6 +37,7 @@ impl GrpcOutbox {
         input: InputSender,
         tasks: &mut JoinSet<()>,
         shutdown: CancellationToken,
+        tls: Option<Arc<Tls>>,
     ) -> Self {
         let mut queues = HashMap::new();
         for (&id, addr) in peers {
@@ -50,6 +53,7 @@ impl GrpcOutbox {
                 rx,
                 input.clone(),
                 shutdown.clone(),
+                tls.clone(),
             ));
         }
         Self { queues }
@@ -68,8 +72,11 @@ impl Outbox for GrpcOutbox {
     }
 }
 
-async fn connect(addr: &str) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))?
+async fn connect(
+    addr: &str,
+    tls: Option<&Tls>,
+) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+    let ep = crate::tls::endpoint(addr, tls, true)?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(3))
         .tcp_nodelay(true);
@@ -83,6 +90,7 @@ async fn peer_sender(
     mut rx: mpsc::Receiver<Message>,
     input: InputSender,
     shutdown: CancellationToken,
+    tls: Option<Arc<Tls>>,
 ) {
     let span = tracing::info_span!("raft_peer", peer, %addr);
     let _ = span.enter();
@@ -106,7 +114,7 @@ async fn peer_sender(
             .map(|m| m.to)
             .collect();
         if client.is_none() {
-            match connect(&addr).await {
+            match connect(&addr, tls.as_deref()).await {
                 Ok(c) => {
                     client = Some(c);
                     backoff = Duration::from_millis(50);

@@ -1,0 +1,89 @@
+//! `snapfleet certs init|issue`: the CA and the certificates that carry each process's role
+//! (see `snapfleet_coordinator::tls`).
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use snapfleet_coordinator::tls::{self, Role};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum CertsCmd {
+    /// Make a new CA plus a node identity (coordinators) and an admin client identity.
+    ///
+    /// Writes ca.pem, ca.key (keep it safe: it signs every identity), node.pem/node.key and
+    /// client.pem/client.key (role admin) into --out. Pass the directory as `--certs DIR` to
+    /// coordinators and to the CLI; give agents and operators their own directories with
+    /// `snapfleet certs issue`. Existing files are never overwritten.
+    Init {
+        /// Directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra names or IPs of the coordinator hosts for the node certificate (clients check
+        /// the fixed name `snapfleet-node`, so these are only informative for other tools).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Validity of the node and admin certificates in days (the CA: at least 10 years).
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Sign a new identity with the CA of a `certs init` directory.
+    ///
+    /// Roles: admin (everything, including membership changes), operator (submit and cancel
+    /// jobs, schedules, read), read-only (jobs, schedules, status), agent (the agent API),
+    /// node (a coordinator replica). Writes ca.pem plus client.pem/client.key (node.pem/node.key
+    /// for role node) into --out, ready to pass as `--certs`.
+    Issue {
+        /// The `certs init` directory holding ca.pem and ca.key.
+        #[arg(long, env = "SNAPFLEET_CERTS")]
+        certs: PathBuf,
+        /// admin, operator, agent, read-only or node.
+        #[arg(long)]
+        role: String,
+        /// Who or what holds it (the certificate's common name, shown in refusals and logs).
+        #[arg(long)]
+        name: String,
+        /// Directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Role node only: extra names or IPs of the host.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+}
+
+pub fn run(cmd: CertsCmd, json: bool) -> Result<()> {
+    let (files, what) = match cmd {
+        CertsCmd::Init { out, hosts, days } => (
+            tls::init_dir(&out, &hosts, days).context("certs init")?,
+            "CA, node identity and admin client identity".to_string(),
+        ),
+        CertsCmd::Issue {
+            certs,
+            role,
+            name,
+            out,
+            hosts,
+            days,
+        } => {
+            let role: Role = role.parse()?;
+            (
+                tls::issue_into(&certs, &out, role, &name, &hosts, days).context("certs issue")?,
+                format!("{role} identity {name:?}"),
+            )
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>() })
+        );
+    } else {
+        eprintln!("wrote {what}:");
+        for f in &files {
+            eprintln!("  {}", f.display());
+        }
+    }
+    Ok(())
+}

@@ -47,7 +47,7 @@ impl TabletdbDrivers {
 }
 
 /// What one pass of a driver decided.
-enum Step {
+pub(crate) enum Step {
     /// Look again now (the phase moved on).
     Again,
     /// Nothing to do until the job changes.
@@ -57,7 +57,7 @@ enum Step {
 
 impl JobDriver for TabletdbDrivers {
     fn handles(&self, kind: JobKind) -> bool {
-        matches!(kind, JobKind::Backup | JobKind::Restore)
+        matches!(kind, JobKind::Backup | JobKind::Restore | JobKind::Pitr)
     }
 
     fn drive(&self, ctl: JobCtl) -> DriveFuture {
@@ -74,6 +74,7 @@ impl JobDriver for TabletdbDrivers {
                 let r = match job.kind {
                     JobKind::Backup => backup_step(&ctl, &repos, &job, &tasks).await,
                     JobKind::Restore => restore_step(&ctl, &repos, &job, &tasks).await,
+                    JobKind::Pitr => crate::pitr::pitr_step(&ctl, &job).await,
                     _ => return,
                 };
                 match r {

@@ -14,6 +14,7 @@
 pub mod drivers;
 pub mod error;
 pub mod local;
+pub mod pitr;
 pub mod repos;
 pub mod spec;
 pub mod worker;

@@ -170,3 +170,37 @@ pub struct DownloadResult {
 pub fn staging_dir(node_data_dir: &std::path::Path, restore_id: &str) -> std::path::PathBuf {
     node_data_dir.join("staging").join(restore_id)
 }
+
+/// `snapfleet pitr schedule create`: a snapshot every `interval_ms`, kept (with the MVCC
+/// history between them) for `window_ms`, so the database can go back to any time inside
+/// the window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PitrSpec {
+    pub master: String,
+    pub database: String,
+    pub interval_ms: u64,
+    /// The PITR window (`--retention`).
+    pub window_ms: u64,
+    /// Set by the coordinator when the schedule fires.
+    #[serde(default)]
+    pub schedule_id: String,
+    #[serde(default)]
+    pub due_ms: u64,
+}
+
+impl PitrSpec {
+    /// The label of this schedule's snapshots and its history-floor claim.
+    pub fn label(&self) -> String {
+        pitr_label(&self.schedule_id)
+    }
+
+    /// History every node must keep: the window plus one interval, so the oldest point of
+    /// the window stays reachable until the next snapshot replaces it.
+    pub fn history_secs(&self) -> u64 {
+        (self.window_ms + self.interval_ms).div_ceil(1000)
+    }
+}
+
+pub fn pitr_label(schedule_id: &str) -> String {
+    format!("pitr:{schedule_id}")
+}

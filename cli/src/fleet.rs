@@ -604,7 +604,7 @@ pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
     }
 }
 
-fn schedule_json(s: &cpb::ScheduleInfo) -> serde_json::Value {
+pub fn schedule_json(s: &cpb::ScheduleInfo) -> serde_json::Value {
     serde_json::json!({
         "id": s.id,
         "kind": s.kind,

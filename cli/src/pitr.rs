@@ -1,18 +1,62 @@
 //! `snapfleet pitr restore`: brings a database back, in place, to any time inside the
 //! history-retention window (metadata only: versions after the time are hidden for ever;
 //! tables created after it are dropped). `--dry-run` shows what would change.
+//! `snapfleet pitr schedule create|list|delete`: snapshot schedules kept in the coordinator;
+//! the leader snapshots on time, keeps history for the window and expires old snapshots.
 
 use crate::db::{connect, MasterArg};
-use crate::util::{human_duration, parse_time};
-use anyhow::{Context, Result};
+use crate::fleet::{schedule_json, CoordArg};
+use crate::util::{human_duration, parse_duration, parse_time};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use snapfleet_agent::spec::{pitr_label, PitrSpec};
+use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
+use snapfleet_coordinator::pb::{self as cpb};
 use snapfleet_tabletdb::{pb, HybridTime};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub enum PitrCmd {
     /// Restore a database in place to TIME (inside the history window).
     Restore(RestoreArgs),
+    /// Snapshot schedules that keep a PITR window (run by the coordinator leader).
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ScheduleCmd {
+    /// Snapshot D every --interval and keep --retention of history: D can then be restored
+    /// or cloned as of any time inside that window.
+    Create {
+        #[command(flatten)]
+        c: CoordArg,
+        #[command(flatten)]
+        m: MasterArg,
+        #[arg(long)]
+        db: String,
+        /// Time between snapshots, e.g. `1h`, `15m`.
+        #[arg(long, default_value = "1h")]
+        interval: String,
+        /// The PITR window, e.g. `7d`: every node keeps this much MVCC history (plus one
+        /// interval) and the schedule's snapshots live this long.
+        #[arg(long, default_value = "7d")]
+        retention: String,
+        /// Schedule id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// The PITR schedules.
+    List {
+        #[command(flatten)]
+        c: CoordArg,
+    },
+    /// Stop a schedule: withdraws its history claim and deletes its snapshots.
+    Delete {
+        #[command(flatten)]
+        c: CoordArg,
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -30,7 +74,10 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
-    let PitrCmd::Restore(a) = cmd;
+    let a = match cmd {
+        PitrCmd::Restore(a) => a,
+        PitrCmd::Schedule(s) => return run_schedule(s, json).await,
+    };
     let client = connect(&a.m).await?;
     let now = client.now().await?;
     let to = parse_time(&a.to, now)?;
@@ -117,4 +164,216 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
         eprintln!("done in {}", human_duration(start.elapsed()));
     }
     Ok(())
+}
+
+async fn list_pitr_schedules(c: &CoordArg) -> Result<Vec<cpb::ScheduleInfo>> {
+    let leader = c.leader()?;
+    Ok(leader
+        .call(|ch| async move {
+            CoordinatorClient::new(ch)
+                .list_schedules(cpb::Empty {})
+                .await
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .schedules
+        .into_iter()
+        .filter(|s| s.kind == "pitr")
+        .collect())
+}
+
+async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
+    match cmd {
+        ScheduleCmd::Create {
+            c,
+            m,
+            db,
+            interval,
+            retention,
+            id,
+        } => {
+            let every = parse_duration(&interval)?;
+            let window = parse_duration(&retention)?;
+            if every < Duration::from_secs(1) {
+                bail!("--interval {interval} is too short: at least 1s");
+            }
+            if window < every {
+                bail!("--retention {retention} is shorter than --interval {interval}: the window must hold at least one snapshot");
+            }
+            // Fail now, not at the first firing, if the database does not exist.
+            let client = connect(&m).await?;
+            client
+                .master()
+                .get_catalog(pb::GetCatalogRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .databases
+                .iter()
+                .find(|d| d.name == db)
+                .with_context(|| format!("database {db:?} does not exist on {}", m.master))?;
+            let spec = PitrSpec {
+                master: m.master.clone(),
+                database: db.clone(),
+                interval_ms: every.as_millis() as u64,
+                window_ms: window.as_millis() as u64,
+                schedule_id: String::new(),
+                due_ms: 0,
+            };
+            let req = cpb::ScheduleInfo {
+                id: id.unwrap_or_default(),
+                kind: "pitr".into(),
+                spec_json: serde_json::to_string(&spec)?,
+                interval_ms: spec.interval_ms,
+                retention: 0,
+                next_due_ms: 0,
+            };
+            let leader = c.leader()?;
+            let s = leader
+                .call(move |ch| {
+                    let req = req.clone();
+                    async move { CoordinatorClient::new(ch).put_schedule(req).await }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("creating the PITR schedule: {}", s.message()))?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&schedule_json(&s))?);
+            } else {
+                println!("{}", s.id);
+                eprintln!(
+                    "PITR schedule {}: database {db:?} snapshotted every {interval}, restorable to any time in the last {retention}",
+                    s.id
+                );
+            }
+            Ok(())
+        }
+        ScheduleCmd::List { c } => {
+            let list = list_pitr_schedules(&c).await?;
+            if json {
+                let v: Vec<_> = list.iter().map(schedule_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for s in &list {
+                let spec: Option<PitrSpec> = serde_json::from_str(&s.spec_json).ok();
+                let (db, window) = spec
+                    .map(|p| {
+                        (
+                            p.database,
+                            humantime::format_duration(Duration::from_millis(p.window_ms))
+                                .to_string(),
+                        )
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{}  db {db}  every {}  window {window}  next {}",
+                    s.id,
+                    humantime::format_duration(Duration::from_millis(s.interval_ms)),
+                    HybridTime::from_micros(s.next_due_ms * 1000).to_rfc3339()
+                );
+            }
+            Ok(())
+        }
+        ScheduleCmd::Delete { c, id } => {
+            let s = list_pitr_schedules(&c)
+                .await?
+                .into_iter()
+                .find(|s| s.id == id)
+                .with_context(|| {
+                    format!("no PITR schedule {id:?} (see `snapfleet pitr schedule list`)")
+                })?;
+            let spec: PitrSpec = serde_json::from_str(&s.spec_json).context("schedule spec")?;
+            let leader = c.leader()?;
+            let rid = id.clone();
+            leader
+                .call(move |ch| {
+                    let id = rid.clone();
+                    async move {
+                        CoordinatorClient::new(ch)
+                            .delete_schedule(cpb::ScheduleRef { id })
+                            .await
+                    }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("deleting schedule {id}: {}", s.message()))?;
+            // A firing under way could claim history and add a snapshot after we clean up:
+            // wait for it to finish first.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let active = leader
+                    .call(|ch| async move {
+                        CoordinatorClient::new(ch)
+                            .list_jobs(cpb::ListJobsRequest {
+                                include_finished: false,
+                                limit: 0,
+                            })
+                            .await
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner()
+                    .jobs
+                    .into_iter()
+                    .filter(|j| j.kind == "pitr")
+                    .any(|j| {
+                        serde_json::from_str::<PitrSpec>(&j.spec_json)
+                            .is_ok_and(|p| p.schedule_id == id)
+                    });
+                if !active {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("a snapshot of schedule {id} is still running after 2 minutes; its schedule is gone, run `pitr schedule delete {id}` again to clean up once `job list` shows it finished");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Its history claim and snapshots go with it.
+            let client = connect(&MasterArg {
+                master: spec.master.clone(),
+            })
+            .await?;
+            let label = pitr_label(&id);
+            client
+                .master()
+                .set_history_floor(pb::SetHistoryFloorRequest {
+                    holder: label.clone(),
+                    min_secs: 0,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("withdrawing the history claim: {}", s.message()))?;
+            let snaps = client
+                .master()
+                .list_snapshots(pb::ListSnapshotsRequest {
+                    database: spec.database.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner()
+                .snapshots;
+            let mut deleted = 0;
+            for sn in snaps.into_iter().filter(|sn| sn.label == label) {
+                client
+                    .master()
+                    .delete_snapshot(pb::DeleteSnapshotRequest {
+                        snapshot_id: sn.snapshot_id.clone(),
+                    })
+                    .await
+                    .map_err(|s| {
+                        anyhow::anyhow!("deleting snapshot {}: {}", sn.snapshot_id, s.message())
+                    })?;
+                deleted += 1;
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": id, "snapshots_deleted": deleted})
+                );
+            } else {
+                eprintln!("PITR schedule {id} deleted with its {deleted} snapshot(s)");
+            }
+            Ok(())
+        }
+    }
 }

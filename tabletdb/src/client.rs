@@ -166,6 +166,17 @@ impl Client {
         at: Option<HybridTime>,
         retries: u32,
     ) -> Result<pb::SnapshotInfo> {
+        self.create_labeled_snapshot(db, at, retries, "").await
+    }
+
+    /// [`Client::create_snapshot`] with a label naming who owns it (e.g. a PITR schedule).
+    pub async fn create_labeled_snapshot(
+        &self,
+        db: &str,
+        at: Option<HybridTime>,
+        retries: u32,
+        label: &str,
+    ) -> Result<pb::SnapshotInfo> {
         let mut attempt = 0;
         loop {
             let r = self
@@ -173,6 +184,7 @@ impl Client {
                 .create_snapshot(pb::CreateSnapshotRequest {
                     database: db.into(),
                     hybrid_time: at.map(|t| t.0).unwrap_or(0),
+                    label: label.to_string(),
                 })
                 .await;
             match r {

@@ -53,6 +53,15 @@ struct State {
     tables: Vec<pb::TableInfo>,
     nodes: Vec<NodeRecord>,
     snapshots: Vec<pb::SnapshotInfo>,
+    /// History-retention claims (holder → seconds); nodes keep at least the largest.
+    #[serde(default)]
+    history_floors: std::collections::BTreeMap<String, u64>,
+}
+
+impl State {
+    fn history_floor(&self) -> u64 {
+        self.history_floors.values().copied().max().unwrap_or(0)
+    }
 }
 
 impl State {
@@ -84,6 +93,8 @@ struct Inner {
     known_nodes: std::sync::Mutex<HashMap<NodeId, String>>,
     /// The catalog version as of the last persist, readable without the catalog lock.
     version: std::sync::atomic::AtomicU64,
+    /// The persisted history floor (seconds), readable without the catalog lock.
+    history_floor: std::sync::atomic::AtomicU64,
     /// Snapshots hold this shared while they checkpoint tablets; schema changes take it
     /// exclusively. A DDL therefore waits the few milliseconds a snapshot takes (hard
     /// links) instead of aborting it, and a snapshot never starves under a DDL loop (the
@@ -150,6 +161,7 @@ impl MasterService {
             .unwrap_or(0);
         let max_created = state.tables.iter().map(|t| t.created_ht).max().unwrap_or(0);
         hlc.update(HybridTime(max_snap.max(max_created)));
+        let floor = state.history_floor();
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -160,6 +172,7 @@ impl MasterService {
                 default_tablets: default_tablets.max(1),
                 known_nodes: Default::default(),
                 ddl_fence: Default::default(),
+                history_floor: std::sync::atomic::AtomicU64::new(floor),
                 version: std::sync::atomic::AtomicU64::new(0),
             }),
         })
@@ -470,6 +483,7 @@ impl MasterService {
             database_id: db.database_id.clone(),
             database_name: db.name.clone(),
             hybrid_time: t.0,
+            label: req.label.clone(),
             catalog_version: v1,
             tables: tables.clone(),
             created_unix_ms: chrono::Utc::now().timestamp_millis(),
@@ -640,6 +654,7 @@ impl MasterService {
             .create_snapshot_inner(pb::CreateSnapshotRequest {
                 database: req.source.clone(),
                 hybrid_time: req.hybrid_time,
+                label: format!("clone:{}", req.target),
             })
             .await?;
         let result = self.clone_from_snapshot(&snap, &req.target).await;
@@ -789,6 +804,10 @@ impl Master for MasterService {
                             .load(std::sync::atomic::Ordering::Acquire),
                     ),
                 hybrid_time: self.inner.hlc.now().0,
+                history_floor_secs: self
+                    .inner
+                    .history_floor
+                    .load(std::sync::atomic::Ordering::Acquire),
             }));
         }
         let mut st = self.inner.state.lock().await;
@@ -829,6 +848,34 @@ impl Master for MasterService {
         Ok(Response::new(pb::RegisterNodeResponse {
             catalog_version: st.version,
             hybrid_time: self.inner.hlc.now().0,
+            history_floor_secs: st.history_floor(),
+        }))
+    }
+
+    async fn set_history_floor(
+        &self,
+        request: Request<pb::SetHistoryFloorRequest>,
+    ) -> Result<Response<pb::SetHistoryFloorResponse>, Status> {
+        let req = request.into_inner();
+        if req.holder.is_empty() {
+            return Err(Status::invalid_argument("holder must be set"));
+        }
+        let mut st = self.inner.state.lock().await;
+        let changed = if req.min_secs == 0 {
+            st.history_floors.remove(&req.holder).is_some()
+        } else {
+            st.history_floors.insert(req.holder.clone(), req.min_secs) != Some(req.min_secs)
+        };
+        if changed {
+            persist(&self.inner.path, &st)?;
+            info!(holder = %req.holder, secs = req.min_secs, floor = st.history_floor(), "history floor changed");
+        }
+        let floor = st.history_floor();
+        self.inner
+            .history_floor
+            .store(floor, std::sync::atomic::Ordering::Release);
+        Ok(Response::new(pb::SetHistoryFloorResponse {
+            floor_secs: floor,
         }))
     }
 

@@ -718,7 +718,11 @@ async fn heartbeat_loop(state: Arc<NodeState>, master: String, advertise: String
             };
             match c.register_node(req).await {
                 Ok(resp) => {
-                    state.hlc.update(HybridTime(resp.into_inner().hybrid_time));
+                    let resp = resp.into_inner();
+                    state.hlc.update(HybridTime(resp.hybrid_time));
+                    state
+                        .policy
+                        .set_floor(Duration::from_secs(resp.history_floor_secs));
                     warned = false;
                 }
                 Err(s) => {

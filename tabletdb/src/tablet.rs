@@ -71,6 +71,8 @@ pub struct HistoryPolicy {
     pub hlc: Arc<Hlc>,
     /// Retention in microseconds; 0 keeps every version for ever.
     pub retention_micros: Arc<AtomicU64>,
+    /// The node's own setting (`--history-retention`); the master may only raise it.
+    configured_micros: u64,
 }
 
 impl HistoryPolicy {
@@ -78,7 +80,19 @@ impl HistoryPolicy {
         Self {
             hlc,
             retention_micros: Arc::new(AtomicU64::new(retention.as_micros() as u64)),
+            configured_micros: retention.as_micros() as u64,
         }
+    }
+
+    /// Applies the cluster's history floor (PITR schedules): retention becomes
+    /// max(configured, floor); "keep everything" (0) stays.
+    pub fn set_floor(&self, floor: Duration) {
+        let r = if self.configured_micros == 0 {
+            0
+        } else {
+            self.configured_micros.max(floor.as_micros() as u64)
+        };
+        self.retention_micros.store(r, Ordering::Relaxed);
     }
 
     /// The current history cut-off; `MIN` when everything is kept.

@@ -203,6 +203,7 @@ async fn snapshot_under_counter_load_restores_consistently_into_fewer_nodes() {
         .create_snapshot(pb::CreateSnapshotRequest {
             database: "shop".into(),
             hybrid_time: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -359,6 +360,7 @@ async fn history_retention_drops_old_versions_but_keeps_the_window_exact() {
         .create_snapshot(pb::CreateSnapshotRequest {
             database: "h".into(),
             hybrid_time: t1.0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -599,6 +601,7 @@ async fn bad_input_gets_clear_errors_and_never_a_panic() {
         .create_snapshot(pb::CreateSnapshotRequest {
             database: "nope".into(),
             hybrid_time: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -659,6 +662,7 @@ async fn ddl_racing_snapshots_never_yields_a_mixed_snapshot() {
             .create_snapshot(pb::CreateSnapshotRequest {
                 database: "r".into(),
                 hybrid_time: 0,
+                ..Default::default()
             })
             .await
         {

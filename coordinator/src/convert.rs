@@ -19,9 +19,8 @@ impl From<CoordinatorError> for Status {
                 MembershipRefusal::InvalidId | MembershipRefusal::InvalidAddress(_) => {
                     Code::InvalidArgument
                 }
-                MembershipRefusal::AlreadyMember { .. } | MembershipRefusal::AddressInUse { .. } => {
-                    Code::AlreadyExists
-                }
+                MembershipRefusal::AlreadyMember { .. }
+                | MembershipRefusal::AddressInUse { .. } => Code::AlreadyExists,
                 MembershipRefusal::NotMember(_) => Code::NotFound,
                 MembershipRefusal::LastVoter(_)
                 | MembershipRefusal::Pending { .. }

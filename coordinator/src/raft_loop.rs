@@ -16,9 +16,11 @@ use crate::ids::ReplicaId;
 use crate::state_machine::{Effect, StateMachine};
 use crate::storage::SledStorage;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType};
-use serde::{Deserialize, Serialize};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -603,12 +605,6 @@ impl<O: Outbox> RaftLoop<O> {
                 members.insert(*id, address.clone());
                 cc.set_change_type(ConfChangeType::AddNode);
                 cc.node_id = *id;
-                if self.snapshot_index == 0 {
-                    // A group created before logs started at a bootstrap snapshot: make sure
-                    // the new replica is caught up by a snapshot (which carries the
-                    // configuration), not by a log that starts without one.
-                    self.compact_now()?;
-                }
             }
             MemberChange::Remove { id } => {
                 if !is_member(id) {
@@ -684,14 +680,6 @@ impl<O: Outbox> RaftLoop<O> {
         }
         self.outbox.set_peers(&members);
         *self.peers.write().expect("peers lock poisoned") = members;
-    }
-
-    /// Snapshots the state machine at the applied index and compacts the log now.
-    fn compact_now(&mut self) -> Result<()> {
-        let data = self.state.read().expect("lock").snapshot();
-        self.storage.compact_with_snapshot(self.applied, data)?;
-        self.snapshot_index = self.applied;
-        Ok(())
     }
 
     fn fail_all(&mut self, err: impl Fn() -> CoordinatorError) {
@@ -902,6 +890,15 @@ impl<O: Outbox> RaftLoop<O> {
         );
         sm.set_members(members.clone());
         self.set_peers(members.clone());
+        if cc.get_change_type() == ConfChangeType::AddNode {
+            // raft-rs only installs a snapshot whose configuration names the recipient: every
+            // replica snapshots right at the addition, so whichever leads can catch the new
+            // replica up (its empty log cannot be caught up by entries: they start after the
+            // bootstrap snapshot).
+            self.storage
+                .compact_with_snapshot(entry.index, sm.snapshot())?;
+            self.snapshot_index = entry.index;
+        }
         if let Some(r) = reply {
             let _ = r.send(Ok(Membership {
                 index: entry.index,
@@ -930,7 +927,9 @@ impl<O: Outbox> RaftLoop<O> {
         if self.applied < self.snapshot_index + self.tuning.snapshot_every {
             return Ok(());
         }
-        self.compact_now()?;
+        let data = self.state.read().expect("lock").snapshot();
+        self.storage.compact_with_snapshot(self.applied, data)?;
+        self.snapshot_index = self.applied;
         debug!(
             index = self.applied,
             log_entries = self.storage.log_len(),

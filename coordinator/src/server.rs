@@ -145,8 +145,7 @@ pub async fn run_coordinator_on(
             }
             let fresh = !storage.is_initialized()?;
             let peers = if fresh || storage.conf_state()?.voters.is_empty() {
-                discover_members(config.id, &config.listen, &config.join, fresh, &shutdown)
-                    .await?
+                discover_members(config.id, &config.listen, &config.join, fresh, &shutdown).await?
             } else {
                 // Restarted after it was added: the addresses come from its snapshot and log.
                 BTreeMap::from([(config.id, config.listen.clone())])

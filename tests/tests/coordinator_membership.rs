@@ -44,11 +44,37 @@ fn spawn_replica(dir: &Path, id: u64, listen: &str, args: &[String]) -> ChildPro
         .arg("--data")
         .arg(dir.join(format!("c{id}")))
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
     ChildProcess::new(format!("coordinator {id}"), child)
+}
+
+/// Prints the tail of every replica log in `dir` if the test is failing (kept in CI output).
+struct LogsOnFailure<'a>(&'a Path);
+
+impl Drop for LogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.0) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("==== {} (last 60 lines)", p.display());
+                for l in &lines[lines.len().saturating_sub(60)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
 }
 
 fn peers_arg(peers: &[(u64, String)]) -> Vec<String> {
@@ -148,7 +174,15 @@ async fn submit(leader: &Leader, tag: &str) -> pb::JobInfo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_replica_refuses_writes_and_catches_up_after_the_partition_heals() {
     let dir = tempfile::tempdir().unwrap();
-    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let _logs = LogsOnFailure(dir.path());
+    // Hold the replicas' ports until the proxies have theirs (no port handed out twice).
+    let reserved: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<String> = reserved
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
     // proxies[i][j]: replica i+1's way to replica j+1.
     let proxies: Vec<Vec<Option<TcpProxy>>> = (0..3)
         .map(|i| {
@@ -157,6 +191,7 @@ async fn a_cut_off_replica_refuses_writes_and_catches_up_after_the_partition_hea
                 .collect()
         })
         .collect();
+    drop(reserved);
     let mut procs = Vec::new();
     for i in 0..3 {
         let peers: Vec<(u64, String)> = (0..3)
@@ -236,9 +271,28 @@ async fn a_cut_off_replica_refuses_writes_and_catches_up_after_the_partition_hea
         "cut-off replica refused a write after {took:?}: {}",
         refused.message()
     );
-    let st = status(&addrs[v]).await.expect("cut-off replica status");
-    assert_ne!(st.role, "leader", "{st:?}");
+    // Once it has stepped down (check-quorum) it refuses at once, saying why.
+    let va = addrs[v].clone();
+    let st = eventually(PATIENCE, "the cut-off replica to step down", || {
+        let va = va.clone();
+        async move { status(&va).await.filter(|s| s.role != "leader") }
+    })
+    .await;
     assert!(st.commit_index < committed, "{st:?} vs commit {committed}");
+    let started = Instant::now();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        minority.submit_job(job_request("minority")),
+    )
+    .await
+    .expect("a write to the cut-off replica hung for 20 s")
+    .expect_err("the cut-off replica accepted a write");
+    assert!(started.elapsed() < Duration::from_secs(2), "{refused:?}");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("cannot reach a majority"),
+        "{refused:?}"
+    );
 
     // Heal: the cut-off replica follows the new leader and applies the job submitted
     // during the cut (seen through `snapfleet cluster status --json`).
@@ -283,6 +337,7 @@ async fn a_cut_off_replica_refuses_writes_and_catches_up_after_the_partition_hea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_replica_catches_up_and_the_group_survives_removing_the_leader_and_a_kill() {
     let dir = tempfile::tempdir().unwrap();
+    let _logs = LogsOnFailure(dir.path());
     let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers: Vec<(u64, String)> = addrs
         .iter()

@@ -478,5 +478,22 @@ async fn a_joined_replica_catches_up_and_the_group_survives_removing_the_leader_
     );
     assert!(sm.job(JobId(late.id)).is_some(), "job from after the kill");
     assert_eq!(sm.members().keys().copied().collect::<Vec<_>>(), survivors);
+
+    // Restarted with the same --join, replica 4 is a member again straight away.
+    let _p4 = spawn_replica(dir.path(), 4, &addr4, &join);
+    let again = submit(&Leader::new(&remaining), "again").await;
+    let index = wait_leader(&remaining, 0).await.commit_index;
+    let a4 = addr4.clone();
+    eventually(PATIENCE, "restarted replica 4 to catch up", || {
+        let a4 = a4.clone();
+        let want = want.clone();
+        async move {
+            let s = status(&a4).await?;
+            let ids: Vec<u64> = s.replicas.iter().map(|r| r.id).collect();
+            (ids == want && s.applied_index >= index && s.leader_id != 0).then_some(())
+        }
+    })
+    .await;
+    assert!(again.id > late.id);
     drop(procs);
 }

@@ -1,9 +1,12 @@
-//! `snapfleet coordinator` (run a Raft replica of the control plane) and
-//! `snapfleet cluster status` (replicas, leader, term, commit index, agents).
+//! `snapfleet coordinator` (run a Raft replica of the control plane, or join a running
+//! group), `snapfleet cluster status` (replicas, leader, term, commit index, agents) and
+//! `snapfleet cluster add-replica` / `remove-replica` (membership changes).
 
+use crate::fleet::CoordArg;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use snapfleet_agent::{Passphrase, Repos, TabletdbDrivers};
+use snapfleet_coordinator::pb;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::{run_coordinator, CancellationToken, Config, Drivers};
 use std::path::PathBuf;
@@ -17,9 +20,16 @@ pub struct CoordinatorArgs {
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: String,
     /// Every replica including this one: `1=host:port,2=host:port,3=host:port`.
-    /// Absent: single-replica mode (the embedded default).
+    /// Absent: single-replica mode (the embedded default). Only read when the data directory
+    /// is new: after a membership change, the replicated member list wins.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
+    /// Join a running group instead: addresses of any of its replicas (HOST:PORT,...).
+    /// The replica starts with an empty --data directory and no vote, and waits until
+    /// `snapfleet cluster add-replica --id ID --addr LISTEN` adds it; it then catches up from
+    /// the leader's snapshot and log. Keep the flag when restarting it.
+    #[arg(long, value_delimiter = ',', conflicts_with = "peers")]
+    join: Vec<String>,
     /// Raft log, hard state and state machine (sled).
     #[arg(long)]
     data: PathBuf,
@@ -48,6 +58,29 @@ pub enum ClusterCmd {
     Status {
         #[command(flatten)]
         c: crate::fleet::CoordArg,
+    },
+    /// Add a coordinator replica to the group. Start it first with
+    /// `snapfleet coordinator --id ID --listen ADDR --join A,B,C --data DIR`; it becomes a
+    /// voter at once and catches up from the leader. One change at a time.
+    AddReplica {
+        #[command(flatten)]
+        c: CoordArg,
+        /// The new replica's id (unused in the group so far).
+        #[arg(long)]
+        id: u64,
+        /// HOST:PORT the other replicas reach it at (its --listen address).
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a coordinator replica from the group (the leader too: it hands leadership
+    /// over first). Stop the removed replica's process afterwards. One change at a time;
+    /// the last replica cannot be removed.
+    RemoveReplica {
+        #[command(flatten)]
+        c: CoordArg,
+        /// The replica's id (see `snapfleet cluster status`).
+        #[arg(long)]
+        id: u64,
     },
 }
 
@@ -83,6 +116,7 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
         .map(snapfleet_coordinator::tls::Tls::load)
         .transpose()
         .context("--certs")?;
+    config.join = a.join;
     let repos = Repos::new(Passphrase {
         file: a.password_file,
     });
@@ -93,7 +127,42 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
 }
 
 pub async fn run_cluster(cmd: ClusterCmd, json: bool) -> Result<()> {
-    let ClusterCmd::Status { c } = cmd;
+    let c = match cmd {
+        ClusterCmd::Status { c } => c,
+        ClusterCmd::AddReplica { c, id, addr } => {
+            let leader = c.leader()?;
+            let m = leader
+                .call(move |ch| {
+                    let address = addr.clone();
+                    async move {
+                        CoordinatorClient::new(ch)
+                            .add_replica(pb::AddReplicaRequest { id, address })
+                            .await
+                    }
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("adding replica {id}: {}", s.message()))?
+                .into_inner();
+            return print_membership(&format!("replica {id} added"), &m, json);
+        }
+        ClusterCmd::RemoveReplica { c, id } => {
+            let leader = c.leader()?;
+            let m = leader
+                .call(move |ch| async move {
+                    CoordinatorClient::new(ch)
+                        .remove_replica(pb::RemoveReplicaRequest { id })
+                        .await
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("removing replica {id}: {}", s.message()))?
+                .into_inner();
+            return print_membership(
+                &format!("replica {id} removed (stop its process now)"),
+                &m,
+                json,
+            );
+        }
+    };
     // The replica asked answers for itself (role, indexes): no leader following.
     let tls = c.tls()?;
     let addr = c.coordinator.split(',').next().unwrap_or_default().trim();
@@ -156,6 +225,24 @@ pub async fn run_cluster(cmd: ClusterCmd, json: bool) -> Result<()> {
             "  agent {} on node {} at {} (v{}), last heartbeat {} ms",
             a.id, a.node, a.address, a.version, a.last_heartbeat_ms
         );
+    }
+    Ok(())
+}
+
+fn print_membership(what: &str, m: &pb::MembershipResponse, json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "index": m.index,
+                "replicas": m.replicas.iter().map(|r| serde_json::json!({"id": r.id, "address": r.address})).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!("{what} at log index {}; members now:", m.index);
+    for r in &m.replicas {
+        println!("  replica {} at {}", r.id, r.address);
     }
     Ok(())
 }

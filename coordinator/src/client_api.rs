@@ -1,5 +1,5 @@
 //! The client gRPC service (CLI, console): submit, get, list, cancel and watch jobs, and
-//! cluster status. Writes and reads are served by the leader only (followers answer
+//! cluster status, and membership changes (add or remove a replica). Writes and reads are served by the leader only (followers answer
 //! FAILED_PRECONDITION "not leader; leader is N at ADDR"); reads are linearizable via
 //! ReadIndex. `ClusterStatus` is answered by any replica. This file must never change state
 //! except by proposing commands.
@@ -10,6 +10,7 @@ use crate::ids::{AgentId, JobId, LeaderTime, RepoId, ScheduleId};
 use crate::model::{Affinity, JobKind, Schedule};
 use crate::pb::coordinator_server::Coordinator;
 use crate::pb::{self, Empty};
+use crate::raft_loop::{MemberChange, Membership};
 use crate::server::Shared;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +19,23 @@ use tonic::{Request, Response as TResponse, Status};
 use tracing::{info_span, Instrument};
 
 pub(crate) struct ClientApi(pub Arc<Shared>);
+
+fn replicas(members: &std::collections::BTreeMap<u64, String>) -> Vec<pb::Replica> {
+    members
+        .iter()
+        .map(|(id, address)| pb::Replica {
+            id: *id,
+            address: address.clone(),
+        })
+        .collect()
+}
+
+fn membership(m: Membership) -> pb::MembershipResponse {
+    pb::MembershipResponse {
+        index: m.index,
+        replicas: replicas(&m.members),
+    }
+}
 
 type JobStream = Pin<Box<dyn Stream<Item = Result<pb::JobInfo, Status>> + Send>>;
 
@@ -233,14 +251,7 @@ impl Coordinator for ClientApi {
             applied_index: st.applied_index,
             snapshot_index: st.snapshot_index,
             log_entries: st.log_entries,
-            replicas: raft
-                .peers()
-                .iter()
-                .map(|(id, address)| pb::Replica {
-                    id: *id,
-                    address: address.clone(),
-                })
-                .collect(),
+            replicas: replicas(&raft.peers()),
             agents,
         }))
     }
@@ -330,6 +341,80 @@ impl Coordinator for ClientApi {
             Ok(TResponse::new(Empty {}))
         }
         .instrument(info_span!("rpc", method = "DeleteSchedule"))
+        .await
+    }
+
+    async fn add_replica(
+        &self,
+        req: Request<pb::AddReplicaRequest>,
+    ) -> Result<TResponse<pb::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        let span = info_span!("rpc", method = "AddReplica", replica = r.id, address = %r.address);
+        async move {
+            self.0.raft.require_leader()?;
+            let m = self
+                .0
+                .raft
+                .change_membership(MemberChange::Add {
+                    id: r.id,
+                    address: r.address.trim().to_string(),
+                })
+                .await?;
+            tracing::info!(index = m.index, members = ?m.members, "replica added");
+            Ok(TResponse::new(membership(m)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn remove_replica(
+        &self,
+        req: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<TResponse<pb::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        async move {
+            let raft = &self.0.raft;
+            raft.require_leader()?;
+            if r.id == raft.id().0 {
+                // The leader cannot remove itself (raft-rs would keep it leading outside the
+                // group): hand over, then send the client to the new leader.
+                let to = raft.transfer_leadership().await?;
+                let mut status = raft.watch_status();
+                let wait = async {
+                    loop {
+                        let st = status.borrow_and_update().clone();
+                        if st.leader_id != 0 && st.leader_id != st.id {
+                            return Ok(st.leader_id);
+                        }
+                        if status.changed().await.is_err() {
+                            return Err(crate::CoordinatorError::Stopped);
+                        }
+                    }
+                };
+                let timeout = self.0.tuning.raft.request_timeout;
+                let leader = tokio::time::timeout(timeout, wait).await.map_err(|_| {
+                    Status::unavailable(format!(
+                        "replica {} did not take over leadership within {timeout:?}; retry",
+                        to
+                    ))
+                })??;
+                tracing::info!(new_leader = leader, "leadership handed over before removal");
+                return Err(match raft.peer_address(leader) {
+                    Some(address) => crate::CoordinatorError::NotLeader {
+                        leader: crate::ids::ReplicaId(leader),
+                        address,
+                    },
+                    None => crate::CoordinatorError::NoLeader,
+                }
+                .into());
+            }
+            let m = raft
+                .change_membership(MemberChange::Remove { id: r.id })
+                .await?;
+            tracing::info!(index = m.index, members = ?m.members, "replica removed");
+            Ok(TResponse::new(membership(m)))
+        }
+        .instrument(info_span!("rpc", method = "RemoveReplica", replica = r.id))
         .await
     }
 }

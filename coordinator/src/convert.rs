@@ -2,7 +2,7 @@
 //! `tonic::Status`. Protocol types stop here: this file must never hold logic.
 
 use crate::command::{Grant, Rejection};
-use crate::error::CoordinatorError;
+use crate::error::{CoordinatorError, MembershipRefusal};
 use crate::model::{Agent, Job, JobProgress, Schedule, Task, TaskState};
 use crate::pb;
 use tonic::{Code, Status};
@@ -13,7 +13,19 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::NotLeader { .. } => Code::FailedPrecondition,
             CoordinatorError::NoLeader
             | CoordinatorError::Stopped
-            | CoordinatorError::Unreachable { .. } => Code::Unavailable,
+            | CoordinatorError::Unreachable { .. }
+            | CoordinatorError::NotMember(_) => Code::Unavailable,
+            CoordinatorError::Membership(r) => match r {
+                MembershipRefusal::InvalidId | MembershipRefusal::InvalidAddress(_) => {
+                    Code::InvalidArgument
+                }
+                MembershipRefusal::AlreadyMember { .. }
+                | MembershipRefusal::AddressInUse { .. } => Code::AlreadyExists,
+                MembershipRefusal::NotMember(_) => Code::NotFound,
+                MembershipRefusal::LastVoter(_)
+                | MembershipRefusal::Pending { .. }
+                | MembershipRefusal::RemoveLeader => Code::FailedPrecondition,
+            },
             CoordinatorError::ProposalDropped(_) => Code::Aborted,
             CoordinatorError::Timeout(_) => Code::DeadlineExceeded,
             CoordinatorError::Rejected(r) => match r {

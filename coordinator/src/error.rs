@@ -10,8 +10,14 @@ pub enum CoordinatorError {
     #[error("not leader; leader is {} at {}", .leader.0, .address)]
     NotLeader { leader: ReplicaId, address: String },
 
-    #[error("no leader elected yet (election in progress): retry in a moment")]
+    #[error("no leader known to this replica (an election is in progress, or this replica cannot reach a majority of the group): retry in a moment or ask another replica")]
     NoLeader,
+
+    #[error("replica {0} is not a voting member of the coordinator group (removed, or waiting to be added with `snapfleet cluster add-replica`): ask another replica")]
+    NotMember(u64),
+
+    #[error("membership change refused: {0}")]
+    Membership(#[from] MembershipRefusal),
 
     #[error("proposal outcome unknown ({0}): read the object back before retrying a non-idempotent request")]
     ProposalDropped(String),
@@ -69,6 +75,7 @@ impl CoordinatorError {
                 | CoordinatorError::Timeout(_)
                 | CoordinatorError::Stopped
                 | CoordinatorError::Unreachable { .. }
+                | CoordinatorError::NotMember(_)
         )
     }
 
@@ -78,6 +85,34 @@ impl CoordinatorError {
             detail: detail.to_string(),
         }
     }
+}
+
+/// Why the leader refused a membership change (`cluster add-replica` / `remove-replica`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipRefusal {
+    #[error("replica id must be non-zero")]
+    InvalidId,
+
+    #[error("replica address {0:?} is not HOST:PORT")]
+    InvalidAddress(String),
+
+    #[error("replica {id} is already a member (at {address}); remove it first to re-add it")]
+    AlreadyMember { id: u64, address: String },
+
+    #[error("address {address} is already used by replica {id}")]
+    AddressInUse { address: String, id: u64 },
+
+    #[error("replica {0} is not a member; see `snapfleet cluster status`")]
+    NotMember(u64),
+
+    #[error("replica {0} is the last voter: a group cannot lose its last member")]
+    LastVoter(u64),
+
+    #[error("another membership change (log index {index}) has not been applied yet: wait until it commits (a majority of the current members must be up), then retry")]
+    Pending { index: u64 },
+
+    #[error("the leader cannot remove itself; hand leadership over first")]
+    RemoveLeader,
 }
 
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;

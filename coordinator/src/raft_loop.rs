@@ -3,23 +3,30 @@
 //! entries to the state machine → `advance`, as in raft-rs's `five_mem_node` example.
 //! Proposals resolve when their entry is applied; linearizable reads use ReadIndex; every
 //! `snapshot_every` applied entries the state machine is snapshotted and the log compacted.
+//! Membership changes are raft-rs conf changes (one replica added or removed at a time): the
+//! change's context carries every member's address, so when it is applied each replica
+//! records the configuration in storage, the addresses in the state machine (and so in
+//! snapshots), and points the transport at the new member set.
 //! This file must never block on the network (the transport queues) nor interpret commands
 //! beyond handing them to the state machine.
 
 use crate::command::{Command, Response};
-use crate::error::{CoordinatorError, Result};
+use crate::error::{CoordinatorError, MembershipRefusal, Result};
 use crate::ids::ReplicaId;
 use crate::state_machine::{Effect, StateMachine};
 use crate::storage::SledStorage;
 use protobuf::Message as _;
-use raft::eraftpb::{EntryType, Message, MessageType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 /// Timing and compaction knobs of one replica.
 #[derive(Debug, Clone)]
@@ -65,6 +72,43 @@ impl RaftStatus {
     }
 }
 
+/// Replica id → address of every member, shared by the loop (which updates it when a
+/// membership change is applied), the handle and the gRPC services.
+pub type Peers = Arc<RwLock<BTreeMap<u64, String>>>;
+
+/// One membership change (one replica at a time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    Add { id: u64, address: String },
+    Remove { id: u64 },
+}
+
+/// The membership after an applied change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// Log index of the change.
+    pub index: u64,
+    pub members: BTreeMap<u64, String>,
+}
+
+/// What a conf change entry carries in its `context`: the member addresses after the change.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChangeContext {
+    members: BTreeMap<u64, String>,
+}
+
+/// The member addresses a committed conf change entry carries (`None` if it carries none).
+fn change_members(cc: &ConfChange) -> Option<BTreeMap<u64, String>> {
+    serde_json::from_slice::<ChangeContext>(&cc.context)
+        .ok()
+        .map(|c| c.members)
+}
+
+/// `RaftStatus::role` of a replica started with `--join` that has not been added yet.
+pub const ROLE_JOINING: &str = "joining";
+/// `RaftStatus::role` of a replica that has applied its own removal.
+pub const ROLE_REMOVED: &str = "removed";
+
 /// Everything the loop receives.
 pub enum Input {
     /// A Raft message from another replica.
@@ -75,6 +119,15 @@ pub enum Input {
     },
     ReadIndex {
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// Add or remove a replica (leader only).
+    ChangeMembership {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<Membership>>,
+    },
+    /// Hand leadership to the most up-to-date other voter; replies with its id.
+    TransferLeader {
+        reply: oneshot::Sender<Result<u64>>,
     },
     /// The transport could not deliver to this replica.
     Unreachable(u64),
@@ -87,6 +140,8 @@ pub enum Input {
 /// Outgoing Raft messages; implemented by the gRPC transport (and by tests).
 pub trait Outbox: Send + 'static {
     fn send(&self, msgs: Vec<Message>);
+    /// The member set changed: start sending to new members, stop for removed ones.
+    fn set_peers(&mut self, _peers: &BTreeMap<u64, String>) {}
 }
 
 /// A cheap, cloneable handle to a running replica: propose, read, observe.
@@ -97,7 +152,7 @@ pub struct RaftHandle {
     status: watch::Receiver<RaftStatus>,
     state: Arc<RwLock<StateMachine>>,
     timeout: Duration,
-    peers: Arc<BTreeMap<u64, String>>,
+    peers: Peers,
     effects: broadcast::Sender<Effect>,
 }
 
@@ -125,8 +180,18 @@ impl RaftHandle {
         self.status.clone()
     }
 
-    pub fn peers(&self) -> &BTreeMap<u64, String> {
-        &self.peers
+    /// Every member's address, as this replica knows it now.
+    pub fn peers(&self) -> BTreeMap<u64, String> {
+        self.peers.read().expect("peers lock poisoned").clone()
+    }
+
+    /// The address of replica `id`, if it is a member.
+    pub fn peer_address(&self, id: u64) -> Option<String> {
+        self.peers
+            .read()
+            .expect("peers lock poisoned")
+            .get(&id)
+            .cloned()
     }
 
     /// `Ok` if this replica leads; otherwise where the leader is.
@@ -138,7 +203,10 @@ impl RaftHandle {
         if st.is_leader() {
             return Ok(());
         }
-        match self.peers.get(&st.leader_id) {
+        if st.role == ROLE_JOINING || st.role == ROLE_REMOVED {
+            return Err(CoordinatorError::NotMember(st.id));
+        }
+        match self.peer_address(st.leader_id) {
             Some(addr) if st.leader_id != 0 => Err(CoordinatorError::NotLeader {
                 leader: ReplicaId(st.leader_id),
                 address: addr.clone(),
@@ -156,6 +224,20 @@ impl RaftHandle {
     pub async fn propose(&self, cmd: Command) -> Result<Response> {
         let (reply, rx) = oneshot::channel();
         self.call(Input::Propose { cmd, reply }, rx).await
+    }
+
+    /// Adds or removes one replica; resolves once the change is applied here (leader only).
+    pub async fn change_membership(&self, change: MemberChange) -> Result<Membership> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Input::ChangeMembership { change, reply }, rx)
+            .await
+    }
+
+    /// Asks the leader to hand over leadership to the most up-to-date other voter; returns
+    /// that voter's id (the transfer completes asynchronously).
+    pub async fn transfer_leadership(&self) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Input::TransferLeader { reply }, rx).await
     }
 
     /// Waits until this replica has applied everything committed before the call, as
@@ -189,6 +271,14 @@ pub struct RaftLoop<O: Outbox> {
     tuning: RaftTuning,
     next_request: u64,
     proposals: HashMap<u64, oneshot::Sender<Result<Response>>>,
+    /// Membership changes proposed here, by request id.
+    changes: HashMap<u64, oneshot::Sender<Result<Membership>>>,
+    /// Changes that arrived while a just-elected leader's first entry was not yet applied
+    /// (raft-rs counts it as a pending configuration change); retried once it is.
+    deferred_changes: Vec<(MemberChange, oneshot::Sender<Result<Membership>>)>,
+    /// raft-rs's `pending_conf_index` when this replica last became leader.
+    election_barrier: u64,
+    peers: Peers,
     reads_unconfirmed: HashMap<u64, oneshot::Sender<Result<()>>>,
     reads_confirmed: Vec<(u64, oneshot::Sender<Result<()>>)>,
     applied: u64,
@@ -217,6 +307,14 @@ pub fn read_state(data_dir: &std::path::Path) -> Result<StateMachine> {
             raft::GetEntriesContext::empty(false),
         )?;
         for entry in entries {
+            if entry.get_entry_type() == EntryType::EntryConfChange {
+                let cc = ConfChange::parse_from_bytes(&entry.data)
+                    .map_err(|e| CoordinatorError::corrupt("membership change", e))?;
+                if let Some(members) = change_members(&cc) {
+                    sm.set_members(members);
+                }
+                continue;
+            }
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 continue;
             }
@@ -231,25 +329,45 @@ pub fn read_state(data_dir: &std::path::Path) -> Result<StateMachine> {
 /// A sender for the loop's input (the transport's server side uses it).
 pub type InputSender = mpsc::Sender<Input>;
 
+/// How a replica with no Raft state yet starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A new group: every replica in `peers` is a voter.
+    NewGroup,
+    /// Joining an existing group: no voters until the leader adds this replica.
+    Join,
+}
+
 /// Opens storage under `data_dir`, restores the state machine from the latest snapshot and
-/// returns the loop (to be run) and its handle.
+/// returns the loop (to be run) and its handle. `peers` are the addresses known from the
+/// command line; once a membership change has been applied, the replicated addresses win.
 pub fn open<O: Outbox>(
     id: u64,
     peers: BTreeMap<u64, String>,
+    bootstrap: Bootstrap,
     storage: SledStorage,
-    outbox: impl FnOnce(InputSender) -> O,
+    outbox: impl FnOnce(InputSender, &BTreeMap<u64, String>) -> O,
     tuning: RaftTuning,
 ) -> Result<(RaftLoop<O>, RaftHandle)> {
-    if id == 0 || !peers.contains_key(&id) {
+    if id == 0 || (bootstrap == Bootstrap::NewGroup && !peers.contains_key(&id)) {
         return Err(CoordinatorError::Config(format!(
             "replica id {id} must be non-zero and listed in --peers ({:?})",
             peers.keys().collect::<Vec<_>>()
         )));
     }
-    storage.initialize(&peers.keys().copied().collect::<Vec<_>>())?;
+    match bootstrap {
+        Bootstrap::NewGroup => storage.initialize(&peers.keys().copied().collect::<Vec<_>>())?,
+        Bootstrap::Join => storage.initialize(&[])?,
+    }
     let snap = storage.snapshot_metadata()?;
     let sm = StateMachine::restore(&storage.snapshot_data()?)
         .map_err(|e| CoordinatorError::corrupt("state-machine snapshot", e))?;
+    let peers = if sm.members().is_empty() {
+        peers
+    } else {
+        sm.members().clone()
+    };
+    let sole_voter = storage.conf_state()?.voters == [id];
     let cfg = raft::Config {
         id,
         election_tick: tuning.election_tick,
@@ -264,7 +382,7 @@ pub fn open<O: Outbox>(
     cfg.validate()?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut raw = RawNode::new(&cfg, storage.clone(), &logger)?;
-    if peers.len() == 1 {
+    if sole_voter {
         // Single-replica mode: no one to wait for.
         raw.campaign()?;
     }
@@ -280,16 +398,22 @@ pub fn open<O: Outbox>(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
     let timeout = tuning.request_timeout;
+    let outbox = outbox(tx.clone(), &peers);
+    let peers: Peers = Arc::new(RwLock::new(peers));
     let lp = RaftLoop {
         raw,
         storage,
         state: state.clone(),
-        outbox: outbox(tx.clone()),
+        outbox,
         rx,
         status: status_tx,
         tuning,
         next_request: seed,
         proposals: HashMap::new(),
+        changes: HashMap::new(),
+        deferred_changes: Vec::new(),
+        election_barrier: 0,
+        peers: peers.clone(),
         reads_unconfirmed: HashMap::new(),
         reads_confirmed: Vec::new(),
         applied: snap.index,
@@ -303,7 +427,7 @@ pub fn open<O: Outbox>(
         status: status_rx,
         state,
         timeout,
-        peers: Arc::new(peers),
+        peers,
         effects: effects_tx,
     };
     Ok((lp, handle))
@@ -383,6 +507,10 @@ impl<O: Outbox> RaftLoop<O> {
                 self.reads_unconfirmed.insert(rid, reply);
                 self.raw.read_index(rid.to_be_bytes().to_vec());
             }
+            Input::ChangeMembership { change, reply } => self.change_membership(change, reply),
+            Input::TransferLeader { reply } => {
+                let _ = reply.send(self.transfer_leader());
+            }
             Input::Unreachable(to) => self.raw.report_unreachable(to),
             Input::SnapshotSent { to, ok } => {
                 let st = if ok {
@@ -400,10 +528,158 @@ impl<O: Outbox> RaftLoop<O> {
         if leader == 0 {
             return CoordinatorError::NoLeader;
         }
-        CoordinatorError::ProposalDropped(format!(
-            "replica {} is not the leader (leader is {leader})",
-            self.raw.raft.id
-        ))
+        match self.peers.read().expect("peers lock poisoned").get(&leader) {
+            Some(address) => CoordinatorError::NotLeader {
+                leader: ReplicaId(leader),
+                address: address.clone(),
+            },
+            None => CoordinatorError::ProposalDropped(format!(
+                "replica {} is not the leader (leader is {leader})",
+                self.raw.raft.id
+            )),
+        }
+    }
+
+    /// Validates a membership change against the current configuration and proposes it.
+    fn change_membership(
+        &mut self,
+        change: MemberChange,
+        reply: oneshot::Sender<Result<Membership>>,
+    ) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if self.raw.raft.has_pending_conf() {
+            if self.raw.raft.pending_conf_index <= self.election_barrier {
+                // Only this term's first entry is in the way: it applies in a moment.
+                self.deferred_changes.push((change, reply));
+            } else {
+                let _ = reply.send(Err(MembershipRefusal::Pending {
+                    index: self.raw.raft.pending_conf_index,
+                }
+                .into()));
+            }
+            return;
+        }
+        match self.propose_change(&change) {
+            Ok(rid) => {
+                self.changes.insert(rid, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn propose_change(&mut self, change: &MemberChange) -> Result<u64> {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let is_member = |id: &u64| conf.voters.contains(id) || conf.learners.contains(id);
+        let mut members = self.peers.read().expect("peers lock poisoned").clone();
+        members.retain(|id, _| is_member(id));
+        let mut cc = ConfChange::default();
+        match change {
+            MemberChange::Add { id, address } => {
+                if *id == 0 {
+                    return Err(MembershipRefusal::InvalidId.into());
+                }
+                if address.rsplit_once(':').is_none_or(|(h, p)| {
+                    h.is_empty() || p.parse::<u16>().is_err() || address.contains('/')
+                }) {
+                    return Err(MembershipRefusal::InvalidAddress(address.clone()).into());
+                }
+                if is_member(id) {
+                    return Err(MembershipRefusal::AlreadyMember {
+                        id: *id,
+                        address: members.get(id).cloned().unwrap_or_default(),
+                    }
+                    .into());
+                }
+                if let Some((other, _)) = members.iter().find(|(_, a)| *a == address) {
+                    return Err(MembershipRefusal::AddressInUse {
+                        address: address.clone(),
+                        id: *other,
+                    }
+                    .into());
+                }
+                members.insert(*id, address.clone());
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = *id;
+            }
+            MemberChange::Remove { id } => {
+                if !is_member(id) {
+                    return Err(MembershipRefusal::NotMember(*id).into());
+                }
+                if conf.voters == [*id] {
+                    return Err(MembershipRefusal::LastVoter(*id).into());
+                }
+                if *id == self.raw.raft.id {
+                    return Err(MembershipRefusal::RemoveLeader.into());
+                }
+                members.remove(id);
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = *id;
+            }
+        }
+        cc.context = serde_json::to_vec(&ChangeContext { members })
+            .map_err(|e| CoordinatorError::corrupt("membership change", e))?
+            .into();
+        let rid = self.request_id();
+        self.raw
+            .propose_conf_change(rid.to_be_bytes().to_vec(), cc)
+            .map_err(|e| CoordinatorError::ProposalDropped(e.to_string()))?;
+        info!(?change, "membership change proposed");
+        Ok(rid)
+    }
+
+    /// Changes that waited for the leader's first entry: propose them now if it is applied.
+    fn retry_deferred_changes(&mut self) {
+        if self.deferred_changes.is_empty() {
+            return;
+        }
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if leader
+            && self.raw.raft.has_pending_conf()
+            && self.raw.raft.pending_conf_index <= self.election_barrier
+        {
+            return;
+        }
+        for (change, reply) in std::mem::take(&mut self.deferred_changes) {
+            self.change_membership(change, reply);
+        }
+    }
+
+    fn transfer_leader(&mut self) -> Result<u64> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        if self.raw.raft.has_pending_conf() {
+            return Err(MembershipRefusal::Pending {
+                index: self.raw.raft.pending_conf_index,
+            }
+            .into());
+        }
+        let me = self.raw.raft.id;
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let target = conf
+            .voters
+            .iter()
+            .filter(|v| **v != me)
+            .max_by_key(|v| self.raw.raft.prs().get(**v).map(|p| p.matched).unwrap_or(0))
+            .copied()
+            .ok_or(MembershipRefusal::LastVoter(me))?;
+        info!(to = target, "handing leadership over");
+        self.raw.transfer_leader(target);
+        Ok(target)
+    }
+
+    /// Points the transport, the handle and the state machine at a new member set.
+    fn set_peers(&mut self, members: BTreeMap<u64, String>) {
+        if members.is_empty() {
+            return;
+        }
+        self.outbox.set_peers(&members);
+        *self.peers.write().expect("peers lock poisoned") = members;
     }
 
     fn fail_all(&mut self, err: impl Fn() -> CoordinatorError) {
@@ -414,6 +690,12 @@ impl<O: Outbox> RaftLoop<O> {
             let _ = r.send(Err(err()));
         }
         for (_, r) in self.reads_confirmed.drain(..) {
+            let _ = r.send(Err(err()));
+        }
+        for (_, r) in self.changes.drain() {
+            let _ = r.send(Err(err()));
+        }
+        for (_, r) in self.deferred_changes.drain(..) {
             let _ = r.send(Err(err()));
         }
     }
@@ -440,6 +722,9 @@ impl<O: Outbox> RaftLoop<O> {
                     self.fail_all(|| CoordinatorError::ProposalDropped("leadership lost".into()));
                 }
                 self.role = ss.raft_state;
+                if self.role == StateRole::Leader {
+                    self.election_barrier = self.raw.raft.pending_conf_index;
+                }
             }
         }
 
@@ -454,14 +739,16 @@ impl<O: Outbox> RaftLoop<O> {
             self.storage.apply_snapshot(&snap)?;
             let sm = StateMachine::restore(snap.get_data())
                 .map_err(|e| CoordinatorError::corrupt("snapshot from leader", e))?;
+            let members = sm.members().clone();
             *self.state.write().expect("lock") = sm;
+            self.set_peers(members);
             self.applied = snap.get_metadata().index;
             self.snapshot_index = self.applied;
             info!(index = self.applied, "installed snapshot from leader");
         }
 
         // 3. Apply what was already committed (and persisted in earlier rounds).
-        self.apply(ready.take_committed_entries());
+        self.apply(ready.take_committed_entries())?;
 
         // 4. Persist new entries and hard state, then fsync before acknowledging anything.
         let wrote = !ready.entries().is_empty() || ready.hs().is_some();
@@ -490,24 +777,30 @@ impl<O: Outbox> RaftLoop<O> {
             self.storage.set_commit(commit)?;
         }
         self.outbox.send(light.take_messages());
-        self.apply(light.take_committed_entries());
+        self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
 
         self.resolve_reads();
+        self.retry_deferred_changes();
         self.maybe_compact()?;
         self.publish_status();
         Ok(())
     }
 
-    fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>) {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
-            return;
+            return Ok(());
         }
-        let mut sm = self.state.write().expect("state machine lock poisoned");
+        let state = self.state.clone();
+        let mut sm = state.write().expect("state machine lock poisoned");
         for entry in entries {
             self.applied = entry.index;
+            if entry.get_entry_type() == EntryType::EntryConfChange {
+                self.apply_change(&mut sm, &entry)?;
+                continue;
+            }
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-                // Leader's empty entry; membership changes are not supported yet.
+                // The leader's empty entry (or a conf change V2, which we never propose).
                 continue;
             }
             let rid = u64::from_be_bytes(entry.context[..].try_into().unwrap_or([0; 8]));
@@ -537,6 +830,82 @@ impl<O: Outbox> RaftLoop<O> {
                 let _ = r.send(applied.result.map_err(CoordinatorError::from));
             }
         }
+        Ok(())
+    }
+
+    /// A committed membership change: apply it to raft-rs, persist the configuration and
+    /// the addresses, and point the transport at the new member set.
+    fn apply_change(&mut self, sm: &mut StateMachine, entry: &Entry) -> Result<()> {
+        let rid = u64::from_be_bytes(entry.context[..].try_into().unwrap_or([0; 8]));
+        let reply = self.changes.remove(&rid);
+        let cc = match ConfChange::parse_from_bytes(&entry.data) {
+            Ok(cc) => cc,
+            Err(e) => {
+                error!(index = entry.index, error = %e, "undecodable membership change skipped");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(CoordinatorError::corrupt("membership change", e)));
+                }
+                return Ok(());
+            }
+        };
+        let before = self.raw.raft.prs().conf().to_conf_state();
+        if before.voters.is_empty() && before.learners.is_empty() {
+            // Only a replica that joined and was sent a log without the snapshot holding the
+            // group's configuration gets here; applying would make it a group of its own.
+            return Err(CoordinatorError::Config(format!(
+                "replica {} received membership change at index {} without the group's \
+                 configuration; wipe its data directory and add it again",
+                self.raw.raft.id, entry.index
+            )));
+        }
+        let cs: ConfState = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => {
+                error!(index = entry.index, error = %e, "membership change not applied");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e.into()));
+                }
+                return Ok(());
+            }
+        };
+        self.storage.set_conf_state(&cs)?;
+        let members = match change_members(&cc) {
+            Some(m) => m,
+            None => {
+                warn!(
+                    index = entry.index,
+                    "membership change without addresses; keeping the known ones"
+                );
+                let mut m = self.peers.read().expect("peers lock poisoned").clone();
+                m.retain(|id, _| cs.voters.contains(id) || cs.learners.contains(id));
+                m
+            }
+        };
+        info!(
+            index = entry.index,
+            change = ?cc.get_change_type(),
+            replica = cc.node_id,
+            voters = ?cs.voters,
+            "membership changed"
+        );
+        sm.set_members(members.clone());
+        self.set_peers(members.clone());
+        if cc.get_change_type() == ConfChangeType::AddNode {
+            // raft-rs only installs a snapshot whose configuration names the recipient: every
+            // replica snapshots right at the addition, so whichever leads can catch the new
+            // replica up (its empty log cannot be caught up by entries: they start after the
+            // bootstrap snapshot).
+            self.storage
+                .compact_with_snapshot(entry.index, sm.snapshot())?;
+            self.snapshot_index = entry.index;
+        }
+        if let Some(r) = reply {
+            let _ = r.send(Ok(Membership {
+                index: entry.index,
+                members,
+            }));
+        }
+        Ok(())
     }
 
     fn resolve_reads(&mut self) {
@@ -560,25 +929,33 @@ impl<O: Outbox> RaftLoop<O> {
         }
         let data = self.state.read().expect("lock").snapshot();
         self.storage.compact_with_snapshot(self.applied, data)?;
+        self.snapshot_index = self.applied;
         debug!(
             index = self.applied,
             log_entries = self.storage.log_len(),
             "snapshot taken, log compacted"
         );
-        self.snapshot_index = self.applied;
         Ok(())
     }
 
     fn publish_status(&self) {
         let r = &self.raw.raft;
-        let st = RaftStatus {
-            id: r.id,
-            role: match r.state {
+        let voters = r.prs().conf().voters();
+        let role = if voters.contains(r.id) {
+            match r.state {
                 StateRole::Leader => "leader",
                 StateRole::Follower => "follower",
                 StateRole::Candidate => "candidate",
                 StateRole::PreCandidate => "pre-candidate",
-            },
+            }
+        } else if voters.ids().is_empty() {
+            ROLE_JOINING
+        } else {
+            ROLE_REMOVED
+        };
+        let st = RaftStatus {
+            id: r.id,
+            role,
             leader_id: r.leader_id,
             term: r.term,
             commit_index: r.raft_log.committed,

@@ -13,7 +13,7 @@ use crate::ids::{AgentId, ReplicaId};
 use crate::pb::agent_service_server::AgentServiceServer;
 use crate::pb::coordinator_server::CoordinatorServer;
 use crate::pb::raft_transport_server::RaftTransportServer;
-use crate::raft_loop::{self, RaftHandle, RaftTuning};
+use crate::raft_loop::{self, Bootstrap, RaftHandle, RaftTuning};
 use crate::storage::SledStorage;
 use crate::transport::{GrpcOutbox, TransportService};
 use std::collections::{BTreeMap, HashMap};
@@ -31,8 +31,13 @@ pub struct Config {
     pub id: u64,
     /// Address to bind (`127.0.0.1:0` picks a free port).
     pub listen: String,
-    /// Every replica including this one, as `(id, address)`. Empty = single-replica mode.
+    /// Every replica including this one, as `(id, address)`. Empty = single-replica mode
+    /// (unless `join` is set).
     pub peers: Vec<(u64, String)>,
+    /// Join an existing group through any of these replicas (`peers` must be empty): the
+    /// replica starts with no voters and waits until the leader adds it
+    /// (`snapfleet cluster add-replica`), then catches up from the leader's snapshot and log.
+    pub join: Vec<String>,
     pub data_dir: PathBuf,
     pub tuning: Tuning,
     /// Leader-side runners of job phases (backup, restore…); none = tasks-only jobs.
@@ -82,6 +87,7 @@ impl Config {
             id,
             listen: listen.into(),
             peers,
+            join: Vec::new(),
             data_dir: data_dir.into(),
             tuning: Tuning::default(),
             drivers: Drivers::default(),
@@ -131,30 +137,52 @@ pub async fn run_coordinator_on(
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let peers: BTreeMap<u64, String> = if config.peers.is_empty() {
-            BTreeMap::from([(config.id, addr.to_string())])
-        } else {
-            config.peers.iter().cloned().collect()
-        };
         let storage = SledStorage::open(&config.data_dir)?;
+        let (peers, bootstrap) = if !config.join.is_empty() {
+            if !config.peers.is_empty() {
+                return Err(CoordinatorError::Config(
+                    "--join and --peers exclude each other: a joining replica learns its peers \
+                     from the group"
+                        .into(),
+                ));
+            }
+            let fresh = !storage.is_initialized()?;
+            let peers = if fresh || storage.conf_state()?.voters.is_empty() {
+                discover_members(
+                    config.id,
+                    &config.listen,
+                    &config.join,
+                    fresh,
+                    config.tls.clone(),
+                    &shutdown,
+                )
+                .await?
+            } else {
+                // Restarted after it was added: the addresses come from its snapshot and log.
+                BTreeMap::from([(config.id, config.listen.clone())])
+            };
+            (peers, Bootstrap::Join)
+        } else if config.peers.is_empty() {
+            (
+                BTreeMap::from([(config.id, addr.to_string())]),
+                Bootstrap::NewGroup,
+            )
+        } else {
+            (config.peers.iter().cloned().collect(), Bootstrap::NewGroup)
+        };
         let inner = shutdown.child_token();
         let mut tasks = JoinSet::new();
         let (lp, raft) = raft_loop::open(
             config.id,
-            peers.clone(),
+            peers,
+            bootstrap,
             storage,
-            |input| {
-                GrpcOutbox::start(
-                    config.id,
-                    &peers,
-                    input,
-                    &mut tasks,
-                    inner.clone(),
-                    config.tls.clone(),
-                )
+            |input, peers| {
+                GrpcOutbox::start(config.id, peers, input, inner.clone(), config.tls.clone())
             },
             config.tuning.raft.clone(),
         )?;
+        let peers = raft.peers();
         let input = raft_input(&raft);
         let loop_token = inner.clone();
         let (loop_done_tx, loop_done) = tokio::sync::oneshot::channel();
@@ -237,6 +265,57 @@ pub async fn run_coordinator_on(
     }
     .instrument(span)
     .await
+}
+
+/// A joining replica learns every member's id and address from any replica of the group
+/// (retrying until one answers or `shutdown`) and, on a `fresh` data directory, checks that
+/// its id is free.
+async fn discover_members(
+    id: u64,
+    listen: &str,
+    join: &[String],
+    fresh: bool,
+    tls: Option<Arc<crate::tls::Tls>>,
+    shutdown: &CancellationToken,
+) -> Result<BTreeMap<u64, String>> {
+    use crate::pb::coordinator_client::CoordinatorClient;
+    let group = crate::client::Leader::new(join).with_tls(tls);
+    let status = loop {
+        let r = group
+            .call(|ch| async move {
+                Ok(CoordinatorClient::new(ch)
+                    .cluster_status(crate::pb::Empty {})
+                    .await?
+                    .into_inner())
+            })
+            .await;
+        match r {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(join = ?join, error = %e.message(), "no replica to join yet; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(CoordinatorError::Stopped),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    if let Some(r) = status.replicas.iter().find(|r| r.id == id && fresh) {
+        return Err(CoordinatorError::Config(format!(
+            "replica id {id} is already a member of the group (at {}): a member's data \
+             directory must never be wiped; remove it first (`snapfleet cluster remove-replica \
+             --id {id}`) or pick another id",
+            r.address
+        )));
+    }
+    let mut peers: BTreeMap<u64, String> = status
+        .replicas
+        .into_iter()
+        .map(|r| (r.id, r.address))
+        .collect();
+    peers.insert(id, listen.to_string());
+    info!(peers = ?peers, "joining: waiting to be added with `snapfleet cluster add-replica`");
+    Ok(peers)
 }
 
 fn raft_input(raft: &RaftHandle) -> raft_loop::InputSender {

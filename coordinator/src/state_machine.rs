@@ -42,6 +42,11 @@ pub struct StateMachine {
     next_lease_seq: u64,
     /// Number of commands applied (including refused ones); handy for tests and status.
     applied_commands: u64,
+    /// Every coordinator replica's address after the latest membership change (empty until
+    /// the first change: then the replicas' `--peers` are the membership). Set by the Raft
+    /// loop when it applies a membership change; travels in snapshots.
+    #[serde(default)]
+    members: BTreeMap<u64, String>,
 }
 
 impl StateMachine {
@@ -92,6 +97,16 @@ impl StateMachine {
     }
     pub fn applied_commands(&self) -> u64 {
         self.applied_commands
+    }
+
+    /// Replica id → address as of the latest membership change (empty if none yet).
+    pub fn members(&self) -> &BTreeMap<u64, String> {
+        &self.members
+    }
+
+    /// Records the membership a committed change produced.
+    pub fn set_members(&mut self, members: BTreeMap<u64, String>) {
+        self.members = members;
     }
 
     /// Jobs not yet finished (what a new leader must keep driving).

@@ -17,6 +17,12 @@ const CONF_STATE: &[u8] = b"conf_state";
 const SNAP_META: &[u8] = b"snapshot_metadata";
 const SNAP_DATA: &[u8] = b"snapshot_data";
 
+/// A new group's log starts after this index (and term): its initial configuration lives in a
+/// snapshot at this index, never in log entries. A replica that joins later starts with an
+/// empty log and no voters, so it can only be caught up by that snapshot (or a later one),
+/// which carries the configuration the log's membership changes build on.
+pub const BOOTSTRAP_INDEX: u64 = 5;
+
 /// A replica's durable Raft state. Cheap to clone (sled handles are shared).
 #[derive(Clone)]
 pub struct SledStorage {
@@ -67,16 +73,40 @@ impl SledStorage {
         Self::err(&self.path, source)
     }
 
+    /// Whether this replica has Raft state already (it was initialized before).
+    pub fn is_initialized(&self) -> Result<bool> {
+        Ok(self.meta.get(CONF_STATE).map_err(|e| self.e(e))?.is_some())
+    }
+
     /// On a brand-new replica, records the initial voters (every replica of a new cluster
-    /// starts with the same configuration). Does nothing if the replica has state already.
+    /// starts with the same configuration) as a snapshot at [`BOOTSTRAP_INDEX`]. With no
+    /// voters, the replica is joining an existing group: it starts empty and waits for the
+    /// leader's snapshot. Does nothing if the replica has state already.
     pub fn initialize(&self, voters: &[u64]) -> Result<()> {
-        if self.meta.get(CONF_STATE).map_err(|e| self.e(e))?.is_some() {
+        if self.is_initialized()? {
             return Ok(());
         }
         let mut cs = ConfState::default();
         cs.voters = voters.to_vec();
+        if !voters.is_empty() {
+            let mut meta = SnapshotMetadata::default();
+            meta.index = BOOTSTRAP_INDEX;
+            meta.term = BOOTSTRAP_INDEX;
+            meta.set_conf_state(cs.clone());
+            self.put_meta(SNAP_META, &meta)?;
+            let mut hs = HardState::default();
+            hs.term = BOOTSTRAP_INDEX;
+            hs.commit = BOOTSTRAP_INDEX;
+            self.set_hard_state(&hs)?;
+        }
         self.put_meta(CONF_STATE, &cs)?;
         self.sync()
+    }
+
+    /// Records the configuration in force after applying a membership change (made durable
+    /// by the Raft loop's next `sync`).
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
+        self.put_meta(CONF_STATE, cs)
     }
 
     fn put_meta<M: protobuf::Message>(&self, k: &[u8], m: &M) -> Result<()> {
@@ -294,36 +324,43 @@ mod tests {
         e
     }
 
+    const B: u64 = BOOTSTRAP_INDEX;
+
     #[test]
     fn append_truncates_conflicts_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStorage::open(dir.path()).unwrap();
             s.initialize(&[1, 2, 3]).unwrap();
-            s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            // A new group's log starts after the bootstrap snapshot.
+            assert_eq!(s.first_index().unwrap(), B + 1);
+            assert_eq!(s.last_index().unwrap(), B);
+            assert_eq!(s.term(B).unwrap(), B);
+            s.append(&(B + 1..=B + 5).map(|i| entry(i, 6)).collect::<Vec<_>>())
                 .unwrap();
-            s.append(&[entry(4, 2), entry(5, 2), entry(6, 2)]).unwrap();
-            s.append(&[entry(5, 3)]).unwrap();
+            s.append(&[entry(B + 4, 7), entry(B + 5, 7), entry(B + 6, 7)])
+                .unwrap();
+            s.append(&[entry(B + 5, 8)]).unwrap();
             let mut hs = HardState::default();
-            hs.term = 3;
-            hs.commit = 4;
+            hs.term = 8;
+            hs.commit = B + 4;
             s.set_hard_state(&hs).unwrap();
             s.sync().unwrap();
         }
         let s = SledStorage::open(dir.path()).unwrap();
-        assert_eq!(s.first_index().unwrap(), 1);
-        assert_eq!(s.last_index().unwrap(), 5);
-        assert_eq!(s.term(4).unwrap(), 2);
-        assert_eq!(s.term(5).unwrap(), 3);
+        assert_eq!(s.first_index().unwrap(), B + 1);
+        assert_eq!(s.last_index().unwrap(), B + 5);
+        assert_eq!(s.term(B + 4).unwrap(), 7);
+        assert_eq!(s.term(B + 5).unwrap(), 8);
         let st = s.initial_state().unwrap();
-        assert_eq!(st.hard_state.commit, 4);
+        assert_eq!(st.hard_state.commit, B + 4);
         assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
         let es = s
-            .entries(2, 5, None, GetEntriesContext::empty(false))
+            .entries(B + 2, B + 5, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(
             es.iter().map(|e| e.index).collect::<Vec<_>>(),
-            vec![2, 3, 4]
+            vec![B + 2, B + 3, B + 4]
         );
         // initialize on an existing replica changes nothing.
         s.initialize(&[9]).unwrap();
@@ -331,26 +368,50 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_replica_starts_empty_and_keeps_its_conf_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStorage::open(dir.path()).unwrap();
+            assert!(!s.is_initialized().unwrap());
+            s.initialize(&[]).unwrap();
+            assert!(s.is_initialized().unwrap());
+            assert_eq!(s.first_index().unwrap(), 1);
+            assert_eq!(s.last_index().unwrap(), 0);
+            assert!(s.conf_state().unwrap().voters.is_empty());
+            let mut cs = ConfState::default();
+            cs.voters = vec![1, 2, 3, 4];
+            s.set_conf_state(&cs).unwrap();
+            s.sync().unwrap();
+        }
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(s.conf_state().unwrap().voters, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
     fn compaction_keeps_term_of_snapshot_index() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStorage::open(dir.path()).unwrap();
         s.initialize(&[1]).unwrap();
-        s.append(&(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>())
-            .unwrap();
-        s.compact_with_snapshot(7, b"state".to_vec()).unwrap();
-        assert_eq!(s.first_index().unwrap(), 8);
-        assert_eq!(s.last_index().unwrap(), 10);
-        assert_eq!(s.term(7).unwrap(), 2);
+        s.append(
+            &(B + 1..=B + 10)
+                .map(|i| entry(i, B + 1 + i / 5))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        s.compact_with_snapshot(B + 7, b"state".to_vec()).unwrap();
+        assert_eq!(s.first_index().unwrap(), B + 8);
+        assert_eq!(s.last_index().unwrap(), B + 10);
+        assert_eq!(s.term(B + 7).unwrap(), B + 1 + (B + 7) / 5);
         assert!(matches!(
-            s.term(6),
+            s.term(B + 6),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
         assert!(s
-            .entries(5, 9, None, GetEntriesContext::empty(false))
+            .entries(B + 5, B + 9, None, GetEntriesContext::empty(false))
             .is_err());
         assert_eq!(s.log_len(), 3);
-        let snap = s.snapshot(7, 2).unwrap();
-        assert_eq!(snap.get_metadata().index, 7);
+        let snap = s.snapshot(B + 7, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, B + 7);
         assert_eq!(snap.get_data(), b"state");
         assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
     }
@@ -360,7 +421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStorage::open(dir.path()).unwrap();
         s.initialize(&[1, 2, 3]).unwrap();
-        s.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        s.append(&[entry(B + 1, 6), entry(B + 2, 6)]).unwrap();
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 20;
         snap.mut_metadata().term = 4;

@@ -113,7 +113,9 @@ pub fn allowed(path: &str) -> &'static [Role] {
     match (service, method) {
         ("RaftTransport", _) => &[Node],
         ("AgentService", _) => &[Agent, Admin],
-        ("Coordinator", "GetJob" | "ListJobs" | "WatchJob" | "ClusterStatus" | "ListSchedules") => {
+        // A replica joining a group asks an existing one for the member list.
+        ("Coordinator", "ClusterStatus") => &[ReadOnly, Operator, Admin, Node],
+        ("Coordinator", "GetJob" | "ListJobs" | "WatchJob" | "ListSchedules") => {
             &[ReadOnly, Operator, Admin]
         }
         ("Coordinator", "SubmitJob" | "CancelJob" | "PutSchedule" | "DeleteSchedule") => {

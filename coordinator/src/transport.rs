@@ -1,6 +1,7 @@
 //! Raft messages between replicas over tonic gRPC: one sender task per peer drains a bounded
 //! queue into `RaftTransport.Send` batches, reconnecting after failures; the server side
-//! decodes batches into the Raft loop's input. Raft tolerates loss, so when a peer is down
+//! decodes batches into the Raft loop's input. The peer set follows membership changes: a
+//! sender starts for a new member and stops for a removed one. Raft tolerates loss, so when a peer is down
 //! messages are dropped (and reported unreachable), never buffered without bound. This file
 //! must never block the Raft loop.
 
@@ -24,51 +25,99 @@ use tracing::{debug, warn};
 const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 
-/// The client side: routes outgoing messages to per-peer queues.
+/// The client side: routes outgoing messages to per-peer queues. Its sender tasks stop when
+/// `shutdown` is cancelled, when their peer is removed, or when the outbox is dropped.
 pub struct GrpcOutbox {
-    queues: HashMap<u64, mpsc::Sender<Message>>,
+    me: u64,
+    input: InputSender,
+    shutdown: CancellationToken,
+    peers: HashMap<u64, PeerQueue>,
+    tasks: JoinSet<()>,
+    tls: Option<Arc<Tls>>,
+}
+
+struct PeerQueue {
+    addr: String,
+    queue: mpsc::Sender<Message>,
+    stop: CancellationToken,
 }
 
 impl GrpcOutbox {
-    /// Starts one sender task per peer (other than `me`) in `tasks`.
+    /// Starts one sender task per peer (other than `me`).
     pub fn start(
         me: u64,
         peers: &BTreeMap<u64, String>,
         input: InputSender,
-        tasks: &mut JoinSet<()>,
         shutdown: CancellationToken,
         tls: Option<Arc<Tls>>,
     ) -> Self {
-        let mut queues = HashMap::new();
-        for (&id, addr) in peers {
-            if id == me {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(QUEUE);
-            queues.insert(id, tx);
-            tasks.spawn(peer_sender(
-                me,
-                id,
-                addr.clone(),
-                rx,
-                input.clone(),
-                shutdown.clone(),
-                tls.clone(),
-            ));
-        }
-        Self { queues }
+        let mut outbox = Self {
+            me,
+            input,
+            shutdown,
+            peers: HashMap::new(),
+            tasks: JoinSet::new(),
+            tls,
+        };
+        outbox.set_peers(peers);
+        outbox
+    }
+
+    fn start_peer(&mut self, id: u64, addr: &str) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stop = self.shutdown.child_token();
+        self.tasks.spawn(peer_sender(
+            self.me,
+            id,
+            addr.to_string(),
+            rx,
+            self.input.clone(),
+            stop.clone(),
+            self.tls.clone(),
+        ));
+        self.peers.insert(
+            id,
+            PeerQueue {
+                addr: addr.to_string(),
+                queue: tx,
+                stop,
+            },
+        );
     }
 }
 
 impl Outbox for GrpcOutbox {
     fn send(&self, msgs: Vec<Message>) {
         for m in msgs {
-            if let Some(q) = self.queues.get(&m.to) {
-                if q.try_send(m).is_err() {
+            if let Some(p) = self.peers.get(&m.to) {
+                if p.queue.try_send(m).is_err() {
                     debug!("raft queue full or closed; message dropped (raft will retry)");
                 }
             }
         }
+    }
+
+    fn set_peers(&mut self, peers: &BTreeMap<u64, String>) {
+        let gone: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| peers.get(id) != Some(&p.addr))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(p) = self.peers.remove(&id) {
+                debug!(peer = id, addr = %p.addr, "raft sender stopped");
+                p.stop.cancel();
+            }
+        }
+        for (&id, addr) in peers {
+            if id != self.me && !self.peers.contains_key(&id) {
+                debug!(peer = id, %addr, "raft sender started");
+                self.start_peer(id, addr);
+            }
+        }
+        // Reap the senders that have finished.
+        while self.tasks.try_join_next().is_some() {}
     }
 }
 

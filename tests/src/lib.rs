@@ -252,3 +252,137 @@ impl TestFleet {
         )
     }
 }
+
+/// A TCP proxy in front of one address, for network partitions between real processes:
+/// `cut` drops every connection through it and refuses new ones (accepted, then closed at
+/// once), `heal` lets traffic flow again. Runs on its own threads (independent of any async
+/// runtime); stops when dropped.
+pub struct TcpProxy {
+    pub addr: String,
+    state: std::sync::Arc<ProxyState>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    /// Both ends of every live connection (clones), to shut them down on `cut`.
+    conns: std::sync::Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl ProxyState {
+    fn drop_all(&self) {
+        for s in self.conns.lock().expect("proxy lock").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards every connection to `target`.
+    pub fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy address").to_string();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let target: std::net::SocketAddr = target.parse().expect("proxy target HOST:PORT");
+        let st = state.clone();
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stop.load(SeqCst) {
+                    return;
+                }
+                let Ok(down) = conn else { continue };
+                if st.cut.load(SeqCst) {
+                    let _ = down.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(up) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1))
+                else {
+                    let _ = down.shutdown(std::net::Shutdown::Both);
+                    continue;
+                };
+                let _ = down.set_nodelay(true);
+                let _ = up.set_nodelay(true);
+                let (Ok(d2), Ok(u2), Ok(d3), Ok(u3)) = (
+                    down.try_clone(),
+                    up.try_clone(),
+                    down.try_clone(),
+                    up.try_clone(),
+                ) else {
+                    continue;
+                };
+                {
+                    let mut conns = st.conns.lock().expect("proxy lock");
+                    conns.push(d3);
+                    conns.push(u3);
+                }
+                // A cut between the check above and the registration must still drop it.
+                if st.cut.load(SeqCst) {
+                    st.drop_all();
+                }
+                pipe(down, u2);
+                pipe(up, d2);
+            }
+        });
+        Self {
+            addr,
+            state,
+            accept: Some(accept),
+        }
+    }
+
+    /// Drops every connection and refuses new ones until `heal`.
+    pub fn cut(&self) {
+        self.state
+            .cut
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.drop_all();
+    }
+
+    pub fn heal(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` into `to` on a thread until either side closes, then closes both.
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.drop_all();
+        // Wake the accept loop so that it sees `stop`.
+        let _ = std::net::TcpStream::connect(&self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Stops a child gracefully (SIGTERM) and waits (30 s at most) until it has exited.
+pub fn terminate(mut child: snapfleet_tabletdb::local::ChildProcess) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not stop within 30 s of SIGTERM",
+            child.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -172,6 +172,21 @@ impl Cluster {
     }
 }
 
+/// Polls replica `id`'s own status until it answers (10 s at most).
+pub async fn eventually_status(c: &Cluster, id: u64) -> pb::ClusterStatusResponse {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.status(id).await {
+            Ok(s) => return s,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "replica {id} did not answer within 10 s: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn channel(addr: &str) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -256,7 +271,9 @@ macro_rules! on_leader {
     }};
 }
 
+#[allow(unused_imports)]
 pub use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient as AgentClient;
+#[allow(unused_imports)]
 pub use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient as Client;
 
 pub fn _unused(_: AgentServiceClient<Channel>) {}

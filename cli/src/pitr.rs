@@ -102,7 +102,7 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
         .into_inner();
     let mut counts = Vec::new();
     if a.dry_run {
-        for t in &r.restored {
+        for t in r.restored.iter().filter(|t| !r.revived.contains(t)) {
             let mut n_now = 0u64;
             let mut n_then = 0u64;
             client
@@ -125,7 +125,7 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "database": a.db, "to": to.0, "to_rfc3339": to.to_rfc3339(), "dry_run": a.dry_run,
-                "restored": r.restored, "removed": r.removed,
+                "restored": r.restored, "removed": r.removed, "revived": r.revived,
                 "row_counts": counts.iter().map(|(t, n, m)| serde_json::json!({"table": t, "now": n, "at_time": m})).collect::<Vec<_>>(),
             }))?
         );
@@ -146,9 +146,15 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
         eprintln!("  table {t}: {n} rows now → {m} rows at that time");
     }
     if !a.dry_run {
-        for t in &r.restored {
+        for t in r.restored.iter().filter(|t| !r.revived.contains(t)) {
             eprintln!("  table {t}: back to that time");
         }
+    }
+    for t in &r.revived {
+        eprintln!(
+            "  table {t}: dropped after that time, {}",
+            if a.dry_run { "would come back" } else { "back" }
+        );
     }
     for t in &r.removed {
         eprintln!(

@@ -56,6 +56,17 @@ struct State {
     /// History-retention claims (holder → seconds); nodes keep at least the largest.
     #[serde(default)]
     history_floors: std::collections::BTreeMap<String, u64>,
+    /// Tables dropped while a history floor was claimed (a PITR schedule): their tablets stay
+    /// on the nodes, invisible, so a restore to a time before the drop brings them back.
+    /// Purged once the drop is older than the floor.
+    #[serde(default)]
+    dropped: Vec<DroppedTable>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DroppedTable {
+    table: pb::TableInfo,
+    dropped_ht: u64,
 }
 
 impl State {
@@ -412,6 +423,59 @@ impl MasterService {
         Ok(())
     }
 
+    /// Deletes the tablets of kept dropped tables that no PITR window reaches any more (best
+    /// effort: a node that is down keeps the table listed for the next try).
+    async fn purge_dropped(&self, state: &mut State) {
+        let floor = std::time::Duration::from_secs(state.history_floor());
+        let horizon = if floor.is_zero() {
+            HybridTime(u64::MAX)
+        } else {
+            self.inner.hlc.now().minus(floor)
+        };
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.dropped)
+            .into_iter()
+            .partition(|d| HybridTime(d.dropped_ht) < horizon);
+        state.dropped = kept;
+        let mut changed = false;
+        for d in expired {
+            let mut ok = true;
+            for tb in &d.table.tablets {
+                let node = tb.replicas[0];
+                let r = match self.node_client(state, node).await {
+                    Ok(mut c) => c
+                        .delete_tablet(pb::DeleteTabletRequest {
+                            tablet_id: tb.tablet_id.clone(),
+                        })
+                        .await
+                        .map(|_| ())
+                        .or_else(|s| {
+                            if s.code() == tonic::Code::NotFound {
+                                Ok(())
+                            } else {
+                                Err(s.message().to_string())
+                            }
+                        }),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = r {
+                    warn!(table = %d.table.name, tablet = %tb.tablet_id, error = %e, "could not purge a dropped table's tablet; will retry");
+                    ok = false;
+                }
+            }
+            if ok {
+                info!(table = %d.table.name, "dropped table purged (out of every PITR window)");
+                changed = true;
+            } else {
+                state.dropped.push(d);
+            }
+        }
+        if changed {
+            if let Err(e) = persist(&self.inner.path, state) {
+                warn!(error = %e, "persisting the purge of dropped tables");
+            }
+        }
+    }
+
     async fn delete_snapshot_on_nodes(&self, snapshot_id: &str) {
         let state = self.inner.state.lock().await.clone();
         for n in &state.nodes {
@@ -436,7 +500,7 @@ impl MasterService {
         let (v1, db, tables, state_copy) = {
             let st = self.inner.state.lock().await;
             let db = st.database(&req.database)?;
-            let tables: Vec<pb::TableInfo> = st
+            let mut tables: Vec<pb::TableInfo> = st
                 .tables
                 .iter()
                 .filter(|t| {
@@ -444,6 +508,22 @@ impl MasterService {
                 })
                 .cloned()
                 .collect();
+            // A snapshot in the past also captures the tables dropped since (kept for a PITR
+            // window): clones and backups as of T see the database as it was.
+            if req.hybrid_time != 0 {
+                tables.extend(
+                    st.dropped
+                        .iter()
+                        .filter(|d| {
+                            d.table.database_id == db.database_id && d.dropped_ht > req.hybrid_time
+                        })
+                        .map(|d| {
+                            let mut t = d.table.clone();
+                            t.state = pb::TableState::Active as i32;
+                            t
+                        }),
+                );
+            }
             (st.version, db, tables, st.clone())
         };
         let now = self.inner.hlc.now();
@@ -471,8 +551,7 @@ impl MasterService {
                 .map_err(|s| from_status(&format!("node {node}"), s))?;
             }
         }
-        // The catalog as of T: tables created after T did not exist then. (Tables dropped
-        // after T are gone from the catalog and cannot be captured: see issue 9.)
+        // The catalog as of T: tables created after T did not exist then.
         let tables: Vec<pb::TableInfo> = tables
             .into_iter()
             .filter(|tb| tb.created_ht <= t.0)
@@ -581,8 +660,20 @@ impl MasterService {
             })
             .cloned()
             .collect();
-        let (removed, kept): (Vec<_>, Vec<_>) =
+        let (removed, mut kept): (Vec<_>, Vec<_>) =
             tables.into_iter().partition(|tb| tb.created_ht > t.0);
+        // Tables dropped after T (kept for a PITR window) come back.
+        let revived: Vec<pb::TableInfo> = st
+            .dropped
+            .iter()
+            .filter(|d| {
+                d.table.database_id == db.database_id
+                    && d.table.created_ht <= t.0
+                    && d.dropped_ht > t.0
+            })
+            .map(|d| d.table.clone())
+            .collect();
+        kept.extend(revived.iter().cloned());
         let mut by_node: HashMap<NodeId, Vec<String>> = HashMap::new();
         for tb in &kept {
             for tablet in &tb.tablets {
@@ -623,12 +714,20 @@ impl MasterService {
             hybrid_time: t.0,
             restored: kept.iter().map(|tb| tb.name.clone()).collect(),
             removed: removed.iter().map(|tb| tb.name.clone()).collect(),
+            revived: revived.iter().map(|tb| tb.name.clone()).collect(),
         };
         if req.dry_run {
             return Ok(out);
         }
         for tb in &removed {
             self.drop_table_locked(&mut st, &tb.table_id).await?;
+        }
+        for tb in &revived {
+            st.dropped.retain(|d| d.table.table_id != tb.table_id);
+            let mut tb = tb.clone();
+            tb.state = pb::TableState::Active as i32;
+            info!(table = %tb.name, "dropped table brought back");
+            st.tables.push(tb);
         }
         st.version += 1;
         persist(&self.inner.path, &st)?;
@@ -870,6 +969,7 @@ impl Master for MasterService {
             persist(&self.inner.path, &st)?;
             info!(holder = %req.holder, secs = req.min_secs, floor = st.history_floor(), "history floor changed");
         }
+        self.purge_dropped(&mut st).await;
         let floor = st.history_floor();
         self.inner
             .history_floor
@@ -987,7 +1087,24 @@ impl Master for MasterService {
                         req.name, req.database
                     ))
                 })?;
-            self.drop_table_locked(&mut st, &id).await?;
+            if st.history_floor() > 0 {
+                // A PITR window covers this moment: keep the tablets for a restore to
+                // before the drop.
+                let pos = st
+                    .tables
+                    .iter()
+                    .position(|t| t.table_id == id)
+                    .expect("found above");
+                let table = st.tables.remove(pos);
+                let dropped_ht = self.inner.hlc.now().0;
+                info!(table = %table.name, dropped_ht, "dropped table kept for the PITR window");
+                st.dropped.push(DroppedTable { table, dropped_ht });
+                st.version += 1;
+                persist(&self.inner.path, &st)?;
+            } else {
+                self.drop_table_locked(&mut st, &id).await?;
+            }
+            self.purge_dropped(&mut st).await;
             Ok(Response::new(pb::DropTableResponse {
                 catalog_version: st.version,
             }))

@@ -23,6 +23,22 @@ async fn labelled(client: &snapfleet_tabletdb::Client, label: &str) -> Vec<pb::S
         .collect()
 }
 
+async fn tablets_on_nodes(client: &snapfleet_tabletdb::Client) -> usize {
+    client.refresh().await.unwrap();
+    let mut n = 0;
+    for node in client.catalog().nodes.iter().filter(|n| n.live) {
+        let mut c = client.node_at(&node.address).await.unwrap();
+        n += c
+            .node_status(pb::NodeStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tablets
+            .len();
+    }
+    n
+}
+
 async fn retention_secs(client: &snapfleet_tabletdb::Client) -> Vec<u64> {
     client.refresh().await.unwrap();
     let mut out = Vec::new();
@@ -130,6 +146,20 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A table dropped while the window is claimed keeps its tablets (a restore to before
+    // the drop can bring it back) until the drop falls out of the window (4 s + 2 s).
+    let before_drop = tablets_on_nodes(&client).await;
+    client.drop_table("p", "t").await.unwrap();
+    assert_eq!(tablets_on_nodes(&client).await, before_drop);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tablets_on_nodes(&client).await != before_drop - 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped table was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A wide window raises every node's history retention to cover it (2 h + 1 h).
     let (ok, _, err) = fleet.snapfleet(&[
         "pitr",
@@ -181,4 +211,134 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
     assert!(labelled(&client, "pitr:wide").await.is_empty());
     let (ok, _, err) = fleet.snapfleet(&["pitr", "schedule", "delete", "fast"]);
     assert!(!ok && err.contains("no PITR schedule"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_inside_the_pitr_window_comes_back_in_place_and_in_a_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "pitr test passphrase\n").unwrap();
+    let fleet = TestFleet::start(2, &pass);
+    let client = fleet.db.client().await.unwrap();
+    client.create_database("p", true).await.unwrap();
+    for ddl in [
+        "CREATE TABLE orders (k int8 PRIMARY KEY, v text) WITH (tablets = 4)",
+        "CREATE TABLE keep (k int8 PRIMARY KEY, v text) WITH (tablets = 2)",
+    ] {
+        sql::execute(&client, "p", ddl, None).await.unwrap();
+    }
+    for t in ["orders", "keep"] {
+        let rows = (0..500)
+            .map(|i| format!("({i}, '{t} row {i}')"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sql::execute(
+            &client,
+            "p",
+            &format!("INSERT INTO {t} VALUES {rows}"),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // A PITR schedule is in force (its first firing claims the history window).
+    let (ok, _, err) = fleet.snapfleet(&[
+        "pitr",
+        "schedule",
+        "create",
+        "--db",
+        "p",
+        "--interval",
+        "1h",
+        "--retention",
+        "2h",
+        "--id",
+        "hourly",
+    ]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while labelled(&client, "pitr:hourly").await.is_empty() {
+        assert!(Instant::now() < deadline, "the schedule never fired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = client.now().await.unwrap();
+    let at_t = |table: &'static str| {
+        let client = &client;
+        async move {
+            snapfleet_tabletdb::verify::table_checksum(client, "p", table, Some(t))
+                .await
+                .unwrap()
+        }
+    };
+    let (orders_t, keep_t) = (at_t("orders").await, at_t("keep").await);
+    // The bad deploy: more writes, the table dropped, its name reused.
+    sql::execute(
+        &client,
+        "p",
+        "INSERT INTO keep VALUES (9999, 'after t')",
+        None,
+    )
+    .await
+    .unwrap();
+    client.drop_table("p", "orders").await.unwrap();
+    sql::execute(
+        &client,
+        "p",
+        "CREATE TABLE orders (id int8 PRIMARY KEY)",
+        None,
+    )
+    .await
+    .unwrap();
+
+    // A clone as of T has the dropped table with its rows.
+    let (ok, v, err) = fleet.snapfleet(&[
+        "clone",
+        "--db",
+        "p",
+        "--as",
+        "p_at_t",
+        "--at",
+        &t.0.to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["tables"], 2, "{v}");
+    let clone_orders =
+        snapfleet_tabletdb::verify::table_checksum(&client, "p_at_t", "orders", None)
+            .await
+            .unwrap();
+    assert_eq!(clone_orders, orders_t);
+
+    // Dry run says what would happen, and changes nothing.
+    let to = t.0.to_string();
+    let (ok, v, err) = fleet.snapfleet(&["pitr", "restore", "--db", "p", "--to", &to, "--dry-run"]);
+    assert!(ok, "{err}");
+    assert_eq!(v["revived"], serde_json::json!(["orders"]), "{v}");
+    assert_eq!(v["removed"], serde_json::json!(["orders"]), "{v}");
+    let live = client.tables("p").await.unwrap();
+    assert!(live
+        .iter()
+        .any(|t| t.name == "orders" && t.schema.as_ref().unwrap().columns.len() == 1));
+
+    // In place: the dropped table is back with exactly its rows at T; the new one is gone.
+    let (ok, v, err) = fleet.snapfleet(&["pitr", "restore", "--db", "p", "--to", &to]);
+    assert!(ok, "{err}");
+    assert_eq!(v["revived"], serde_json::json!(["orders"]), "{v}");
+    client.refresh().await.unwrap();
+    let now_orders = snapfleet_tabletdb::verify::table_checksum(&client, "p", "orders", None)
+        .await
+        .unwrap();
+    assert_eq!(now_orders, orders_t);
+    let now_keep = snapfleet_tabletdb::verify::table_checksum(&client, "p", "keep", None)
+        .await
+        .unwrap();
+    assert_eq!(now_keep, keep_t);
+    // It serves writes again.
+    sql::execute(
+        &client,
+        "p",
+        "INSERT INTO orders VALUES (100000, 'new')",
+        None,
+    )
+    .await
+    .unwrap();
 }

@@ -71,6 +71,10 @@ pub enum ClusterCmd {
         /// HOST:PORT the other replicas reach it at (its --listen address).
         #[arg(long)]
         addr: String,
+        /// Add it even if no replica waiting to join answers there. Dangerous: until it
+        /// answers, the group may be unable to commit anything (only for recovery by hand).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a coordinator replica from the group (the leader too: it hands leadership
     /// over first). Stop the removed replica's process afterwards. One change at a time;
@@ -129,14 +133,14 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
 pub async fn run_cluster(cmd: ClusterCmd, json: bool) -> Result<()> {
     let c = match cmd {
         ClusterCmd::Status { c } => c,
-        ClusterCmd::AddReplica { c, id, addr } => {
+        ClusterCmd::AddReplica { c, id, addr, force } => {
             let leader = c.leader()?;
             let m = leader
                 .call(move |ch| {
                     let address = addr.clone();
                     async move {
                         CoordinatorClient::new(ch)
-                            .add_replica(pb::AddReplicaRequest { id, address })
+                            .add_replica(pb::AddReplicaRequest { id, address, force })
                             .await
                     }
                 })

@@ -56,6 +56,12 @@ pub enum ScheduleCmd {
         #[command(flatten)]
         c: CoordArg,
         id: String,
+        /// Finish an interrupted delete whose schedule is already gone from the coordinator:
+        /// release the claim and snapshots of schedule ID on this database (with --master).
+        #[arg(long)]
+        db: Option<String>,
+        #[command(flatten)]
+        m: MasterArg,
     },
 }
 
@@ -282,28 +288,47 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        ScheduleCmd::Delete { c, id } => {
-            let s = list_pitr_schedules(&c)
+        ScheduleCmd::Delete { c, id, db, m } => {
+            let found = list_pitr_schedules(&c)
                 .await?
                 .into_iter()
-                .find(|s| s.id == id)
-                .with_context(|| {
-                    format!("no PITR schedule {id:?} (see `snapfleet pitr schedule list`)")
-                })?;
-            let spec: PitrSpec = serde_json::from_str(&s.spec_json).context("schedule spec")?;
+                .find(|s| s.id == id);
             let leader = c.leader()?;
+            let (spec, found) = match (found, db) {
+                (Some(s), _) => (
+                    serde_json::from_str::<PitrSpec>(&s.spec_json).context("schedule spec")?,
+                    true,
+                ),
+                (None, Some(db)) => (
+                    PitrSpec {
+                        master: m.master.clone(),
+                        database: db,
+                        interval_ms: 0,
+                        window_ms: 0,
+                        schedule_id: id.clone(),
+                        due_ms: 0,
+                    },
+                    false,
+                ),
+                (None, None) => bail!(
+                    "no PITR schedule {id:?} (see `snapfleet pitr schedule list`); to release \
+                     what an interrupted delete left, add --db DB [--master ADDR]"
+                ),
+            };
             let rid = id.clone();
-            leader
-                .call(move |ch| {
-                    let id = rid.clone();
-                    async move {
-                        CoordinatorClient::new(ch)
-                            .delete_schedule(cpb::ScheduleRef { id })
-                            .await
-                    }
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("deleting schedule {id}: {}", s.message()))?;
+            if found {
+                leader
+                    .call(move |ch| {
+                        let id = rid.clone();
+                        async move {
+                            CoordinatorClient::new(ch)
+                                .delete_schedule(cpb::ScheduleRef { id })
+                                .await
+                        }
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("deleting schedule {id}: {}", s.message()))?;
+            }
             // A firing under way could claim history and add a snapshot after we clean up:
             // wait for it to finish first.
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -331,15 +356,27 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("a snapshot of schedule {id} is still running after 2 minutes; its schedule is gone, run `pitr schedule delete {id}` again to clean up once `job list` shows it finished");
+                    bail!(
+                        "a snapshot of schedule {id} is still running after 2 minutes; the \
+                         schedule is gone: once `snapfleet job list` shows it finished, run \
+                         `snapfleet pitr schedule delete {id} --db {} --master {}`",
+                        spec.database,
+                        spec.master
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // Its history claim and snapshots go with it.
+            let retry = format!(
+                "; the schedule is gone: retry with `snapfleet pitr schedule delete {id} --db {} \
+                 --master {}`",
+                spec.database, spec.master
+            );
             let client = connect(&MasterArg {
                 master: spec.master.clone(),
             })
-            .await?;
+            .await
+            .with_context(|| retry.clone())?;
             let label = pitr_label(&id);
             client
                 .master()
@@ -348,14 +385,16 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                     min_secs: 0,
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("withdrawing the history claim: {}", s.message()))?;
+                .map_err(|s| {
+                    anyhow::anyhow!("withdrawing the history claim: {}{retry}", s.message())
+                })?;
             let snaps = client
                 .master()
                 .list_snapshots(pb::ListSnapshotsRequest {
                     database: spec.database.clone(),
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .map_err(|s| anyhow::anyhow!("{}{retry}", s.message()))?
                 .into_inner()
                 .snapshots;
             let mut deleted = 0;
@@ -367,7 +406,11 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                     })
                     .await
                     .map_err(|s| {
-                        anyhow::anyhow!("deleting snapshot {}: {}", sn.snapshot_id, s.message())
+                        anyhow::anyhow!(
+                            "deleting snapshot {}: {}{retry}",
+                            sn.snapshot_id,
+                            s.message()
+                        )
                     })?;
                 deleted += 1;
             }

@@ -352,6 +352,14 @@ impl Coordinator for ClientApi {
         let span = info_span!("rpc", method = "AddReplica", replica = r.id, address = %r.address);
         async move {
             self.0.raft.require_leader()?;
+            let peers = self.0.raft.peers();
+            let address = r.address.trim();
+            let known = peers.contains_key(&r.id) || peers.values().any(|a| a == address);
+            if !r.force && !known && r.id != 0 {
+                // A voter that never answers would leave the group unable to commit (even the
+                // removal that would undo it): make sure it is there, waiting to join.
+                self.probe_joining(r.id, address).await?;
+            }
             let m = self
                 .0
                 .raft
@@ -416,5 +424,46 @@ impl Coordinator for ClientApi {
         }
         .instrument(info_span!("rpc", method = "RemoveReplica", replica = r.id))
         .await
+    }
+}
+
+impl ClientApi {
+    /// Checks that a replica started with `--join` answers at `address` as replica `id`.
+    async fn probe_joining(&self, id: u64, address: &str) -> Result<(), Status> {
+        let fix = format!(
+            "start it first with `snapfleet coordinator --id {id} --listen {address} --join \
+             <members>` (or pass --force to add it anyway; the group then cannot commit until \
+             it answers)"
+        );
+        let ep = crate::tls::endpoint(address, self.0.tls.as_deref(), true)
+            .map_err(|e| Status::invalid_argument(format!("replica address {address:?}: {e}")))?;
+        let probe = async {
+            let ch = ep
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            crate::pb::coordinator_client::CoordinatorClient::new(ch)
+                .cluster_status(pb::Empty {})
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string())
+        };
+        let st = tokio::time::timeout(std::time::Duration::from_secs(5), probe)
+            .await
+            .map_err(|_| "no answer within 5 s".to_string())
+            .and_then(|r| r)
+            .map_err(|why| {
+                Status::failed_precondition(format!(
+                    "no coordinator replica answers at {address} ({why}): {fix}"
+                ))
+            })?;
+        if st.id != id || st.role != "joining" {
+            return Err(Status::failed_precondition(format!(
+                "{address} is replica {} in role {:?}, not replica {id} waiting to join: {fix}",
+                st.id, st.role
+            )));
+        }
+        Ok(())
     }
 }

@@ -890,6 +890,29 @@ impl<O: Outbox> RaftLoop<O> {
         );
         sm.set_members(members.clone());
         self.set_peers(members.clone());
+        let me = self.raw.raft.id;
+        if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&me) {
+            // A leader that applied its own removal (elected while the removal was pending)
+            // would keep leading a group it is not in: hand over, or at least step down.
+            let target = cs
+                .voters
+                .iter()
+                .max_by_key(|v| self.raw.raft.prs().get(**v).map(|p| p.matched).unwrap_or(0))
+                .copied();
+            match target {
+                Some(t) => {
+                    warn!(
+                        to = t,
+                        "this leader was removed from the group; handing leadership over"
+                    );
+                    self.raw.transfer_leader(t);
+                }
+                None => {
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term + 1, raft::INVALID_ID);
+                }
+            }
+        }
         if cc.get_change_type() == ConfChangeType::AddNode {
             // raft-rs only installs a snapshot whose configuration names the recipient: every
             // replica snapshots right at the addition, so whichever leads can catch the new

@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub tuning: Tuning,
     pub shutdown: CancellationToken,
     pub drivers: Vec<Arc<dyn JobDriver>>,
+    /// This replica's identity for dialing other replicas (membership checks).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Binds `config.listen` and runs the replica until `shutdown` is cancelled.
@@ -216,6 +218,7 @@ pub async fn run_coordinator_on(
             tuning: config.tuning.clone(),
             shutdown: inner.clone(),
             drivers: config.drivers.0.clone(),
+            tls: config.tls.clone(),
         });
         write_addr_file(&config.data_dir, &addr.to_string())?;
         info!(peers = ?peers, "coordinator replica serving");

@@ -373,6 +373,13 @@ impl Tls {
         check_pem(&ca_path, &ca)?;
         let node = read_pair(dir, "node")?;
         let client = read_pair(dir, "client")?;
+        if node.is_some() && dir.join("ca.key").exists() {
+            tracing::warn!(
+                dir = %dir.display(),
+                "ca.key sits beside this replica's identity: whoever reads this host can sign \
+                 any role; copy only ca.pem, node.pem and node.key to coordinator hosts"
+            );
+        }
         if node.is_none() && client.is_none() {
             return Err(TlsError::Missing {
                 path: dir.join("client.pem").display().to_string(),

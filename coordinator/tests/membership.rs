@@ -25,6 +25,8 @@ async fn add(addr: &str, id: u64, address: &str) -> Result<pb::MembershipRespons
         .add_replica(pb::AddReplicaRequest {
             id,
             address: address.into(),
+            // Unreachable voters on purpose: they make changes stay pending.
+            force: true,
         })
         .await
         .map(|r| r.into_inner())
@@ -58,6 +60,19 @@ async fn the_leader_refuses_unsafe_membership_changes() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let e = remove(&a, 7).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // Without --force, a replica that does not answer as one waiting to join is refused
+    // (it would leave the group unable to commit), and nothing changes.
+    let e = Client::new(channel(&a))
+        .add_replica(pb::AddReplicaRequest {
+            id: 2,
+            address: "127.0.0.1:9".into(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("start it first"), "{e:?}");
 
     // With one voter, adding a second commits at once (nobody listens at its address).
     let m = add(&a, 2, "127.0.0.1:9").await.unwrap();

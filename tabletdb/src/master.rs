@@ -170,7 +170,13 @@ impl MasterService {
             .map(|s| s.hybrid_time)
             .max()
             .unwrap_or(0);
-        let max_created = state.tables.iter().map(|t| t.created_ht).max().unwrap_or(0);
+        let max_created = state
+            .tables
+            .iter()
+            .map(|t| t.created_ht)
+            .chain(state.dropped.iter().map(|d| d.dropped_ht))
+            .max()
+            .unwrap_or(0);
         hlc.update(HybridTime(max_snap.max(max_created)));
         let floor = state.history_floor();
         Ok(Self {
@@ -959,6 +965,8 @@ impl Master for MasterService {
         if req.holder.is_empty() {
             return Err(Status::invalid_argument("holder must be set"));
         }
+        // Purging dropped tables is a catalog change: no snapshot may straddle it.
+        let _fence = self.inner.ddl_fence.write().await;
         let mut st = self.inner.state.lock().await;
         let changed = if req.min_secs == 0 {
             st.history_floors.remove(&req.holder).is_some()
@@ -1087,9 +1095,13 @@ impl Master for MasterService {
                         req.name, req.database
                     ))
                 })?;
-            if st.history_floor() > 0 {
+            let active = st
+                .tables
+                .iter()
+                .any(|t| t.table_id == id && t.state == pb::TableState::Active as i32);
+            if st.history_floor() > 0 && active {
                 // A PITR window covers this moment: keep the tablets for a restore to
-                // before the drop.
+                // before the drop. (A restore's hidden table never served: dropped for good.)
                 let pos = st
                     .tables
                     .iter()

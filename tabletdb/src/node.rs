@@ -51,6 +51,10 @@ impl NodeState {
             .map_err(|e| Error::io(data_dir, e))?;
         let hlc = Arc::new(Hlc::new());
         let policy = HistoryPolicy::new(hlc.clone(), retention);
+        // The history floor learned before a restart applies before any tablet compacts.
+        if let Some((floor, since)) = read_history_state(data_dir) {
+            policy.restore(floor, since);
+        }
         let mut tablets = HashMap::new();
         for meta_path in find_tablet_metas(data_dir)? {
             if meta_path.extension().is_some_and(|e| e == "deleted") {
@@ -118,7 +122,7 @@ impl NodeState {
         let at = HybridTime(requested);
         // A read in the future would push this clock (and the history cut-off) forward.
         self.hlc.update_remote(at).map_err(Error::InvalidArgument)?;
-        let cutoff = self.policy.cutoff();
+        let cutoff = self.policy.window_start();
         if at < cutoff {
             return Err(Error::FailedPrecondition(format!(
                 "read time {at} ({}) is before node {}'s history window, which starts at {cutoff} ({}); \
@@ -453,11 +457,11 @@ impl TabletServer for TabletService {
             .hlc
             .update_remote(at)
             .map_err(Error::InvalidArgument)?;
-        let cutoff = self.state.policy.cutoff();
+        let cutoff = self.state.policy.window_start();
         if at == HybridTime::MIN || at < cutoff {
             return Err(Error::FailedPrecondition(format!(
                 "snapshot time {at} is outside node {}'s history window (cut-off {cutoff}); \
-                 pick a later time or raise --history-retention",
+                 pick a later time, or keep a longer window: `snapfleet pitr schedule create --retention` (or the node's --history-retention)",
                 self.state.node_id
             ))
             .into());
@@ -622,11 +626,11 @@ impl TabletServer for TabletService {
             .map(|id| self.state.tablet(id))
             .collect::<Result<Vec<_>>>()?;
         let t = HybridTime(req.after_ht);
-        let cutoff = self.state.policy.cutoff();
+        let cutoff = self.state.policy.window_start();
         if t < cutoff || t > self.state.hlc.now() {
             return Err(Error::FailedPrecondition(format!(
                 "time {t} ({}) is outside node {}'s history window [{cutoff} ({}), now]; \
-                 pick a time inside it or raise --history-retention",
+                 pick a time inside it, or keep a longer window: `snapfleet pitr schedule create --retention` (or the node's --history-retention)",
                 t.to_rfc3339(),
                 self.state.node_id,
                 cutoff.to_rfc3339()
@@ -702,6 +706,22 @@ pub fn write_addr_file(path: &Path, addr: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+const HISTORY_FILE: &str = "history.json";
+
+fn read_history_state(dir: &Path) -> Option<(u64, u64)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(HISTORY_FILE)).ok()?).ok()?;
+    Some((v["floor_micros"].as_u64()?, v["complete_since"].as_u64()?))
+}
+
+fn write_history_state(dir: &Path, floor: u64, since: u64) -> Result<()> {
+    let path = dir.join(HISTORY_FILE);
+    let tmp = dir.join("history.json.tmp");
+    let body = serde_json::json!({"floor_micros": floor, "complete_since": since}).to_string();
+    std::fs::write(&tmp, body).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
 async fn heartbeat_loop(state: Arc<NodeState>, master: String, advertise: String) {
     let mut client: Option<MasterClient<tonic::transport::Channel>> = None;
     let mut warned = false;
@@ -720,9 +740,19 @@ async fn heartbeat_loop(state: Arc<NodeState>, master: String, advertise: String
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     state.hlc.update(HybridTime(resp.hybrid_time));
-                    state
+                    if state
                         .policy
-                        .set_floor(Duration::from_secs(resp.history_floor_secs));
+                        .set_floor(Duration::from_secs(resp.history_floor_secs))
+                    {
+                        let (floor, since) = state.policy.saved();
+                        if let Err(e) = write_history_state(&state.data_dir, floor, since) {
+                            warn!(error = %e, "persisting the history floor");
+                        }
+                        info!(
+                            floor_secs = resp.history_floor_secs,
+                            "history retention follows the cluster's floor"
+                        );
+                    }
                     warned = false;
                 }
                 Err(s) => {

@@ -73,6 +73,10 @@ pub struct HistoryPolicy {
     pub retention_micros: Arc<AtomicU64>,
     /// The node's own setting (`--history-retention`); the master may only raise it.
     configured_micros: u64,
+    /// History is complete only since this time: raising the retention cannot bring back
+    /// versions already compacted away, so reads, snapshots and restores before it are
+    /// refused even when the (new) cut-off is older.
+    complete_since: Arc<AtomicU64>,
 }
 
 impl HistoryPolicy {
@@ -81,18 +85,52 @@ impl HistoryPolicy {
             hlc,
             retention_micros: Arc::new(AtomicU64::new(retention.as_micros() as u64)),
             configured_micros: retention.as_micros() as u64,
+            complete_since: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The oldest time reads, snapshots and restores may ask for: the cut-off, or later if
+    /// the retention grew recently.
+    pub fn window_start(&self) -> HybridTime {
+        self.cutoff()
+            .max(HybridTime(self.complete_since.load(Ordering::Relaxed)))
+    }
+
+    /// (floor, complete since) to persist, so a restart keeps both before any compaction.
+    pub fn saved(&self) -> (u64, u64) {
+        let r = self.retention_micros.load(Ordering::Relaxed);
+        let floor = if r > self.configured_micros { r } else { 0 };
+        (floor, self.complete_since.load(Ordering::Relaxed))
+    }
+
+    /// Restores what [`HistoryPolicy::saved`] returned.
+    pub fn restore(&self, floor_micros: u64, complete_since: u64) {
+        self.complete_since.store(complete_since, Ordering::Relaxed);
+        if self.configured_micros != 0 && floor_micros > self.configured_micros {
+            self.retention_micros.store(floor_micros, Ordering::Relaxed);
         }
     }
 
     /// Applies the cluster's history floor (PITR schedules): retention becomes
     /// max(configured, floor); "keep everything" (0) stays.
-    pub fn set_floor(&self, floor: Duration) {
+    /// Returns whether anything changed (then persist [`HistoryPolicy::saved`]).
+    pub fn set_floor(&self, floor: Duration) -> bool {
         let r = if self.configured_micros == 0 {
             0
         } else {
             self.configured_micros.max(floor.as_micros() as u64)
         };
+        let old = self.retention_micros.load(Ordering::Relaxed);
+        if r == old {
+            return false;
+        }
+        if r > old && old != 0 {
+            // Versions older than today's cut-off may be gone already.
+            let cut = self.cutoff().0;
+            self.complete_since.fetch_max(cut, Ordering::Relaxed);
+        }
         self.retention_micros.store(r, Ordering::Relaxed);
+        true
     }
 
     /// The current history cut-off; `MIN` when everything is kept.
@@ -303,7 +341,7 @@ impl Tablet {
     /// is hidden for ever (O(1): metadata only); later writes are visible as usual. `t` must
     /// be inside the history window, or versions it needs may already be gone.
     pub fn hide_after(&self, hlc: &Hlc, t: HybridTime) -> Result<HybridTime> {
-        let cutoff = self.policy.cutoff();
+        let cutoff = self.policy.window_start();
         if t < cutoff {
             return Err(Error::FailedPrecondition(format!(
                 "time {t} ({}) is before tablet {}'s history window, which starts at {cutoff} ({})",
@@ -701,6 +739,32 @@ pub fn dir_size(dir: &Path) -> Result<(u64, u64)> {
 mod tests {
     use super::*;
     use pb::value::Kind;
+
+    #[test]
+    fn raising_the_retention_never_claims_history_already_compacted() {
+        let hlc = Arc::new(Hlc::new());
+        hlc.now();
+        let p = HistoryPolicy::new(hlc.clone(), Duration::from_secs(60));
+        let old = p.window_start();
+        assert!(p.set_floor(Duration::from_secs(3600)));
+        assert!(!p.set_floor(Duration::from_secs(3600)), "no change");
+        // The cut-off moved an hour back, but history is only complete since the old one.
+        assert!(p.cutoff() < old);
+        assert!(p.window_start() >= old);
+        // A restart restores both before any compaction.
+        let (floor, since) = p.saved();
+        let q = HistoryPolicy::new(hlc.clone(), Duration::from_secs(60));
+        q.restore(floor, since);
+        assert_eq!(q.cutoff(), p.cutoff());
+        assert_eq!(q.window_start(), p.window_start());
+        // Withdrawn: back to the node's own setting.
+        assert!(p.set_floor(Duration::ZERO));
+        assert_eq!(p.saved().0, 0);
+        // "Keep everything" nodes ignore floors.
+        let all = HistoryPolicy::new(hlc, Duration::ZERO);
+        assert!(!all.set_floor(Duration::from_secs(3600)));
+        assert_eq!(all.window_start(), HybridTime::MIN);
+    }
 
     fn meta() -> pb::TabletMeta {
         pb::TabletMeta {

@@ -23,6 +23,38 @@ pub struct Leader {
     pub patience: Duration,
 }
 
+/// A status's message with the chain of errors under it (tonic puts the TLS or connect
+/// failure there and says only "transport error" in the message).
+fn detail(s: &Status) -> String {
+    let mut out = s.message().to_string();
+    let mut e: Option<&dyn std::error::Error> = std::error::Error::source(s);
+    while let Some(x) = e {
+        let t = x.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        e = x.source();
+    }
+    out
+}
+
+/// Whether a failure is the TLS handshake's (wrong CA, wrong role, TLS against plaintext):
+/// retrying elsewhere cannot help.
+fn is_tls_failure(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "certificate",
+        "handshake",
+        "unknownissuer",
+        "invalidcontenttype",
+        "corrupt message",
+        "alert",
+    ]
+    .iter()
+    .any(|k| d.contains(k))
+}
+
 /// The leader address in a "not leader; leader is N at ADDR" message.
 fn redirect(status: &Status) -> Option<String> {
     if status.code() != Code::FailedPrecondition {
@@ -116,6 +148,14 @@ impl Leader {
                     if let Some(leader) = redirect(&s) {
                         *self.hint.lock().expect("poisoned") = Some(leader);
                     } else if s.code() == Code::Unavailable {
+                        let d = detail(&s);
+                        if is_tls_failure(&d) {
+                            return Err(Status::unauthenticated(format!(
+                                "TLS with the coordinator at {addr} failed ({d}): check --certs \
+                                 (the coordinators' CA must have signed your certificate, and \
+                                 --certs is needed exactly when the coordinators run with it)"
+                            )));
+                        }
                         *self.hint.lock().expect("poisoned") = None;
                         self.channels.lock().expect("poisoned").remove(&addr);
                     } else {
@@ -124,10 +164,11 @@ impl Leader {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(Status::unavailable(format!(
                             "no coordinator leader reachable at {} within {:?} (last answer: {}); \
-                             check that a majority of replicas is running",
+                             check that a majority of replicas is running, and that --certs \
+                             matches how they run (TLS or not)",
                             self.addrs.join(","),
                             self.patience,
-                            s.message()
+                            detail(&s)
                         )));
                     }
                     tokio::time::sleep(Duration::from_millis(150)).await;

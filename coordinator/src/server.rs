@@ -294,6 +294,18 @@ async fn discover_members(
             .await;
         match r {
             Ok(s) => break s,
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                return Err(CoordinatorError::Config(format!(
+                    "joining via {}: {} (a joining replica needs a node identity in --certs)",
+                    join.join(","),
+                    e.message()
+                )));
+            }
             Err(e) => {
                 tracing::warn!(join = ?join, error = %e.message(), "no replica to join yet; retrying");
                 tokio::select! {

@@ -435,6 +435,10 @@ pub fn endpoint(
         .or_else(|| addr.strip_prefix("https://"))
         .unwrap_or(addr);
     match tls {
+        // An explicit https:// without certificates would silently go plaintext: refuse.
+        None if addr.starts_with("https://") => {
+            Endpoint::from_shared(format!("https://{hostport}"))
+        }
         None => Endpoint::from_shared(format!("http://{hostport}")),
         Some(t) => Endpoint::from_shared(format!("https://{hostport}"))?
             .tls_config(t.client_config(as_node)),

@@ -171,6 +171,19 @@ async fn mutual_tls_with_roles_guards_every_rpc() {
         "a certificate from another CA was accepted"
     );
 
+    // Through the client library, a stranger's certificate is a TLS failure that says to
+    // check --certs, not a 30-second "no leader reachable".
+    let e = leader_with(&addrs, Some(&stranger))
+        .call(|ch| async move {
+            CoordinatorClient::new(ch)
+                .list_jobs(pb::ListJobsRequest::default())
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("--certs"), "{e:?}");
+
     // read-only: may read, may not submit.
     let ro = leader_with(&addrs, Some(&d.join("auditor")));
     ro.call(|ch| async move {

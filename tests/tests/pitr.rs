@@ -146,13 +146,20 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // A table dropped while the window is claimed keeps its tablets (a restore to before
-    // the drop can bring it back) until the drop falls out of the window (4 s + 2 s).
+    // A table dropped while the window is claimed keeps its tablets only until the drop
+    // falls out of the window (4 s + 2 s): then the next firing purges them.
+    sql::execute(
+        &client,
+        "p",
+        "CREATE TABLE t2 (k int8 PRIMARY KEY) WITH (tablets = 3)",
+        None,
+    )
+    .await
+    .unwrap();
     let before_drop = tablets_on_nodes(&client).await;
-    client.drop_table("p", "t").await.unwrap();
-    assert_eq!(tablets_on_nodes(&client).await, before_drop);
+    client.drop_table("p", "t2").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while tablets_on_nodes(&client).await != before_drop - 4 {
+    while tablets_on_nodes(&client).await != before_drop - 3 {
         assert!(
             Instant::now() < deadline,
             "the dropped table was never purged"
@@ -180,6 +187,11 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
         assert!(Instant::now() < deadline, "history retention never rose");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Under the wide window a dropped table keeps its tablets (a restore to before the drop
+    // can bring it back)...
+    let before_drop = tablets_on_nodes(&client).await;
+    client.drop_table("p", "t").await.unwrap();
+    assert_eq!(tablets_on_nodes(&client).await, before_drop);
     let (ok, list, err) = fleet.snapfleet(&["pitr", "schedule", "list"]);
     assert!(ok, "{err}");
     let ids: Vec<&str> = list
@@ -202,6 +214,15 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
         assert!(
             Instant::now() < deadline,
             "history retention did not return to {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and once no window is claimed any more, they go.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tablets_on_nodes(&client).await != before_drop - 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped table was never purged"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -61,6 +61,34 @@ struct State {
     /// Purged once the drop is older than the floor.
     #[serde(default)]
     dropped: Vec<DroppedTable>,
+    /// Per database id: the newest time a table of it was dropped for good (no PITR window,
+    /// or purged). Restores and snapshots before it would silently miss that table.
+    #[serde(default)]
+    lost_drops: std::collections::BTreeMap<String, u64>,
+}
+
+impl State {
+    /// Refuses a restore, clone or snapshot of `db` at `t` that a table dropped for good
+    /// since would be missing from.
+    fn check_no_lost_drop(&self, db: &pb::DatabaseInfo, t: HybridTime) -> Result<()> {
+        match self.lost_drops.get(&db.database_id) {
+            Some(&lost) if t.0 < lost => Err(Error::FailedPrecondition(format!(
+                "a table of database {:?} was dropped for good at {} ({}), after {t}: a restore \
+                 or clone at {t} would silently miss it; pick a time after the drop, restore it \
+                 from a backup, or keep a PITR schedule (`snapfleet pitr schedule create`) so \
+                 dropped tables stay restorable",
+                db.name,
+                HybridTime(lost),
+                HybridTime(lost).to_rfc3339()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn note_lost_drop(&mut self, database_id: &str, at: u64) {
+        let e = self.lost_drops.entry(database_id.to_string()).or_default();
+        *e = (*e).max(at);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -470,6 +498,7 @@ impl MasterService {
             }
             if ok {
                 info!(table = %d.table.name, "dropped table purged (out of every PITR window)");
+                state.note_lost_drop(&d.table.database_id, d.dropped_ht);
                 changed = true;
             } else {
                 state.dropped.push(d);
@@ -517,6 +546,7 @@ impl MasterService {
             // A snapshot in the past also captures the tables dropped since (kept for a PITR
             // window): clones and backups as of T see the database as it was.
             if req.hybrid_time != 0 {
+                st.check_no_lost_drop(&db, HybridTime(req.hybrid_time))?;
                 tables.extend(
                     st.dropped
                         .iter()
@@ -658,6 +688,7 @@ impl MasterService {
                 "restore time {t} is not in the past"
             )));
         }
+        st.check_no_lost_drop(&db, t)?;
         let tables: Vec<pb::TableInfo> = st
             .tables
             .iter()
@@ -1114,6 +1145,10 @@ impl Master for MasterService {
                 st.version += 1;
                 persist(&self.inner.path, &st)?;
             } else {
+                if active {
+                    let now = self.inner.hlc.now().0;
+                    st.note_lost_drop(&db.database_id, now);
+                }
                 self.drop_table_locked(&mut st, &id).await?;
             }
             self.purge_dropped(&mut st).await;

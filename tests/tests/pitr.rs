@@ -190,6 +190,7 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
     // Under the wide window a dropped table keeps its tablets (a restore to before the drop
     // can bring it back)...
     let before_drop = tablets_on_nodes(&client).await;
+    let t_before_drop = client.now().await.unwrap();
     client.drop_table("p", "t").await.unwrap();
     assert_eq!(tablets_on_nodes(&client).await, before_drop);
     let (ok, list, err) = fleet.snapfleet(&["pitr", "schedule", "list"]);
@@ -226,6 +227,16 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A restore to before that drop would now silently miss the table: refused, saying why.
+    let (ok, _, err) = fleet.snapfleet(&[
+        "pitr",
+        "restore",
+        "--db",
+        "p",
+        "--to",
+        &t_before_drop.0.to_string(),
+    ]);
+    assert!(!ok && err.contains("dropped for good"), "{err}");
     // No snapshot of theirs is left (a firing under way was waited for), and a second
     // delete is a clear error.
     assert!(labelled(&client, "pitr:fast").await.is_empty());

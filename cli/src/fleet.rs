@@ -604,6 +604,33 @@ pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
     }
 }
 
+/// Creates or replaces a schedule in the coordinator (backup, pitr…).
+pub async fn put_schedule(c: &CoordArg, req: cpb::ScheduleInfo) -> Result<cpb::ScheduleInfo> {
+    let kind = req.kind.clone();
+    Ok(c.leader()?
+        .call(move |ch| {
+            let req = req.clone();
+            async move { CoordinatorClient::new(ch).put_schedule(req).await }
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("creating the {kind} schedule: {}", s.message()))?
+        .into_inner())
+}
+
+/// Every schedule the coordinator holds.
+pub async fn list_schedules(c: &CoordArg) -> Result<Vec<cpb::ScheduleInfo>> {
+    Ok(c.leader()?
+        .call(|ch| async move {
+            CoordinatorClient::new(ch)
+                .list_schedules(cpb::Empty {})
+                .await
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .schedules)
+}
+
 pub fn schedule_json(s: &cpb::ScheduleInfo) -> serde_json::Value {
     serde_json::json!({
         "id": s.id,
@@ -634,15 +661,7 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                 retention: keep,
                 next_due_ms: 0,
             };
-            let leader = c.leader()?;
-            let s = leader
-                .call(move |ch| {
-                    let req = req.clone();
-                    async move { CoordinatorClient::new(ch).put_schedule(req).await }
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("creating the schedule: {}", s.message()))?
-                .into_inner();
+            let s = put_schedule(&c, req).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&schedule_json(&s))?);
             } else {
@@ -661,17 +680,7 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
             Ok(())
         }
         ScheduleCmd::List { c } => {
-            let leader = c.leader()?;
-            let list = leader
-                .call(|ch| async move {
-                    CoordinatorClient::new(ch)
-                        .list_schedules(cpb::Empty {})
-                        .await
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .schedules;
+            let list = list_schedules(&c).await?;
             if json {
                 let v: Vec<_> = list.iter().map(schedule_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -5,7 +5,7 @@
 //! the leader snapshots on time, keeps history for the window and expires old snapshots.
 
 use crate::db::{connect, MasterArg};
-use crate::fleet::{schedule_json, CoordArg};
+use crate::fleet::{list_schedules, put_schedule, schedule_json, CoordArg};
 use crate::util::{human_duration, parse_duration, parse_time};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -179,17 +179,8 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
 }
 
 async fn list_pitr_schedules(c: &CoordArg) -> Result<Vec<cpb::ScheduleInfo>> {
-    let leader = c.leader()?;
-    Ok(leader
-        .call(|ch| async move {
-            CoordinatorClient::new(ch)
-                .list_schedules(cpb::Empty {})
-                .await
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner()
-        .schedules
+    Ok(list_schedules(c)
+        .await?
         .into_iter()
         .filter(|s| s.kind == "pitr")
         .collect())
@@ -241,21 +232,13 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                 retention: 0,
                 next_due_ms: 0,
             };
-            let leader = c.leader()?;
-            let s = leader
-                .call(move |ch| {
-                    let req = req.clone();
-                    async move { CoordinatorClient::new(ch).put_schedule(req).await }
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("creating the PITR schedule: {}", s.message()))?
-                .into_inner();
+            let s = put_schedule(&c, req).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&schedule_json(&s))?);
             } else {
                 println!("{}", s.id);
                 eprintln!(
-                    "PITR schedule {}: database {db:?} snapshotted every {interval}, restorable to any time in the last {retention}",
+                    "PITR schedule {}: database {db:?} snapshotted every {interval}; from now on it can be restored or cloned to any time in the last {retention} (the window fills up over {retention})",
                     s.id
                 );
             }

@@ -39,6 +39,18 @@ async fn tablets_on_nodes(client: &snapfleet_tabletdb::Client) -> usize {
     n
 }
 
+/// Polls until the nodes hold `n` tablets (a dropped table's were purged).
+async fn wait_purged(client: &snapfleet_tabletdb::Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tablets_on_nodes(client).await != n {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped table was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn retention_secs(client: &snapfleet_tabletdb::Client) -> Vec<u64> {
     client.refresh().await.unwrap();
     let mut out = Vec::new();
@@ -158,14 +170,7 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
     .unwrap();
     let before_drop = tablets_on_nodes(&client).await;
     client.drop_table("p", "t2").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tablets_on_nodes(&client).await != before_drop - 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the dropped table was never purged"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_purged(&client, before_drop - 3).await;
 
     // A wide window raises every node's history retention to cover it (2 h + 1 h).
     let (ok, _, err) = fleet.snapfleet(&[
@@ -219,14 +224,7 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // ...and once no window is claimed any more, they go.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tablets_on_nodes(&client).await != before_drop - 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the dropped table was never purged"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_purged(&client, before_drop - 4).await;
     // A restore to before that drop would now silently miss the table: refused, saying why.
     let (ok, _, err) = fleet.snapfleet(&[
         "pitr",

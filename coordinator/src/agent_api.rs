@@ -11,6 +11,7 @@ use crate::model::{Agent, TaskProgress};
 use crate::pb::agent_service_server::AgentService;
 use crate::pb::{self, Empty};
 use crate::server::Shared;
+use crate::tls::{caller, Role};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response as TResponse, Status};
@@ -30,9 +31,19 @@ impl AgentApi {
             .insert(agent.clone(), LeaderTime::now().0);
     }
 
-    fn agent_id(s: &str) -> Result<AgentId, Status> {
+    /// The agent id of a request, which an agent certificate must name (its CN): one agent's
+    /// certificate cannot register, lease or fail tasks as another.
+    fn agent_id(who: &Option<(String, Role)>, s: &str) -> Result<AgentId, Status> {
         if s.is_empty() {
             return Err(Status::invalid_argument("agent_id is empty"));
+        }
+        if let Some((cn, Role::Agent)) = who {
+            if cn != s {
+                return Err(Status::permission_denied(format!(
+                    "certificate {cn:?} (role agent) may act only as agent {cn:?}, not {s:?}: \
+                     start the agent with --id {cn} or issue it a certificate named {s}"
+                )));
+            }
         }
         Ok(AgentId(s.to_string()))
     }
@@ -44,8 +55,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<TResponse<Empty>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
-        let agent = Self::agent_id(&r.agent_id)?;
+        let agent = Self::agent_id(&who, &r.agent_id)?;
         async move {
             self.0.raft.require_leader()?;
             self.0
@@ -78,7 +90,8 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<TResponse<pb::HeartbeatResponse>, Status> {
-        let agent = Self::agent_id(&req.into_inner().agent_id)?;
+        let who = caller(&req);
+        let agent = Self::agent_id(&who, &req.into_inner().agent_id)?;
         self.0.raft.require_leader()?;
         self.beat(&agent);
         Ok(TResponse::new(pb::HeartbeatResponse {
@@ -90,8 +103,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::AcquireTasksRequest>,
     ) -> Result<TResponse<pb::AcquireTasksResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
-        let agent = Self::agent_id(&r.agent_id)?;
+        let agent = Self::agent_id(&who, &r.agent_id)?;
         let span = info_span!("rpc", method = "AcquireTasks", agent = %r.agent_id);
         async move {
             let raft = &self.0.raft;
@@ -151,8 +165,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::ReportProgressRequest>,
     ) -> Result<TResponse<pb::LeaseResponse>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
-        let agent = Self::agent_id(&r.agent_id)?;
+        let agent = Self::agent_id(&who, &r.agent_id)?;
         async move {
             self.0.raft.require_leader()?;
             self.beat(&agent);
@@ -192,8 +207,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<TResponse<Empty>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
-        let agent = Self::agent_id(&r.agent_id)?;
+        let agent = Self::agent_id(&who, &r.agent_id)?;
         async move {
             self.0.raft.require_leader()?;
             self.beat(&agent);
@@ -219,8 +235,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::FailTaskRequest>,
     ) -> Result<TResponse<Empty>, Status> {
+        let who = caller(&req);
         let r = req.into_inner();
-        let agent = Self::agent_id(&r.agent_id)?;
+        let agent = Self::agent_id(&who, &r.agent_id)?;
         async move {
             self.0.raft.require_leader()?;
             self.beat(&agent);

@@ -257,6 +257,12 @@ pub fn authorize(path: &str, peer: Option<&[u8]>) -> Result<(), tonic::Status> {
     )))
 }
 
+/// The (common name, role) of a request's client certificate; None without TLS.
+pub fn caller<T>(req: &tonic::Request<T>) -> Option<(String, Role)> {
+    let certs = req.peer_certs()?;
+    identity_of(certs.first()?.as_ref()).ok()
+}
+
 /// A tower layer that enforces [`authorize`] on every request (when `enforce`).
 #[derive(Clone, Copy, Debug)]
 pub struct AuthLayer {

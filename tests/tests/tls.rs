@@ -239,6 +239,23 @@ async fn mutual_tls_with_roles_guards_every_rpc() {
     })
     .await
     .expect("agent may register");
+    // ...but only as itself: its certificate names agent-1.
+    let e = ag
+        .call(|ch| async move {
+            AgentServiceClient::new(ch)
+                .register(pb::RegisterRequest {
+                    agent_id: "agent-2".into(),
+                    node: "n2".into(),
+                    address: "127.0.0.1:2".into(),
+                    version: "test".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("--id agent-1"), "{e:?}");
     let leased = ag
         .call(|ch| async move {
             AgentServiceClient::new(ch)

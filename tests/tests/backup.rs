@@ -496,12 +496,14 @@ async fn second_backup_after_changing_5_percent_uploads_little() {
 async fn ddl_racing_the_backup_waits_and_is_never_captured_half_way() {
     let (_tmp, url, pass, src, client) = loaded_source(2, 5_000).await;
     // Schema changes in a tight loop for the whole test.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
     let ddl = {
-        let (client, stop) = (client.clone(), stop.clone());
+        let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
         tokio::spawn(async move {
             let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let t = format!("ddl_{}", n % 3);
                 let _ = sql::execute(&client, DB, &format!("DROP TABLE IF EXISTS {t}"), None).await;
                 let _ = sql::execute(
@@ -512,10 +514,28 @@ async fn ddl_racing_the_backup_waits_and_is_never_captured_half_way() {
                 )
                 .await;
                 n += 1;
+                done.store(n, Ordering::Relaxed);
             }
             n
         })
     };
+    // The DDL loop is running before the backups start and still after they end (each
+    // DDL takes milliseconds, so it races them the whole time).
+    let wait_ddls = |at_least: u64| {
+        let done = done.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while done.load(Ordering::Relaxed) < at_least {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the DDL loop stalled at {} schema changes",
+                    done.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_ddls(3).await;
     let pass_s = pass.to_str().unwrap();
     let mut committed = Vec::new();
     for retries in ["0", "10"] {
@@ -540,9 +560,9 @@ async fn ddl_racing_the_backup_waits_and_is_never_captured_half_way() {
         );
         committed.push(v["result"].clone());
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let ddls = ddl.await.unwrap();
-    assert!(ddls > 5, "the DDL loop barely ran ({ddls})");
+    wait_ddls(done.load(Ordering::Relaxed) + 3).await;
+    stop.store(true, Ordering::Relaxed);
+    ddl.await.unwrap();
     // Every committed backup restores the load tables exactly as of its time.
     let dst = TestFleet::start(2, &pass);
     let dclient = dst.db.client().await.unwrap();

@@ -629,11 +629,13 @@ async fn ddl_racing_snapshots_never_yields_a_mixed_snapshot() {
     let client = Arc::new(c.client().await.unwrap());
     kv_table(&client, "r", "base", 8).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ddl = {
-        let (client, stop) = (client.clone(), stop.clone());
+        let (client, stop, started) = (client.clone(), stop.clone(), started.clone());
         tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
+                started.store(true, Ordering::Relaxed);
                 i += 1;
                 let name = format!("t{i}");
                 if let Err(e) = sql::execute(
@@ -655,6 +657,15 @@ async fn ddl_racing_snapshots_never_yields_a_mixed_snapshot() {
             i
         })
     };
+    // The DDL loop runs before the first snapshot (and until the last one ends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.load(Ordering::Relaxed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DDL loop never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (mut ok, mut aborted) = (0, 0);
     for _ in 0..15 {
         match client

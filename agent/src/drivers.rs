@@ -176,18 +176,7 @@ async fn cleanup(_repos: &Repos, job: &Job) -> Result<()> {
 }
 
 async fn delete_snapshot(master: &str, id: &str) -> Result<()> {
-    let client = Client::connect(master).await?;
-    match client
-        .master()
-        .delete_snapshot(pb::DeleteSnapshotRequest {
-            snapshot_id: id.to_string(),
-        })
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-        Err(s) => Err(snapfleet_tabletdb::error::from_status("master", s).into()),
-    }
+    Ok(Client::connect(master).await?.delete_snapshot(id).await?)
 }
 
 // ---------------------------------------------------------------- backup

@@ -74,17 +74,7 @@ pub(crate) async fn pitr_step(ctl: &JobCtl, job: &Job) -> Result<Step> {
     let window_start = snap.created_unix_ms - spec.window_ms as i64;
     let gone = expired(mine, window_start);
     for id in &gone {
-        match client
-            .master()
-            .delete_snapshot(pb::DeleteSnapshotRequest {
-                snapshot_id: id.clone(),
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(from_status("master", s).into()),
-        }
+        client.delete_snapshot(id).await?;
     }
     info!(snapshot = %snap.snapshot_id, ht = snap.hybrid_time, expired = gone.len(), floor, "pitr snapshot taken");
     ctl.finish(

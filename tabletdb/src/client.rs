@@ -207,6 +207,21 @@ impl Client {
         }
     }
 
+    /// Deletes a snapshot on every node; one already gone is not an error.
+    pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
+        match self
+            .master()
+            .delete_snapshot(pb::DeleteSnapshotRequest {
+                snapshot_id: snapshot_id.to_string(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(self.master_err(s)),
+        }
+    }
+
     /// The highest hybrid time this client has seen.
     pub fn seen(&self) -> HybridTime {
         self.hlc.peek()

@@ -430,6 +430,16 @@ impl MasterService {
             return Err(Error::NotFound(format!("table id {table_id}")));
         };
         let table = state.tables[pos].clone();
+        self.delete_tablets(state, &table).await?;
+        state.tables.remove(pos);
+        state.version += 1;
+        persist(&self.inner.path, state)?;
+        info!(table = %table.name, version = state.version, "dropped table");
+        Ok(())
+    }
+
+    /// Deletes a table's tablets on their nodes (one already gone is fine).
+    async fn delete_tablets(&self, state: &State, table: &pb::TableInfo) -> Result<()> {
         for tb in &table.tablets {
             let node = tb.replicas[0];
             let mut c = self.node_client(state, node).await?;
@@ -450,10 +460,6 @@ impl MasterService {
                 }
             }
         }
-        state.tables.remove(pos);
-        state.version += 1;
-        persist(&self.inner.path, state)?;
-        info!(table = %table.name, version = state.version, "dropped table");
         Ok(())
     }
 
@@ -472,36 +478,16 @@ impl MasterService {
         state.dropped = kept;
         let mut changed = false;
         for d in expired {
-            let mut ok = true;
-            for tb in &d.table.tablets {
-                let node = tb.replicas[0];
-                let r = match self.node_client(state, node).await {
-                    Ok(mut c) => c
-                        .delete_tablet(pb::DeleteTabletRequest {
-                            tablet_id: tb.tablet_id.clone(),
-                        })
-                        .await
-                        .map(|_| ())
-                        .or_else(|s| {
-                            if s.code() == tonic::Code::NotFound {
-                                Ok(())
-                            } else {
-                                Err(s.message().to_string())
-                            }
-                        }),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = r {
-                    warn!(table = %d.table.name, tablet = %tb.tablet_id, error = %e, "could not purge a dropped table's tablet; will retry");
-                    ok = false;
+            match self.delete_tablets(state, &d.table).await {
+                Ok(()) => {
+                    info!(table = %d.table.name, "dropped table purged (out of every PITR window)");
+                    state.note_lost_drop(&d.table.database_id, d.dropped_ht);
+                    changed = true;
                 }
-            }
-            if ok {
-                info!(table = %d.table.name, "dropped table purged (out of every PITR window)");
-                state.note_lost_drop(&d.table.database_id, d.dropped_ht);
-                changed = true;
-            } else {
-                state.dropped.push(d);
+                Err(e) => {
+                    warn!(table = %d.table.name, error = %e, "could not purge a dropped table; will retry");
+                    state.dropped.push(d);
+                }
             }
         }
         if changed {

@@ -76,12 +76,27 @@ impl ChangeLog {
     }
 
     /// Deletes segments that hold only records older than `cutoff`.
+    /// The newest deleted record's time is kept in `TRUNCATED`, so a reader that asks for
+    /// records after an older time learns that some are gone ([`read_after`]).
     pub fn truncate_before(&mut self, cutoff: HybridTime) -> Result<usize> {
         let segs = list_segments(&self.dir)?;
         let mut removed = 0;
+        let mut through = truncated_through(&self.dir)?;
         for w in segs.windows(2) {
             // Every record in w[0] is older than w[1]'s first record.
             if w[1].0 <= cutoff {
+                let last = SegmentReader::open(&w[0].1)?
+                    .filter_map(|r| r.ok())
+                    .map(|(ht, _)| ht)
+                    .last()
+                    .unwrap_or(w[0].0);
+                if last > through {
+                    through = last;
+                    let tmp = self.dir.join("TRUNCATED.tmp");
+                    fs::write(&tmp, through.0.to_string()).map_err(|e| Error::io(&tmp, e))?;
+                    let dst = self.dir.join(TRUNCATED_FILE);
+                    fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+                }
                 fs::remove_file(&w[0].1).map_err(|e| Error::io(&w[0].1, e))?;
                 removed += 1;
             }
@@ -91,6 +106,194 @@ impl ChangeLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+const TRUNCATED_FILE: &str = "TRUNCATED";
+
+/// The newest record that truncation deleted from this change log (`MIN` if none).
+pub fn truncated_through(dir: &Path) -> Result<HybridTime> {
+    let p = dir.join(TRUNCATED_FILE);
+    match fs::read_to_string(&p) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(HybridTime)
+            .map_err(|e| Error::Corrupt {
+                what: p.display().to_string(),
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HybridTime::MIN),
+        Err(e) => Err(Error::io(&p, e)),
+    }
+}
+
+/// Where a read of the change log stopped: a segment (its first record's time) and the
+/// byte offset just after the last record read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// One answer of [`read_after`].
+#[derive(Debug, Default)]
+pub struct LogRead {
+    /// Raw records (`len | ht | RowOp`), in hybrid-time order.
+    pub records: Vec<u8>,
+    pub count: u32,
+    /// Every record with `after < ht <= covered` is in `records`.
+    pub covered: HybridTime,
+    /// Stopped at `max_bytes`: ask again from `covered`.
+    pub more: bool,
+    pub cursor: Cursor,
+    /// Records after `after` were deleted by truncation before anyone read them.
+    pub gap: bool,
+    pub truncated_through: HybridTime,
+}
+
+/// Reads the records with `after < ht <= safe` (about `max_bytes` of them, never splitting
+/// one hybrid time), starting at `cursor` when it still names a segment of this log.
+/// `safe` must be a time at which every write at or before it has been appended (the
+/// tablet's safe time), so that `covered` never claims a record not yet written.
+pub fn read_after(
+    dir: &Path,
+    after: HybridTime,
+    cursor: Cursor,
+    safe: HybridTime,
+    max_bytes: u64,
+) -> Result<LogRead> {
+    let truncated = truncated_through(dir)?;
+    let segs = list_segments(dir)?;
+    let mut out = LogRead {
+        covered: safe.max(after),
+        cursor,
+        gap: after < truncated,
+        truncated_through: truncated,
+        ..Default::default()
+    };
+    // The segment to start in: the cursor's, or the last one starting at or before `after`
+    // (records after `after` can be in it), or the first.
+    let start = segs
+        .iter()
+        .position(|(first, _)| cursor.segment != 0 && first.0 == cursor.segment)
+        .map(|i| (i, cursor.offset))
+        .unwrap_or_else(|| {
+            let i = segs
+                .iter()
+                .rposition(|(first, _)| *first <= after)
+                .unwrap_or(0);
+            (i, 0)
+        });
+    let mut last_ht = after;
+    for (i, (first, path)) in segs.iter().enumerate().skip(start.0) {
+        let offset = if i == start.0 { start.1 } else { 0 };
+        let mut r = match RawReader::open_at(path, offset) {
+            Ok(r) => r,
+            // Truncated between the listing and now: it held only old records.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        out.cursor = Cursor {
+            segment: first.0,
+            offset,
+        };
+        while let Some(rec) = r.next_raw() {
+            let (ht, body) = rec?;
+            if ht > safe {
+                return Ok(out);
+            }
+            if ht <= after {
+                out.cursor.offset = r.pos;
+                continue;
+            }
+            if out.records.len() as u64 >= max_bytes && ht > last_ht {
+                out.more = true;
+                out.covered = last_ht;
+                return Ok(out);
+            }
+            out.records
+                .extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.records.extend_from_slice(&ht.0.to_le_bytes());
+            out.records.extend_from_slice(&body);
+            out.count += 1;
+            last_ht = ht;
+            out.cursor.offset = r.pos;
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes raw records (as [`read_after`] returns them).
+pub fn decode_records(mut buf: &[u8]) -> Result<Vec<(HybridTime, pb::RowOp)>> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        if buf.len() < 12 {
+            return Err(Error::Corrupt {
+                what: "change-log records".into(),
+                detail: format!("{} bytes left, a record header needs 12", buf.len()),
+            });
+        }
+        let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+        let ht = HybridTime(u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes")));
+        let body = buf.get(12..12 + len).ok_or_else(|| Error::Corrupt {
+            what: "change-log records".into(),
+            detail: format!("a record of {len} bytes is cut short"),
+        })?;
+        let op = pb::RowOp::decode(body).map_err(|e| Error::Corrupt {
+            what: "change-log records".into(),
+            detail: e.to_string(),
+        })?;
+        out.push((ht, op));
+        buf = &buf[12 + len..];
+    }
+    Ok(out)
+}
+
+/// Raw records of one segment with their end offsets; stops quietly at a torn tail.
+struct RawReader {
+    path: PathBuf,
+    r: BufReader<File>,
+    pos: u64,
+}
+
+impl RawReader {
+    fn open_at(path: &Path, offset: u64) -> Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        if offset > 0 {
+            f.seek(SeekFrom::Start(offset))
+                .map_err(|e| Error::io(path, e))?;
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            r: BufReader::new(f),
+            pos: offset,
+        })
+    }
+
+    fn next_raw(&mut self) -> Option<Result<(HybridTime, Vec<u8>)>> {
+        let mut head = [0u8; 12];
+        if read_full(&mut self.r, &mut head).ok()? < 12 {
+            return None;
+        }
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        let ht = HybridTime(u64::from_le_bytes(head[4..].try_into().expect("8 bytes")));
+        if len > 256 << 20 {
+            return Some(Err(Error::Corrupt {
+                what: format!("change-log segment {}", self.path.display()),
+                detail: format!("record length {len} is implausible"),
+            }));
+        }
+        let mut body = vec![0u8; len];
+        match read_full(&mut self.r, &mut body) {
+            Ok(n) if n == len => {}
+            _ => return None, // torn tail
+        }
+        self.pos += 12 + len as u64;
+        Some(Ok((ht, body)))
     }
 }
 
@@ -129,18 +332,11 @@ pub fn last_record_ht(dir: &Path) -> Option<HybridTime> {
 }
 
 /// Streams the records of one segment; stops quietly at a torn final record.
-pub struct SegmentReader {
-    path: PathBuf,
-    r: BufReader<File>,
-}
+pub struct SegmentReader(RawReader);
 
 impl SegmentReader {
     pub fn open(path: &Path) -> Result<Self> {
-        let f = File::open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            r: BufReader::new(f),
-        })
+        RawReader::open_at(path, 0).map(Self)
     }
 }
 
@@ -148,28 +344,15 @@ impl Iterator for SegmentReader {
     type Item = Result<(HybridTime, pb::RowOp)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut head = [0u8; 12];
-        if read_full(&mut self.r, &mut head).ok()? < 12 {
-            return None;
-        }
-        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-        let ht = HybridTime(u64::from_le_bytes(head[4..].try_into().expect("8 bytes")));
-        if len > 256 << 20 {
-            return Some(Err(Error::Corrupt {
-                what: format!("change-log segment {}", self.path.display()),
-                detail: format!("record length {len} is implausible"),
-            }));
-        }
-        let mut body = vec![0u8; len];
-        match read_full(&mut self.r, &mut body) {
-            Ok(n) if n == len => {}
-            _ => return None, // torn tail
-        }
+        let (ht, body) = match self.0.next_raw()? {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
         Some(
             pb::RowOp::decode(body.as_slice())
                 .map(|op| (ht, op))
                 .map_err(|e| Error::Corrupt {
-                    what: format!("change-log segment {}", self.path.display()),
+                    what: format!("change-log segment {}", self.0.path.display()),
                     detail: e.to_string(),
                 }),
         )
@@ -227,5 +410,70 @@ mod tests {
         assert_eq!(log.truncate_before(HybridTime(15)).unwrap(), 0);
         assert_eq!(log.truncate_before(HybridTime(20)).unwrap(), 1);
         assert_eq!(list_segments(log.dir()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn read_after_covers_up_to_the_safe_time_resumes_and_reports_gaps() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = ChangeLog::open(d.path().join("log")).unwrap();
+        log.append(HybridTime(10), &[op(1), op(2)]).unwrap();
+        log.append(HybridTime(20), &[op(3)]).unwrap();
+        log.current = None;
+        log.append(HybridTime(30), &[op(4)]).unwrap();
+        log.append(HybridTime(40), &[op(5)]).unwrap();
+        let hts = |r: &LogRead| -> Vec<u64> {
+            decode_records(&r.records)
+                .unwrap()
+                .iter()
+                .map(|(h, _)| h.0)
+                .collect()
+        };
+        let dir = log.dir().to_path_buf();
+        let r = read_after(
+            &dir,
+            HybridTime(10),
+            Cursor::default(),
+            HybridTime(35),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(hts(&r), vec![20, 30]);
+        assert_eq!(r.covered, HybridTime(35));
+        assert!(!r.more && !r.gap);
+        // From the cursor: the same answer as from scratch.
+        let a = read_after(&dir, r.covered, r.cursor, HybridTime(50), 1 << 20).unwrap();
+        let b = read_after(&dir, r.covered, Cursor::default(), HybridTime(50), 1 << 20).unwrap();
+        assert_eq!(hts(&a), vec![40]);
+        assert_eq!(hts(&b), vec![40]);
+        assert_eq!(a.covered, HybridTime(50));
+        // A small budget stops at a hybrid-time boundary, never inside one.
+        let r = read_after(&dir, HybridTime::MIN, Cursor::default(), HybridTime(50), 1).unwrap();
+        assert_eq!(hts(&r), vec![10, 10]);
+        assert!(r.more);
+        assert_eq!(r.covered, HybridTime(10));
+        // Truncation that deletes unread records is reported as a gap, read ones are not.
+        assert_eq!(log.truncate_before(HybridTime(30)).unwrap(), 1);
+        assert_eq!(truncated_through(&dir).unwrap(), HybridTime(20));
+        assert!(
+            read_after(
+                &dir,
+                HybridTime(15),
+                Cursor::default(),
+                HybridTime(50),
+                1 << 20
+            )
+            .unwrap()
+            .gap
+        );
+        let r = read_after(
+            &dir,
+            HybridTime(20),
+            Cursor::default(),
+            HybridTime(50),
+            1 << 20,
+        )
+        .unwrap();
+        assert!(!r.gap);
+        assert_eq!(hts(&r), vec![30, 40]);
     }
 }

@@ -667,6 +667,46 @@ impl TabletServer for TabletService {
         Ok(Response::new(pb::CompactTabletResponse {}))
     }
 
+    async fn read_change_log(
+        &self,
+        request: Request<pb::ReadChangeLogRequest>,
+    ) -> Result<Response<pb::ReadChangeLogResponse>, Status> {
+        let req = request.into_inner();
+        let t = self.state.tablet(&req.tablet_id)?;
+        let st = self.state.clone();
+        // Answers stay well under gRPC's 4 MiB message limit.
+        let max_bytes = req.max_bytes.clamp(1, 2 << 20);
+        let span = info_span!("read_change_log", tablet = %req.tablet_id, after = req.after_ht);
+        let r = blocking(move || {
+            // The safe time: every write at or before it has been appended (writes take
+            // their time and append under the tablet's write lock).
+            let safe = st.hlc.now();
+            t.wait_safe(&st.hlc, safe);
+            crate::changelog::read_after(
+                &t.paths().changelog,
+                HybridTime(req.after_ht),
+                crate::changelog::Cursor {
+                    segment: req.cursor_segment,
+                    offset: req.cursor_offset,
+                },
+                safe,
+                max_bytes,
+            )
+        })
+        .instrument(span)
+        .await?;
+        Ok(Response::new(pb::ReadChangeLogResponse {
+            records: r.records,
+            count: r.count,
+            covered_ht: r.covered.0,
+            more: r.more,
+            cursor_segment: r.cursor.segment,
+            cursor_offset: r.cursor.offset,
+            gap: r.gap,
+            truncated_through: r.truncated_through.0,
+        }))
+    }
+
     async fn node_status(
         &self,
         _request: Request<pb::NodeStatusRequest>,

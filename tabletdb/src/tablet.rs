@@ -241,6 +241,121 @@ pub struct Tablet {
     policy: HistoryPolicy,
 }
 
+/// Extracts and checks the key of an op (a delete may carry only the key columns).
+fn op_key(schema: &pb::TableSchema, op: &pb::RowOp) -> Result<pb::Row> {
+    let row = op
+        .row
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("write op without a row".into()))?;
+    let key = if op.delete && row.values.len() == schema.primary_key.len() {
+        row.clone()
+    } else {
+        if !op.delete {
+            types::check_row(schema, row)?;
+        } else if row.values.len() != schema.columns.len() {
+            return Err(Error::InvalidArgument(format!(
+                "delete carries {} values; give the {} primary-key values or a full row",
+                row.values.len(),
+                schema.primary_key.len()
+            )));
+        }
+        encoding::key_values(schema, row)
+    };
+    for (v, &i) in key.values.iter().zip(&schema.primary_key) {
+        types::check_value(&schema.columns[i as usize], v, true)?;
+    }
+    Ok(key)
+}
+
+/// Replays change-log records into a *staged* tablet snapshot (a restore's staging copy,
+/// not yet imported) and moves its restore point to `upto`: afterwards importing it shows
+/// exactly the data as of `upto` (versions newer than `upto` stay hidden). Records must
+/// be the source tablet's, newer than the snapshot's time and at or before `upto`; they
+/// are written at their original hybrid times, so replaying twice changes nothing.
+pub struct StagedReplay {
+    dir: PathBuf,
+    db: rocksdb::DB,
+    meta: SnapshotMeta,
+    max_ht: u64,
+    pub records: u64,
+}
+
+impl StagedReplay {
+    pub fn open(staged: &Path) -> Result<Self> {
+        let sm_path = staged.join(SNAPSHOT_META_FILE);
+        let meta: SnapshotMeta =
+            serde_json::from_slice(&fs::read(&sm_path).map_err(|e| Error::io(&sm_path, e))?)
+                .map_err(|e| Error::Corrupt {
+                    what: sm_path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+        if meta.tablet.schema.is_none() {
+            return Err(Error::Corrupt {
+                what: sm_path.display().to_string(),
+                detail: "the tablet has no schema".into(),
+            });
+        }
+        let mut opts = rocksdb::Options::default();
+        opts.set_max_open_files(64);
+        let db = rocksdb::DB::open(&opts, staged).map_err(|e| Error::storage(staged, e))?;
+        Ok(Self {
+            dir: staged.to_path_buf(),
+            max_ht: meta.max_ht,
+            db,
+            meta,
+            records: 0,
+        })
+    }
+
+    /// The snapshot's hybrid time (the replay starts after it).
+    pub fn snapshot_ht(&self) -> HybridTime {
+        HybridTime(self.meta.hybrid_time)
+    }
+
+    pub fn apply(&mut self, records: &[(HybridTime, pb::RowOp)]) -> Result<()> {
+        let schema = self.meta.tablet.schema.as_ref().expect("checked at open");
+        let mut batch = rocksdb::WriteBatch::default();
+        for (ht, op) in records {
+            let key = encoding::encode_key(&op_key(schema, op)?);
+            let h = encoding::partition_hash(&key);
+            if h < self.meta.tablet.hash_start || h >= self.meta.tablet.hash_end {
+                return Err(Error::InvalidArgument(format!(
+                    "archived change-log record at {ht} hashes to {h}, outside tablet {}'s \
+                     range: the archive does not belong to this tablet",
+                    self.meta.tablet.tablet_id
+                )));
+            }
+            let value = if op.delete {
+                encoding::encode_delete()
+            } else {
+                encoding::encode_put(op.row.as_ref().expect("checked"))
+            };
+            batch.put(encoding::mvcc_key(&key, *ht), value);
+            self.max_ht = self.max_ht.max(ht.0);
+        }
+        self.db
+            .write(batch)
+            .map_err(|e| Error::storage(&self.dir, e))?;
+        self.records += records.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes, closes, and records `upto` as the staged copy's restore point.
+    pub fn finish(self, upto: HybridTime) -> Result<u64> {
+        self.db.flush().map_err(|e| Error::storage(&self.dir, e))?;
+        drop(self.db);
+        let mut meta = self.meta;
+        meta.hybrid_time = meta.hybrid_time.max(upto.0);
+        meta.max_ht = self.max_ht.max(upto.0);
+        let sm_path = self.dir.join(SNAPSHOT_META_FILE);
+        let tmp = self.dir.join(format!("{SNAPSHOT_META_FILE}.tmp"));
+        fs::write(&tmp, serde_json::to_vec(&meta).expect("json"))
+            .map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, &sm_path).map_err(|e| Error::io(&sm_path, e))?;
+        Ok(self.records)
+    }
+}
+
 /// Makes a rename (or create) of `path` durable: fsync of its parent directory.
 pub fn sync_dir(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -384,29 +499,7 @@ impl Tablet {
 
     /// Extracts and checks the key of an op (a delete may carry only the key columns).
     fn op_key(&self, op: &pb::RowOp) -> Result<pb::Row> {
-        let schema = self.schema();
-        let row = op
-            .row
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("write op without a row".into()))?;
-        let key = if op.delete && row.values.len() == schema.primary_key.len() {
-            row.clone()
-        } else {
-            if !op.delete {
-                types::check_row(schema, row)?;
-            } else if row.values.len() != schema.columns.len() {
-                return Err(Error::InvalidArgument(format!(
-                    "delete carries {} values; give the {} primary-key values or a full row",
-                    row.values.len(),
-                    schema.primary_key.len()
-                )));
-            }
-            encoding::key_values(schema, row)
-        };
-        for (v, &i) in key.values.iter().zip(&schema.primary_key) {
-            types::check_value(&schema.columns[i as usize], v, true)?;
-        }
-        Ok(key)
+        op_key(self.schema(), op)
     }
 
     /// Applies a batch atomically; returns its hybrid time.
@@ -443,33 +536,6 @@ impl Tablet {
             .map_err(|e| Error::storage(&self.paths.dir, e))?;
         log.append(ht, ops)?;
         Ok(ht)
-    }
-
-    /// Replays change-log records (another tablet's with the same key range, e.g. the
-    /// source of a restore) as versions at their original hybrid times: the building block
-    /// of point-in-time restore from archived logs. Idempotent (a version is its key and
-    /// time). The records also go to this tablet's own change log, and `hlc` moves past them.
-    pub fn replay(&self, hlc: &Hlc, records: &[(HybridTime, pb::RowOp)]) -> Result<usize> {
-        let mut batch = rocksdb::WriteBatch::default();
-        for (ht, op) in records {
-            let key = encoding::encode_key(&self.op_key(op)?);
-            self.check_range(&key)?;
-            let value = if op.delete {
-                encoding::encode_delete()
-            } else {
-                encoding::encode_put(op.row.as_ref().expect("checked"))
-            };
-            batch.put(encoding::mvcc_key(&key, *ht), value);
-        }
-        let mut log = self.writer.lock().expect("tablet writer poisoned");
-        self.db
-            .write(batch)
-            .map_err(|e| Error::storage(&self.paths.dir, e))?;
-        for (ht, op) in records {
-            hlc.update(*ht);
-            log.append(*ht, std::slice::from_ref(op))?;
-        }
-        Ok(records.len())
     }
 
     /// Makes `t` safe to read: later writes get larger times and earlier ones are applied.
@@ -858,12 +924,13 @@ mod tests {
     }
 
     #[test]
-    fn replaying_a_change_log_up_to_t_reproduces_the_tablet_at_t() {
+    fn a_staged_snapshot_plus_its_change_log_up_to_t_restores_the_tablet_at_t() {
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let hlc = Arc::new(Hlc::new());
         let policy = HistoryPolicy::new(hlc.clone(), Duration::ZERO);
         let a = Tablet::create(da.path(), meta(), policy.clone()).unwrap();
-        let (mut marks, mut ops_count) = (Vec::new(), Vec::new());
+        let mut marks = Vec::new();
+        let mut snap_at = HybridTime::MIN;
         for i in 0..50i64 {
             let ops = if i % 7 == 6 {
                 vec![pb::RowOp {
@@ -874,21 +941,33 @@ mod tests {
                 vec![put(i % 20, &format!("v{i}")), put(100 + i, "x")]
             };
             marks.push(a.write(&hlc, 1, &ops).unwrap());
-            ops_count.push(ops.len());
+            if i == 15 {
+                snap_at = hlc.now();
+                a.snapshot(&hlc, "s1", snap_at, &serde_json::json!({}))
+                    .unwrap();
+            }
         }
         let t = marks[31];
-        let records: Vec<_> = crate::changelog::list_segments(&a.paths().changelog)
-            .unwrap()
-            .into_iter()
-            .flat_map(|(_, p)| crate::changelog::SegmentReader::open(&p).unwrap())
-            .map(|r| r.unwrap())
-            .filter(|(ht, _)| *ht <= t)
-            .collect();
-        let upto_t: usize = ops_count[..=31].iter().sum();
-        assert_eq!(records.len(), upto_t, "one record per op up to t");
-        let b = Tablet::create(db.path(), meta(), policy).unwrap();
-        b.replay(&hlc, &records).unwrap();
-        b.replay(&hlc, &records).unwrap(); // idempotent
+        // Stage a copy of the snapshot, as a restore does.
+        let staged = db.path().join("staging").join("t1");
+        fs::create_dir_all(&staged).unwrap();
+        for e in fs::read_dir(a.paths().snapshot_dir("s1")).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), staged.join(e.file_name())).unwrap();
+        }
+        let log = a.paths().changelog.clone();
+        let read =
+            crate::changelog::read_after(&log, snap_at, Default::default(), t, 1 << 20).unwrap();
+        let records = crate::changelog::decode_records(&read.records).unwrap();
+        assert!(records.iter().all(|(ht, _)| *ht > snap_at && *ht <= t));
+        let mut r = StagedReplay::open(&staged).unwrap();
+        assert_eq!(r.snapshot_ht(), snap_at);
+        r.apply(&records).unwrap();
+        r.apply(&records).unwrap(); // idempotent
+        r.finish(t).unwrap();
+        let mut m = meta();
+        m.tablet_id = "t2".into();
+        let b = Tablet::import(db.path(), m, &staged, t, policy).unwrap();
         let rows = |tb: &Tablet, at| {
             let mut v = Vec::new();
             tb.scan(at, |r, ht| {
@@ -898,13 +977,9 @@ mod tests {
             .unwrap();
             v
         };
-        assert_eq!(rows(&b, t), rows(&a, t));
-        assert_eq!(
-            rows(&b, marks[49]),
-            rows(&a, t),
-            "nothing after t was replayed"
-        );
+        assert_eq!(rows(&b, hlc.now()), rows(&a, t), "exactly the data at t");
         assert_ne!(rows(&a, marks[49]), rows(&a, t));
+        assert_ne!(rows(&a, snap_at), rows(&a, t), "the replay mattered");
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub enum ObjectKind {
     Chunk = 1,
     ManifestPage = 2,
     Root = 3,
+    /// An archived change-log piece (off-cluster PITR).
+    ArchiveLog = 4,
+    /// Archive metadata: what is archived, archivers' progress.
+    ArchiveMeta = 5,
 }
 
 /// The repository master key (32 random bytes, wrapped by every key slot).

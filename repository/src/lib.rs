@@ -34,6 +34,7 @@ pub mod ids;
 pub mod layers;
 pub mod lease;
 pub mod manifest;
+pub mod pitr;
 pub mod reader;
 pub mod repo;
 pub mod store;

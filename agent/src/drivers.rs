@@ -57,7 +57,10 @@ pub(crate) enum Step {
 
 impl JobDriver for TabletdbDrivers {
     fn handles(&self, kind: JobKind) -> bool {
-        matches!(kind, JobKind::Backup | JobKind::Restore | JobKind::Pitr)
+        matches!(
+            kind,
+            JobKind::Backup | JobKind::Restore | JobKind::Pitr | JobKind::Archive
+        )
     }
 
     fn drive(&self, ctl: JobCtl) -> DriveFuture {
@@ -75,6 +78,9 @@ impl JobDriver for TabletdbDrivers {
                     JobKind::Backup => backup_step(&ctl, &repos, &job, &tasks).await,
                     JobKind::Restore => restore_step(&ctl, &repos, &job, &tasks).await,
                     JobKind::Pitr => crate::pitr::pitr_step(&ctl, &job).await,
+                    JobKind::Archive => {
+                        crate::archive::archive_step(&ctl, &repos, &job, &tasks).await
+                    }
                     _ => return,
                 };
                 match r {

@@ -11,6 +11,7 @@
 //! This crate must never put a per-file list into the coordinator's log, never activate a
 //! restore before every tablet is staged, and never read a passphrase from the log.
 
+pub mod archive;
 pub mod drivers;
 pub mod error;
 pub mod local;

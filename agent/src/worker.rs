@@ -47,6 +47,8 @@ pub struct AgentConfig {
 
 struct Ctx {
     id: String,
+    /// The tabletdb node's address.
+    db_node: String,
     node_id: u32,
     node_data: PathBuf,
     leader: Leader,
@@ -67,6 +69,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         .unwrap_or_else(|| format!("agent-{}", status.node_id));
     let ctx = Arc::new(Ctx {
         id: id.clone(),
+        db_node: cfg.db_node.clone(),
         node_id: status.node_id,
         node_data: PathBuf::from(&status.data_dir),
         leader: Leader::new(&cfg.coordinator).with_tls(cfg.tls.clone()),
@@ -119,7 +122,13 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
                 }
             };
             for lease in tasks {
-                let permit = slots.clone().acquire_owned().await.expect("open");
+                // Archive tasks never end: they must not hold one of the slots that
+                // backups and restores need.
+                let permit = if lease.job_kind == "archive" {
+                    None
+                } else {
+                    Some(slots.clone().acquire_owned().await.expect("open"))
+                };
                 let ctx = ctx.clone();
                 let stop = shutdown.child_token();
                 let span = tracing::info_span!("task", task = lease.task_id, job = lease.job_id, kind = %lease.job_kind);
@@ -226,15 +235,18 @@ async fn heartbeat(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 
 /// Live counters of one task, reported to the coordinator every second.
 #[derive(Default)]
-struct Counters {
-    bytes_done: AtomicU64,
-    bytes_total: AtomicU64,
-    items_done: AtomicU64,
-    items_total: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) bytes_done: AtomicU64,
+    pub(crate) bytes_total: AtomicU64,
+    pub(crate) items_done: AtomicU64,
+    pub(crate) items_total: AtomicU64,
+    /// Archive tasks: the node's archived-through hybrid time.
+    pub(crate) checkpoint: AtomicU64,
 }
 
 async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken) {
     let counters = Arc::new(Counters::default());
+    let archive = lease.job_kind == "archive";
     let reporter = {
         let ctx = ctx.clone();
         let counters = counters.clone();
@@ -257,6 +269,7 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
                         items_done: counters.items_done.load(Ordering::Relaxed),
                         items_total: counters.items_total.load(Ordering::Relaxed),
                         lease_ms: LEASE_MS,
+                        checkpoint_ht: counters.checkpoint.load(Ordering::Relaxed),
                     };
                     match ctx
                         .leader
@@ -266,7 +279,10 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
                         })
                         .await
                     {
-                        Ok(r) => ctx.repos.set_rate(r.into_inner().rate_limit),
+                        // Archive jobs have no budget of their own: never let them lift
+                        // a running backup's.
+                        Ok(r) if !archive => ctx.repos.set_rate(r.into_inner().rate_limit),
+                        Ok(_) => {}
                         Err(s)
                             if matches!(
                                 s.code(),
@@ -356,6 +372,12 @@ async fn do_work(
             let t: DownloadTask = parse(&payload)?;
             let r = download(&ctx, &t, &counters).await?;
             Ok(serde_json::to_value(r).expect("serialisable"))
+        }
+        "archive" => {
+            let t: crate::archive::ArchiveTask = parse(&payload)?;
+            let repo = ctx.repos.get(&t.repo).await?;
+            crate::archive::run_archive(repo, &ctx.db_node, &t, &counters).await?;
+            Ok(serde_json::json!({}))
         }
         other => Err(AgentError::invalid(
             "task",

@@ -182,6 +182,7 @@ impl AgentService for AgentApi {
                         bytes_total: r.bytes_total,
                         items_done: r.items_done,
                         items_total: r.items_total,
+                        checkpoint: r.checkpoint_ht,
                     },
                     now: LeaderTime::now(),
                     lease_ms: r.lease_ms,

@@ -33,6 +33,8 @@ pub enum JobKind {
     Verify,
     Gc,
     Copy,
+    /// Continuous change-log archiving (off-cluster PITR): one never-ending task per node.
+    Archive,
 }
 
 impl JobKind {
@@ -45,6 +47,7 @@ impl JobKind {
             JobKind::Verify => "verify",
             JobKind::Gc => "gc",
             JobKind::Copy => "copy",
+            JobKind::Archive => "archive",
         }
     }
 
@@ -57,6 +60,7 @@ impl JobKind {
             "verify" => JobKind::Verify,
             "gc" => JobKind::Gc,
             "copy" => JobKind::Copy,
+            "archive" => JobKind::Archive,
             _ => return None,
         })
     }
@@ -200,6 +204,9 @@ pub struct TaskProgress {
     pub bytes_total: u64,
     pub items_done: u64,
     pub items_total: u64,
+    /// Archive tasks: every change up to this hybrid time is archived (0 = not yet).
+    #[serde(default)]
+    pub checkpoint: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

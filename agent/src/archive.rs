@@ -1,0 +1,398 @@
+//! Continuous change-log archiving for off-cluster point-in-time recovery.
+//!
+//! `snapfleet pitr archive enable` submits an archive job; its leader-side driver records
+//! the archive in the repository (`pitr/<db id>/ARCHIVE`) and makes one never-ending task
+//! per database node. The agent beside each node runs its task as a loop: every interval it
+//! asks the node for each tablet's change-log records since what it archived last, up to the
+//! tablet's *safe time* (every write at or before it has been logged), uploads them as a
+//! piece, then writes the node's progress object, and reports the node's checkpoint (the
+//! oldest tablet's archived time) with its lease renewals. The coordinator's global
+//! checkpoint is the minimum over the nodes: an agent that dies or falls behind holds it
+//! back, and on restart it resumes from its progress object, so the chain has no hole.
+//! Cancelling the job (`pitr archive disable`) stops archiving; what was archived stays.
+
+use crate::error::{AgentError, Result};
+use crate::repos::Repos;
+use crate::worker::Counters;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use snapfleet_coordinator::command::TaskSpec;
+use snapfleet_coordinator::model::{Affinity, Job, Task};
+use snapfleet_coordinator::JobCtl;
+use snapfleet_proto::tabletdb as pb;
+use snapfleet_repository::pitr::{ArchiveInfo, NodeProgress, Piece, TabletProgress};
+use snapfleet_repository::Repository;
+use snapfleet_tabletdb::client::Client;
+use snapfleet_tabletdb::error::from_status;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// `snapfleet pitr archive enable`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveSpec {
+    /// tabletdb master of the archived cluster.
+    pub master: String,
+    pub database: String,
+    pub repo: String,
+    /// The PITR window that `repo forget` keeps restorable.
+    pub retention_secs: u64,
+    /// How often each agent ships new records (the RPO under steady load is about this
+    /// plus one upload).
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_compression")]
+    pub compression: i32,
+}
+
+fn default_interval_ms() -> u64 {
+    1_000
+}
+fn default_compression() -> i32 {
+    3
+}
+
+/// The driver's notes once the archive is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveNotes {
+    pub database_id: String,
+    pub start_ht: u64,
+    pub nodes: Vec<u32>,
+}
+
+/// One node's archiving, run by the agent beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveTask {
+    pub repo: String,
+    /// tabletdb master (to name the tables of new tablets).
+    pub master: String,
+    pub database: String,
+    pub database_id: String,
+    pub node: String,
+    pub start_ht: u64,
+    pub interval_ms: u64,
+    pub compression: i32,
+    pub retention_secs: u64,
+}
+
+/// Failures an archive task may have before the job gives up (each retry backs off, at
+/// most a minute): in practice forever, archiving must outlive outages.
+const ARCHIVE_RETRIES: u32 = 1_000_000;
+
+fn coord(e: snapfleet_coordinator::CoordinatorError) -> AgentError {
+    AgentError::Coordinator(e.to_string())
+}
+
+/// The leader's side: record the archive, start one task per node, then wait (forever,
+/// until cancelled).
+pub(crate) async fn archive_step(
+    ctl: &JobCtl,
+    repos: &Repos,
+    job: &Job,
+    _tasks: &[Task],
+) -> Result<crate::drivers::Step> {
+    use crate::drivers::Step;
+    let spec: ArchiveSpec = serde_json::from_value(job.spec.clone())
+        .map_err(|e| AgentError::invalid("archive job spec", e))?;
+    if job.aborting.is_some() {
+        // Disabled (cancelled) or a task failed for good: stop; the archive stays readable.
+        ctl.finish(None, json!({})).await.map_err(coord)?;
+        return Ok(Step::Done);
+    }
+    match job.phase.as_str() {
+        "" => {
+            let client = Client::connect(&spec.master).await?;
+            let db = client.database(&spec.database).await?;
+            let catalog = client.refresh().await?;
+            let nodes: Vec<u32> = catalog.nodes.iter().map(|n| n.node_id).collect();
+            if nodes.is_empty() {
+                return Err(AgentError::invalid(
+                    "archive",
+                    "the cluster has no tablet servers registered",
+                ));
+            }
+            let repo = repos.get(&spec.repo).await?;
+            let info = match repo.read_archive_info(&db.database_id).await? {
+                // Enabled before (then disabled): keep the original start, the progress
+                // objects say where each tablet stands.
+                Some(mut info) => {
+                    info.retention_secs = spec.retention_secs;
+                    info
+                }
+                None => ArchiveInfo {
+                    database_id: db.database_id.clone(),
+                    database_name: spec.database.clone(),
+                    retention_secs: spec.retention_secs,
+                    start_ht: client.now().await?.0,
+                    created: chrono::Utc::now(),
+                },
+            };
+            repo.put_archive_info(&info).await?;
+            let notes = ArchiveNotes {
+                database_id: db.database_id.clone(),
+                start_ht: info.start_ht,
+                nodes: nodes.clone(),
+            };
+            let specs = nodes
+                .iter()
+                .map(|n| TaskSpec {
+                    payload: serde_json::to_value(ArchiveTask {
+                        repo: spec.repo.clone(),
+                        master: spec.master.clone(),
+                        database: spec.database.clone(),
+                        database_id: db.database_id.clone(),
+                        node: n.to_string(),
+                        start_ht: info.start_ht,
+                        interval_ms: spec.interval_ms.max(100),
+                        compression: spec.compression,
+                        retention_secs: spec.retention_secs,
+                    })
+                    .expect("json"),
+                    affinity: Affinity {
+                        agent: None,
+                        node: Some(n.to_string()),
+                    },
+                })
+                .collect();
+            info!(database = %spec.database, nodes = nodes.len(), start_ht = info.start_ht, "archive enabled");
+            ctl.advance(
+                "archive",
+                serde_json::to_value(notes).expect("json"),
+                specs,
+                ARCHIVE_RETRIES,
+            )
+            .await
+            .map_err(coord)?;
+            Ok(Step::Again)
+        }
+        "archive" => Ok(Step::Wait),
+        other => Err(AgentError::invalid("archive phase", other)),
+    }
+}
+
+/// A piece is cut when this many bytes of records are pending (and at the end of a cycle).
+const PIECE_BYTES: usize = 8 << 20;
+
+struct TabletState {
+    prog: TabletProgress,
+    cursor: (u64, u64),
+}
+
+/// The agent's side: archive this node's tablets of the database until the task is stopped
+/// (the future is dropped) or fails.
+pub(crate) async fn run_archive(
+    repo: Arc<Repository>,
+    db_node: &str,
+    t: &ArchiveTask,
+    counters: &Counters,
+) -> Result<()> {
+    let mut node = snapfleet_tabletdb::client::connect_node(db_node).await?;
+    let mut progress = repo
+        .read_node_progress(&t.database_id, &t.node)
+        .await?
+        .unwrap_or_else(|| NodeProgress {
+            node: t.node.clone(),
+            ..Default::default()
+        });
+    // A node's last scan time: tablets not seen then and seen now were created after it.
+    let mut last_scan: Option<u64> = progress
+        .tablets
+        .values()
+        .map(|p| p.covered)
+        .max()
+        .filter(|_| !progress.tablets.is_empty());
+    let mut tablets: BTreeMap<String, TabletState> = progress
+        .tablets
+        .iter()
+        .map(|(id, p)| {
+            (
+                id.clone(),
+                TabletState {
+                    prog: p.clone(),
+                    cursor: (0, 0),
+                },
+            )
+        })
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(t.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let status = node
+            .node_status(pb::NodeStatusRequest {})
+            .await
+            .map_err(|s| from_status(&format!("node {db_node}"), s))?
+            .into_inner();
+        let scan_ht = status.hybrid_time;
+        let live: Vec<&pb::TabletStatus> = status
+            .tablets
+            .iter()
+            .filter(|s| s.database_id == t.database_id)
+            .collect();
+        for s in &live {
+            if !tablets.contains_key(&s.tablet_id) {
+                let table_name = table_name(&t.master, &s.table_id).await;
+                let created_after = last_scan.unwrap_or(0);
+                let start = t.start_ht.max(created_after);
+                tablets.insert(
+                    s.tablet_id.clone(),
+                    TabletState {
+                        prog: TabletProgress {
+                            table_id: s.table_id.clone(),
+                            table_name,
+                            since: start,
+                            piece_to: start,
+                            covered: start,
+                            created_after,
+                            gone_after: 0,
+                        },
+                        cursor: (0, 0),
+                    },
+                );
+            }
+        }
+        for (id, st) in tablets.iter_mut() {
+            if st.prog.gone_after != 0 {
+                continue;
+            }
+            if !live.iter().any(|s| &s.tablet_id == id) {
+                // Dropped (or moved away): archived up to its last safe time here.
+                st.prog.gone_after = st.prog.covered.max(1);
+                info!(tablet = %id, "tablet gone from the node; its archive ends here");
+                continue;
+            }
+            archive_tablet(&repo, &mut node, t, id, st, counters).await?;
+        }
+        // Forget dropped tablets once no restore inside the window can need them.
+        let window_start = snapfleet_tabletdb::hlc::HybridTime(scan_ht)
+            .minus(Duration::from_secs(t.retention_secs))
+            .0;
+        tablets.retain(|_, st| st.prog.gone_after == 0 || st.prog.gone_after >= window_start);
+        progress.tablets = tablets
+            .iter()
+            .map(|(id, st)| (id.clone(), st.prog.clone()))
+            .collect();
+        progress.written = Some(chrono::Utc::now());
+        repo.put_node_progress(&t.database_id, &progress).await?;
+        last_scan = Some(scan_ht);
+        let checkpoint = progress.checkpoint().unwrap_or(scan_ht);
+        counters.checkpoint.store(checkpoint, Ordering::Relaxed);
+    }
+}
+
+/// The name of a table, for messages ("" if the master cannot say now).
+async fn table_name(master: &str, table_id: &str) -> String {
+    let Ok(client) = Client::connect(master).await else {
+        return String::new();
+    };
+    client
+        .refresh()
+        .await
+        .ok()
+        .and_then(|c| {
+            c.tables
+                .iter()
+                .find(|t| t.table_id == table_id)
+                .map(|t| t.name.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Ships one tablet's new records: reads up to its safe time, cutting pieces of at most
+/// about [`PIECE_BYTES`], and advances its progress (in memory; the caller persists it).
+async fn archive_tablet(
+    repo: &Repository,
+    node: &mut snapfleet_proto::tabletdb::tablet_server_client::TabletServerClient<
+        tonic::transport::Channel,
+    >,
+    t: &ArchiveTask,
+    id: &str,
+    st: &mut TabletState,
+    counters: &Counters,
+) -> Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_to = st.prog.covered;
+    loop {
+        let r = node
+            .read_change_log(pb::ReadChangeLogRequest {
+                tablet_id: id.to_string(),
+                after_ht: buf_to,
+                cursor_segment: st.cursor.0,
+                cursor_offset: st.cursor.1,
+                max_bytes: 2 << 20,
+            })
+            .await
+            .map_err(|s| from_status(&format!("tablet {id}"), s))?
+            .into_inner();
+        if r.gap {
+            // Retention deleted records we had not shipped (the agent was down too long):
+            // the chain restarts after them, and restores before that point need an older
+            // base backup plus the old chain, or are refused. Loud: this is data at risk.
+            warn!(
+                tablet = %id,
+                archived = buf_to,
+                deleted_through = r.truncated_through,
+                "change-log records were deleted before they were archived; the archive of \
+                 this tablet restarts after them (take a base backup now)"
+            );
+            flush_piece(repo, t, id, st, &mut buf, buf_to, counters).await?;
+            st.prog.since = r.truncated_through;
+            st.prog.piece_to = r.truncated_through;
+            st.prog.covered = r.truncated_through;
+            buf_to = r.truncated_through;
+            st.cursor = (0, 0);
+            continue;
+        }
+        st.cursor = (r.cursor_segment, r.cursor_offset);
+        if r.count > 0 {
+            buf.extend_from_slice(&r.records);
+            counters
+                .items_done
+                .fetch_add(r.count as u64, Ordering::Relaxed);
+        }
+        buf_to = buf_to.max(r.covered_ht);
+        if buf.len() >= PIECE_BYTES || !r.more {
+            flush_piece(repo, t, id, st, &mut buf, buf_to, counters).await?;
+        }
+        if !r.more {
+            st.prog.covered = st.prog.covered.max(buf_to);
+            return Ok(());
+        }
+    }
+}
+
+/// Uploads the pending records as the piece `(piece_to, to]`, or, with none pending, only
+/// moves `covered` (an idle tablet needs no object).
+async fn flush_piece(
+    repo: &Repository,
+    t: &ArchiveTask,
+    id: &str,
+    st: &mut TabletState,
+    buf: &mut Vec<u8>,
+    to: u64,
+    counters: &Counters,
+) -> Result<()> {
+    if buf.is_empty() {
+        st.prog.covered = st.prog.covered.max(to);
+        return Ok(());
+    }
+    let piece = Piece {
+        from: st.prog.piece_to,
+        to,
+    };
+    let n = repo
+        .put_log_piece(
+            &t.database_id,
+            id,
+            piece,
+            std::mem::take(buf),
+            t.compression,
+        )
+        .await?;
+    counters.bytes_done.fetch_add(n, Ordering::Relaxed);
+    st.prog.piece_to = to;
+    st.prog.covered = to;
+    Ok(())
+}

@@ -396,3 +396,257 @@ async fn flush_piece(
     st.prog.covered = to;
     Ok(())
 }
+
+/// What a restore to a time restores: the base backup, and the tables it leaves out.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub backup_id: String,
+    pub skip_tables: Vec<String>,
+}
+
+fn at(ht: u64) -> String {
+    snapfleet_tabletdb::hlc::HybridTime(ht).to_rfc3339()
+}
+
+/// Chooses the base backup for a restore to `spec.to_ht` (the newest of the database at or
+/// before it) and checks that the archive covers every restored tablet from the backup's
+/// time up to the target time; refuses with the PITR window when it does not.
+pub(crate) async fn plan_restore_to(
+    repos: &Repos,
+    spec: &crate::spec::RestoreSpec,
+) -> Result<RestorePlan> {
+    let to = spec.to_ht;
+    let repo = repos.get(&spec.repo).await?;
+    let source = if spec.source_database.is_empty() {
+        spec.database.clone()
+    } else {
+        spec.source_database.clone()
+    };
+    // (ht, backup id, database id) of every base backup of the database.
+    let mut bases: Vec<(u64, String, String)> = Vec::new();
+    for id in repo.list_backups().await? {
+        if !spec.backup_id.is_empty() && id.as_str() != spec.backup_id {
+            continue;
+        }
+        let root = repo.read_root(&id).await?;
+        let Ok(meta) = crate::drivers::root_meta(id.as_str(), &root) else {
+            continue;
+        };
+        if source.is_empty() || meta.snapshot.database_name == source {
+            bases.push((
+                meta.snapshot.hybrid_time,
+                id.to_string(),
+                meta.snapshot.database_id.clone(),
+            ));
+        }
+    }
+    bases.sort();
+    let Some((base_ht, backup_id, db_id)) = bases.iter().rev().find(|b| b.0 <= to).cloned() else {
+        return Err(AgentError::invalid(
+            format!("restore of database {source:?} to {}", at(to)),
+            match bases.first() {
+                Some(b) => format!(
+                    "no base backup of it at or before that time; its oldest backup is {} at {}: \
+                     choose a later time",
+                    b.1,
+                    at(b.0)
+                ),
+                None => "the repository has no backup of it (check --db and --repo)".into(),
+            },
+        ));
+    };
+    let what = format!("restore of database {source:?} to {}", at(to));
+    let info = repo.read_archive_info(&db_id).await?.ok_or_else(|| {
+        AgentError::invalid(
+            &what,
+            format!(
+                "the repository has no change-log archive of it (database id {db_id}): enable one \
+                 with `snapfleet pitr archive enable --db {source} --repo …`, or restore backup \
+                 {backup_id} as of its own time with --backup"
+            ),
+        )
+    })?;
+    let progress = repo.list_node_progress(&db_id).await?;
+    let global = progress
+        .iter()
+        .map(|p| p.checkpoint().unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+    let earliest = bases
+        .iter()
+        .find(|b| b.0 >= info.start_ht)
+        .map(|b| b.0)
+        .unwrap_or(info.start_ht);
+    let window = format!(
+        "the PITR window of {source:?} in this repository is {} .. {} (oldest base backup after \
+         the archive began .. the archive's global checkpoint)",
+        at(earliest),
+        at(global)
+    );
+    if info.start_ht > base_ht {
+        return Err(AgentError::invalid(
+            &what,
+            format!(
+                "the newest base backup before that time ({backup_id}, {}) predates the archive \
+                 (it began at {}); {window}",
+                at(base_ht),
+                at(info.start_ht)
+            ),
+        ));
+    }
+    let meta = crate::drivers::read_root_meta(repos, &spec.repo, &backup_id).await?;
+    let mut by_tablet: BTreeMap<&str, (&str, &TabletProgress)> = BTreeMap::new();
+    for p in &progress {
+        for (t, tp) in &p.tablets {
+            by_tablet.insert(t, (&p.node, tp));
+        }
+    }
+    let mut skip_tables = Vec::new();
+    let mut in_base = std::collections::BTreeSet::new();
+    for table in &meta.snapshot.tables {
+        if !spec.tables.is_empty() && !spec.tables.contains(&table.name) {
+            continue;
+        }
+        for tablet in &table.tablets {
+            in_base.insert(tablet.tablet_id.as_str());
+            let Some((node, tp)) = by_tablet.get(tablet.tablet_id.as_str()) else {
+                return Err(AgentError::invalid(
+                    &what,
+                    format!(
+                        "tablet {} of table {:?} is in no archiver's progress (the archive has \
+                         never seen it); {window}",
+                        tablet.tablet_id, table.name
+                    ),
+                ));
+            };
+            if tp.gone_after != 0 && tp.gone_after < to {
+                if !skip_tables.contains(&table.name) {
+                    skip_tables.push(table.name.clone());
+                }
+                continue;
+            }
+            let pieces = repo
+                .list_log_pieces(&db_id, &tablet.tablet_id, base_ht, to)
+                .await?;
+            match snapfleet_repository::pitr::tablet_coverage(base_ht, &pieces, tp) {
+                None => {
+                    return Err(AgentError::invalid(
+                        &what,
+                        format!(
+                            "the archive of table {:?} (tablet {}, node {node}) restarts at {} \
+                             after a gap (records deleted by retention before they were \
+                             archived): restore to a time before the gap, or after it from a \
+                             base backup taken later",
+                            table.name,
+                            tablet.tablet_id,
+                            at(tp.since)
+                        ),
+                    ))
+                }
+                Some(c) if c < to => {
+                    return Err(AgentError::invalid(
+                        &what,
+                        format!(
+                            "that time is after what the archive holds: table {:?} (tablet {}, \
+                             node {node}) is archived up to {}; {window}",
+                            table.name,
+                            tablet.tablet_id,
+                            at(c)
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (tablet, (_, tp)) in &by_tablet {
+        let existed_at_to = tp.created_after < to && (tp.gone_after == 0 || tp.gone_after >= to);
+        let wanted = spec.tables.is_empty() || spec.tables.contains(&tp.table_name);
+        if !in_base.contains(tablet) && existed_at_to && wanted && tp.created_after > base_ht {
+            return Err(AgentError::invalid(
+                &what,
+                format!(
+                    "table {:?} (tablet {tablet}) was created after base backup {backup_id} \
+                     ({}) and may have existed at that time: the archive holds its rows but \
+                     not its schema. Restore to a time before it was created ({}), take a new \
+                     base backup, or leave it out with --tables",
+                    tp.table_name,
+                    at(base_ht),
+                    at(tp.created_after)
+                ),
+            ));
+        }
+    }
+    info!(backup = %backup_id, base_ht, to, skipped = ?skip_tables, "restore to a time planned");
+    Ok(RestorePlan {
+        backup_id,
+        skip_tables,
+    })
+}
+
+/// Replays the archive's records of `source_tablet` in `(from_ht, to_ht]` into its staged
+/// copy and moves the copy's restore point to `to_ht`. Returns the records replayed.
+pub(crate) async fn replay_staged(
+    repo: &Repository,
+    staged: &std::path::Path,
+    source_tablet: &str,
+    r: &crate::spec::ReplaySpec,
+) -> Result<u64> {
+    use snapfleet_tabletdb::hlc::HybridTime;
+    use snapfleet_tabletdb::tablet::StagedReplay;
+    let blocking = |e: tokio::task::JoinError| AgentError::Coordinator(format!("replay task: {e}"));
+    let pieces = repo
+        .list_log_pieces(&r.database_id, source_tablet, r.from_ht, r.to_ht)
+        .await?;
+    let covered = snapfleet_repository::pitr::extend_chain(r.from_ht, &pieces);
+    let need = pieces
+        .iter()
+        .map(|p| p.to)
+        .max()
+        .unwrap_or(r.from_ht)
+        .min(r.to_ht);
+    if covered < need {
+        return Err(AgentError::invalid(
+            format!("archive of tablet {source_tablet}"),
+            format!(
+                "a piece is missing after {} (the chain has a hole); run the restore again to \
+                 re-plan it",
+                at(covered)
+            ),
+        ));
+    }
+    let dir = staged.to_path_buf();
+    let mut rep = tokio::task::spawn_blocking(move || StagedReplay::open(&dir))
+        .await
+        .map_err(blocking)??;
+    if rep.snapshot_ht().0 != r.from_ht {
+        return Err(AgentError::invalid(
+            format!("staged tablet {}", staged.display()),
+            format!(
+                "its snapshot time {} is not the base backup's {}",
+                rep.snapshot_ht().0,
+                r.from_ht
+            ),
+        ));
+    }
+    for p in pieces {
+        let raw = repo
+            .read_log_piece(&r.database_id, source_tablet, p)
+            .await?;
+        let (from, to) = (r.from_ht, r.to_ht);
+        rep = tokio::task::spawn_blocking(move || {
+            let records: Vec<_> = snapfleet_tabletdb::changelog::decode_records(&raw)?
+                .into_iter()
+                .filter(|(ht, _)| ht.0 > from && ht.0 <= to)
+                .collect();
+            rep.apply(&records)?;
+            Ok::<_, snapfleet_tabletdb::Error>(rep)
+        })
+        .await
+        .map_err(blocking)??;
+    }
+    let to = HybridTime(r.to_ht);
+    Ok(tokio::task::spawn_blocking(move || rep.finish(to))
+        .await
+        .map_err(blocking)??)
+}

@@ -396,20 +396,24 @@ async fn drop_hidden(client: &Client, n: &RestoreNotes) -> Result<()> {
     Ok(())
 }
 
-async fn read_root_meta(repos: &Repos, spec: &RestoreSpec) -> Result<RootMeta> {
-    let repo = repos.get(&spec.repo).await?;
+pub(crate) async fn read_root_meta(repos: &Repos, url: &str, backup_id: &str) -> Result<RootMeta> {
+    let repo = repos.get(url).await?;
     let root = repo
-        .read_root(&BackupId::new(spec.backup_id.clone())?)
+        .read_root(&BackupId::new(backup_id.to_string())?)
         .await?;
+    root_meta(backup_id, &root)
+}
+
+pub(crate) fn root_meta(backup_id: &str, root: &snapfleet_repository::Root) -> Result<RootMeta> {
     let meta: RootMeta = serde_json::from_value(root.meta.clone()).map_err(|e| {
         AgentError::invalid(
-            format!("backup {}", spec.backup_id),
+            format!("backup {backup_id}"),
             format!("not a tabletdb backup ({e})"),
         )
     })?;
     if meta.kind != ROOT_KIND {
         return Err(AgentError::invalid(
-            format!("backup {}", spec.backup_id),
+            format!("backup {backup_id}"),
             format!(
                 "kind {:?}, this snapfleet restores {ROOT_KIND:?}",
                 meta.kind
@@ -428,7 +432,13 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
     }
     match job.phase.as_str() {
         "" => {
-            let meta = read_root_meta(repos, &spec).await?;
+            let (backup_id, pitr) = if spec.to_ht != 0 {
+                let plan = crate::archive::plan_restore_to(repos, &spec).await?;
+                (plan.backup_id.clone(), Some(plan))
+            } else {
+                (spec.backup_id.clone(), None)
+            };
+            let meta = read_root_meta(repos, &spec.repo, &backup_id).await?;
             let snap = &meta.snapshot;
             for t in &spec.tables {
                 if !snap.tables.iter().any(|s| &s.name == t) {
@@ -436,7 +446,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                         format!("table {t:?}"),
                         format!(
                             "not in backup {} (it has: {})",
-                            spec.backup_id,
+                            backup_id,
                             snap.tables
                                 .iter()
                                 .map(|t| t.name.as_str())
@@ -451,12 +461,22 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             } else {
                 spec.database.clone()
             };
-            let notes = RestoreNotes {
+            let mut notes = RestoreNotes {
                 restore_id: format!("restore-{}", job.id.0),
                 database,
                 restore_ht: snap.hybrid_time,
+                backup_id: backup_id.clone(),
                 ..Default::default()
             };
+            if let Some(plan) = pitr {
+                notes.restore_ht = spec.to_ht;
+                notes.skip_tables = plan.skip_tables;
+                notes.replay = Some(crate::spec::ReplaySpec {
+                    database_id: snap.database_id.clone(),
+                    from_ht: snap.hybrid_time,
+                    to_ht: spec.to_ht,
+                });
+            }
             ctl.advance(
                 "prepare",
                 serde_json::to_value(notes).expect("json"),
@@ -469,7 +489,10 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
         }
         "prepare" => {
             let mut n: RestoreNotes = notes(job)?;
-            let meta = read_root_meta(repos, &spec).await?;
+            if n.backup_id.is_empty() {
+                n.backup_id = spec.backup_id.clone();
+            }
+            let meta = read_root_meta(repos, &spec.repo, &n.backup_id).await?;
             let client = Client::connect(&spec.master).await?;
             client.create_database(&n.database, true).await?;
             let db_id = client.database(&n.database).await?.database_id;
@@ -486,6 +509,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 .tables
                 .iter()
                 .filter(|t| spec.tables.is_empty() || spec.tables.contains(&t.name))
+                .filter(|t| !n.skip_tables.contains(&t.name))
                 .collect();
             for src in &chosen {
                 if let Some(e) = existing.iter().find(|e| e.name == src.name) {
@@ -517,7 +541,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                             .cloned()
                             .ok_or_else(|| {
                                 AgentError::invalid(
-                                    format!("backup {}", spec.backup_id),
+                                    format!("backup {}", n.backup_id),
                                     format!("ROOT has no pages for tablet {}", s.tablet_id),
                                 )
                             })?;
@@ -529,8 +553,9 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                         });
                         let task = DownloadTask {
                             repo: spec.repo.clone(),
-                            backup_id: spec.backup_id.clone(),
+                            backup_id: n.backup_id.clone(),
                             restore_id: n.restore_id.clone(),
+                            replay: n.replay.clone(),
                             source_tablet: s.tablet_id.clone(),
                             pages,
                             rate_limit: 0,
@@ -625,7 +650,13 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             ctl.finish(
                 None,
                 json!({
-                    "backup_id": spec.backup_id,
+                    "backup_id": if n.backup_id.is_empty() { &spec.backup_id } else { &n.backup_id },
+                    "skipped_tables": n.skip_tables,
+                    "replayed": tasks
+                        .iter()
+                        .filter_map(|t| t.result.as_ref())
+                        .filter_map(|r| r.get("replayed").and_then(|b| b.as_u64()))
+                        .sum::<u64>(),
                     "database": n.database,
                     "tables": n.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
                     "tablets": n.tablets.len(),

@@ -127,11 +127,26 @@ pub struct RestoreSpec {
     pub tables: Vec<String>,
     #[serde(default)]
     pub rate_limit: u64,
+    /// Restore to this hybrid time (off-cluster PITR): the newest base backup at or before
+    /// it (of `source_database`, when `backup_id` is empty) plus the archived change log.
+    #[serde(default)]
+    pub to_ht: u64,
+    #[serde(default)]
+    pub source_database: String,
 }
 
 /// The restore driver's notes.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct RestoreNotes {
+    /// The backup restored (chosen by the driver for a restore to a time).
+    #[serde(default)]
+    pub backup_id: String,
+    /// Tables of the backup not restored: dropped before the target time.
+    #[serde(default)]
+    pub skip_tables: Vec<String>,
+    /// Archived change log to replay on each staged tablet.
+    #[serde(default)]
+    pub replay: Option<ReplaySpec>,
     pub restore_id: String,
     pub database: String,
     pub restore_ht: u64,
@@ -158,12 +173,26 @@ pub struct DownloadTask {
     pub pages: TabletPages,
     #[serde(default)]
     pub rate_limit: u64,
+    #[serde(default)]
+    pub replay: Option<ReplaySpec>,
+}
+
+/// Replay the archive's records of the source tablet after the backup's time up to `to_ht`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplaySpec {
+    /// The archive (source database id).
+    pub database_id: String,
+    pub from_ht: u64,
+    pub to_ht: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DownloadResult {
     pub files: u64,
     pub bytes: u64,
+    /// Change-log records replayed (restore to a time).
+    #[serde(default)]
+    pub replayed: u64,
 }
 
 /// Where a download task stages a tablet under its node's data directory.

@@ -509,11 +509,16 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
         }
     };
     let stats = stats?;
+    let replayed = match &t.replay {
+        Some(r) => crate::archive::replay_staged(&repo, &tablet_dir, &t.source_tablet, r).await?,
+        None => 0,
+    };
     guard.0 = None;
     c.bytes_done.store(stats.bytes, Ordering::Relaxed);
     Ok(DownloadResult {
         files: stats.files,
         bytes: stats.bytes,
+        replayed,
     })
 }
 

@@ -315,6 +315,8 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
         database: String::new(),
         tables: vec![],
         rate_limit: 0,
+        to_ht: 0,
+        source_database: String::new(),
     };
     let (_, secs) = job(&tleader, "restore", serde_json::to_value(&rspec)?).await?;
     rows.push(row(

@@ -196,6 +196,7 @@ pub async fn run_cluster(cmd: ClusterCmd, json: bool) -> Result<()> {
                     "id": a.id, "node": a.node, "address": a.address, "version": a.version,
                     "last_heartbeat_ms": a.last_heartbeat_ms,
                 })).collect::<Vec<_>>(),
+                "archives": s.archives.iter().map(crate::pitr::archive_json).collect::<Vec<_>>(),
             }))?
         );
         return Ok(());
@@ -229,6 +230,9 @@ pub async fn run_cluster(cmd: ClusterCmd, json: bool) -> Result<()> {
             "  agent {} on node {} at {} (v{}), last heartbeat {} ms",
             a.id, a.node, a.address, a.version, a.last_heartbeat_ms
         );
+    }
+    for a in &s.archives {
+        crate::pitr::print_archive(a);
     }
     Ok(())
 }

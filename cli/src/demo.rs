@@ -281,6 +281,8 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         database: String::new(),
         tables: vec![],
         rate_limit: 0,
+        to_ht: 0,
+        source_database: String::new(),
     };
     let job = submit(&tleader, "restore", serde_json::to_value(spec)?).await?;
     let job = watch(&tleader, job.id, json).await?;

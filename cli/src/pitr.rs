@@ -22,6 +22,50 @@ pub enum PitrCmd {
     /// Snapshot schedules that keep a PITR window (run by the coordinator leader).
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Continuous change-log archiving into a repository (off-cluster PITR): then
+    /// `snapfleet restore --db D --to TIME` rebuilds D as of TIME in any cluster.
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ArchiveCmd {
+    /// Start archiving D's change log into --repo (every agent ships its node's tablets).
+    /// Restores need a base backup (`snapfleet backup create`) taken after this.
+    Enable {
+        #[command(flatten)]
+        c: CoordArg,
+        #[command(flatten)]
+        m: MasterArg,
+        #[command(flatten)]
+        r: crate::repo::RepoArgs,
+        #[arg(long)]
+        db: String,
+        /// The PITR window `repo forget` keeps restorable, e.g. `7d`.
+        #[arg(long, default_value = "7d")]
+        retention: String,
+        /// How often agents ship new changes (the recovery point under load is about this).
+        #[arg(long, default_value = "1s")]
+        interval: String,
+        /// zstd level for archived changes (0 = off).
+        #[arg(long, default_value_t = 3)]
+        compression: i32,
+    },
+    /// Stop archiving D (what is archived stays restorable).
+    Disable {
+        #[command(flatten)]
+        c: CoordArg,
+        #[arg(long)]
+        db: String,
+    },
+    /// Running archives: global checkpoint (newest time restorable), lag, per-node state.
+    Status {
+        #[command(flatten)]
+        c: CoordArg,
+        /// Only this database.
+        #[arg(long)]
+        db: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +127,7 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
     let a = match cmd {
         PitrCmd::Restore(a) => a,
         PitrCmd::Schedule(s) => return run_schedule(s, json).await,
+        PitrCmd::Archive(a) => return run_archive(a, json).await,
     };
     let client = connect(&a.m).await?;
     let now = client.now().await?;
@@ -404,6 +449,191 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                 );
             } else {
                 eprintln!("PITR schedule {id} deleted with its {deleted} snapshot(s)");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn running_archives(c: &CoordArg) -> Result<Vec<cpb::ArchiveStatus>> {
+    let leader = c.leader()?;
+    Ok(leader
+        .call(|ch| async move {
+            CoordinatorClient::new(ch)
+                .cluster_status(cpb::Empty {})
+                .await
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .archives)
+}
+
+/// Seconds between now (this machine's clock) and a hybrid time.
+fn lag_secs(ht: u64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as i128;
+    (now - HybridTime(ht).physical_micros() as i128) as f64 / 1e6
+}
+
+pub fn archive_json(a: &cpb::ArchiveStatus) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": a.job_id,
+        "database": a.database,
+        "repository": a.repository,
+        "checkpoint_ht": a.checkpoint_ht,
+        "checkpoint": (a.checkpoint_ht > 0).then(|| HybridTime(a.checkpoint_ht).to_rfc3339()),
+        "lag_secs": (a.checkpoint_ht > 0).then(|| lag_secs(a.checkpoint_ht)),
+        "nodes": a.nodes.iter().map(|n| serde_json::json!({
+            "node": n.node,
+            "checkpoint_ht": n.checkpoint_ht,
+            "lag_secs": (n.checkpoint_ht > 0).then(|| lag_secs(n.checkpoint_ht)),
+            "agent": (!n.agent.is_empty()).then(|| n.agent.clone()),
+            "last_error": (!n.last_error.is_empty()).then(|| n.last_error.clone()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print_archive(a: &cpb::ArchiveStatus) {
+    let cp = if a.checkpoint_ht == 0 {
+        "none yet (a node has not reported)".to_string()
+    } else {
+        format!(
+            "{} ({} behind)",
+            HybridTime(a.checkpoint_ht).to_rfc3339(),
+            human_duration(Duration::from_secs_f64(lag_secs(a.checkpoint_ht).max(0.0)))
+        )
+    };
+    println!(
+        "  archive of {} into {} (job {}): global checkpoint {cp}",
+        a.database, a.repository, a.job_id
+    );
+    for n in &a.nodes {
+        let state = if n.agent.is_empty() {
+            "NO AGENT: holding the checkpoint back".to_string()
+        } else {
+            format!("agent {}", n.agent)
+        };
+        let lag = if n.checkpoint_ht == 0 {
+            "not reported".to_string()
+        } else {
+            format!(
+                "{} behind",
+                human_duration(Duration::from_secs_f64(lag_secs(n.checkpoint_ht).max(0.0)))
+            )
+        };
+        let err = if n.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("; last error: {}", n.last_error)
+        };
+        println!("    node {}: {lag}, {state}{err}", n.node);
+    }
+}
+
+async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
+    match cmd {
+        ArchiveCmd::Enable {
+            c,
+            m,
+            r,
+            db,
+            retention,
+            interval,
+            compression,
+        } => {
+            if running_archives(&c).await?.iter().any(|a| a.database == db) {
+                bail!(
+                    "database {db:?} is already being archived (see `snapfleet pitr archive \
+                     status`); disable it first to change its settings"
+                );
+            }
+            let retention = parse_duration(&retention)?;
+            let interval = parse_duration(&interval)?;
+            if interval < Duration::from_millis(100) {
+                bail!("--interval must be at least 100ms");
+            }
+            let spec = snapfleet_agent::archive::ArchiveSpec {
+                master: m.master.clone(),
+                database: db.clone(),
+                repo: r.url()?.to_string(),
+                retention_secs: retention.as_secs(),
+                interval_ms: interval.as_millis() as u64,
+                compression,
+            };
+            let leader = c.leader()?;
+            let job =
+                crate::fleet::submit(&leader, "archive", serde_json::to_value(&spec)?).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"job_id": job.id, "database": db})
+                    )?
+                );
+            } else {
+                println!(
+                    "archiving {db:?} into {} (job {}); `snapfleet pitr archive status` shows the \
+                     checkpoint. Take a base backup now: restores to a time need one taken after \
+                     archiving began.",
+                    spec.repo, job.id
+                );
+            }
+            Ok(())
+        }
+        ArchiveCmd::Disable { c, db } => {
+            let Some(a) = running_archives(&c)
+                .await?
+                .into_iter()
+                .find(|a| a.database == db)
+            else {
+                bail!(
+                    "database {db:?} is not being archived (see `snapfleet pitr archive status`)"
+                );
+            };
+            let leader = c.leader()?;
+            let id = a.job_id;
+            leader
+                .call(move |ch| async move {
+                    CoordinatorClient::new(ch)
+                        .cancel_job(cpb::CancelJobRequest {
+                            id,
+                            reason: "archive disabled by the operator".into(),
+                        })
+                        .await
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            if json {
+                println!("{}", serde_json::json!({"job_id": id, "disabled": true}));
+            } else {
+                println!(
+                    "archiving of {db:?} stopped (job {id}); what was archived stays restorable"
+                );
+            }
+            Ok(())
+        }
+        ArchiveCmd::Status { c, db } => {
+            let list: Vec<_> = running_archives(&c)
+                .await?
+                .into_iter()
+                .filter(|a| db.as_ref().is_none_or(|d| &a.database == d))
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &list.iter().map(archive_json).collect::<Vec<_>>()
+                    )?
+                );
+            } else if list.is_empty() {
+                println!("no archive running");
+            } else {
+                for a in &list {
+                    print_archive(a);
+                }
             }
             Ok(())
         }

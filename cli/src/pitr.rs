@@ -566,6 +566,33 @@ async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
             let leader = c.leader()?;
             let job =
                 crate::fleet::submit(&leader, "archive", serde_json::to_value(&spec)?).await?;
+            // Wait until the archive is recorded and its tasks exist: a base backup taken
+            // after this command returns is usable for restores to a time.
+            let id = job.id;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let job = loop {
+                let j = leader
+                    .call(move |ch| async move {
+                        CoordinatorClient::new(ch).get_job(cpb::JobRef { id }).await
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                if j.phase == "archive" {
+                    break j;
+                }
+                if j.state == "failed" || j.state == "cancelled" {
+                    bail!("archive job {id} {}: {}", j.state, j.failure);
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "archive job {id} did not start within 2 minutes (phase {:?}); see \
+                         `snapfleet job list` and the coordinator's log",
+                        j.phase
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
             if json {
                 println!(
                     "{}",

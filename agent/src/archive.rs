@@ -650,3 +650,71 @@ pub(crate) async fn replay_staged(
         .await
         .map_err(blocking)??)
 }
+
+/// What the archives' PITR windows need from `repo forget` and the schedules' retention.
+#[derive(Debug, Default)]
+pub struct PitrNeeds {
+    /// For each archived database, the base backup that restores to the start of its window
+    /// (the newest at or before it, else the oldest after it).
+    pub protect: std::collections::BTreeSet<snapfleet_repository::BackupId>,
+    /// `(database id, time)`: log pieces ending at or before it serve no restore any more.
+    pub prune: Vec<(String, u64)>,
+}
+
+/// Computes [`PitrNeeds`] from the repository alone (archives, backups' ROOTs, the clock).
+pub async fn pitr_needs(repo: &Repository) -> Result<PitrNeeds> {
+    let archives = repo.list_archives().await?;
+    let mut needs = PitrNeeds::default();
+    if archives.is_empty() {
+        return Ok(needs);
+    }
+    let now = snapfleet_tabletdb::hlc::HybridTime::from_micros(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64,
+    );
+    // (database id, ht, backup) of every tabletdb backup.
+    let mut bases = Vec::new();
+    for id in repo.list_backups().await? {
+        let root = match repo.read_root(&id).await {
+            Ok(r) => r,
+            Err(snapfleet_repository::Error::BackupNotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Ok(meta) = crate::drivers::root_meta(id.as_str(), &root) {
+            bases.push((
+                meta.snapshot.database_id.clone(),
+                meta.snapshot.hybrid_time,
+                id,
+            ));
+        }
+    }
+    bases.sort();
+    for a in archives {
+        let window_start = now.minus(Duration::from_secs(a.retention_secs)).0;
+        let mine: Vec<_> = bases
+            .iter()
+            .filter(|b| b.0 == a.database_id && b.1 >= a.start_ht)
+            .collect();
+        let base = mine
+            .iter()
+            .rev()
+            .find(|b| b.1 <= window_start)
+            .or_else(|| mine.first());
+        if let Some(b) = base {
+            needs.protect.insert(b.2.clone());
+            needs.prune.push((a.database_id.clone(), b.1));
+        }
+    }
+    Ok(needs)
+}
+
+/// Deletes the log pieces no restore inside any window needs; returns how many.
+pub async fn prune_logs(repo: &Repository, needs: &PitrNeeds) -> Result<u64> {
+    let mut n = 0;
+    for (db, before) in &needs.prune {
+        n += repo.delete_log_pieces_before(db, *before).await?;
+    }
+    Ok(n)
+}

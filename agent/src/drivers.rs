@@ -373,6 +373,9 @@ async fn apply_retention(
         }
     }
     mine.sort();
+    // Never the base backup an archive's PITR window needs.
+    let needs = crate::archive::pitr_needs(repo).await?;
+    mine.retain(|(_, id)| !needs.protect.contains(id));
     let excess = mine.len().saturating_sub(keep);
     let mut removed = Vec::new();
     for (_, id) in mine.into_iter().take(excess) {

@@ -427,10 +427,22 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
             };
             policy.validate()?;
             let repo = open_repo(a).await?;
-            let report = sr::forget(&repo, &policy, dry_run).await?;
-            if json {
-                print_json(&report)?;
+            // Point-in-time restores inside an archive's window need its base backup.
+            let needs = snapfleet_agent::archive::pitr_needs(&repo).await?;
+            let report = sr::forget(&repo, &policy, dry_run, &needs.protect).await?;
+            let pruned = if dry_run {
+                0
             } else {
+                snapfleet_agent::archive::prune_logs(&repo, &needs).await?
+            };
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v["log_pieces_pruned"] = pruned.into();
+                print_json(&v)?;
+            } else {
+                if pruned > 0 {
+                    eprintln!("pruned {pruned} archived change-log pieces older than the PITR windows' base backups");
+                }
                 for d in &report.kept {
                     eprintln!("keep   {} ({})", d.backup, d.reasons.join(", "));
                 }

@@ -110,10 +110,14 @@ pub struct ForgetReport {
 
 /// Applies `policy` to every committed backup: removes the ROOT and then the manifest pages
 /// of each backup not kept (nothing when `dry_run`). Chunks are left to `gc`.
+///
+/// Backups in `protect` are kept whatever the policy says, with the reason `pitr` (the
+/// base backup that point-in-time restores inside an archive's window need).
 pub async fn forget(
     repo: &Arc<Repository>,
     policy: &KeepPolicy,
     dry_run: bool,
+    protect: &std::collections::BTreeSet<BackupId>,
 ) -> Result<ForgetReport> {
     policy.validate()?;
     let mut backups = Vec::new();
@@ -121,8 +125,16 @@ pub async fn forget(
         let root = repo.read_root(&id).await?;
         backups.push((id, root.created));
     }
-    let (kept, removed): (Vec<_>, Vec<_>) =
-        select(&backups, policy).into_iter().partition(|d| d.keep);
+    let (kept, removed): (Vec<_>, Vec<_>) = select(&backups, policy)
+        .into_iter()
+        .map(|mut d| {
+            if protect.contains(&d.backup) {
+                d.reasons.push("pitr");
+                d.keep = true;
+            }
+            d
+        })
+        .partition(|d| d.keep);
     if !dry_run {
         for d in &removed {
             remove_backup(repo, &d.backup).await?;

@@ -194,6 +194,52 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
         "the change log must matter"
     );
 
+    // Retention: a newer backup and `repo forget --keep-last 1` keep the base backup that
+    // the PITR window needs (and prune only log pieces older than it).
+    let (ok, v, err) = src.snapfleet(&[
+        "backup",
+        "create",
+        "--db",
+        DB,
+        "--repo",
+        &url,
+        "--password-file",
+        pass_s,
+        "--wait",
+    ]);
+    assert!(ok && v["state"] == "succeeded", "{err}\n{v}");
+    let base_id = {
+        let (ok, v, err) =
+            src.snapfleet(&["backup", "list", "--repo", &url, "--password-file", pass_s]);
+        assert!(ok, "{err}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["hybrid_time"].as_u64() == Some(base.0))
+            .unwrap_or_else(|| panic!("base backup not listed: {v}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ok, v, err) = src.snapfleet(&[
+        "repo",
+        "forget",
+        "--keep-last",
+        "1",
+        "--repo",
+        &url,
+        "--password-file",
+        pass_s,
+    ]);
+    assert!(ok, "{err}");
+    assert!(v["removed"].as_array().unwrap().is_empty(), "{v}");
+    let kept = v["kept"].as_array().unwrap();
+    assert!(
+        kept.iter()
+            .any(|d| d["backup"] == base_id.as_str() && d["reasons"][0] == "pitr"),
+        "{v}"
+    );
+
     // t1 into a new 2-node cluster: the base backup plus the replayed log, exactly.
     let dst = TestFleet::start(2, &pass);
     let (ok, r, err) = restore_to(&dst, &url, &pass, &t1.0.to_string());

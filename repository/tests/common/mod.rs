@@ -873,7 +873,9 @@ pub async fn forget_gc_and_copy(store: Arc<dyn ObjectStore>, target: Arc<dyn Obj
         last: 1,
         ..Default::default()
     };
-    let report = forget(&repo, &policy, false).await.unwrap();
+    let report = forget(&repo, &policy, false, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(report.removed.len(), 1);
     assert_eq!(report.removed[0].backup.as_str(), "b1");
     assert_eq!(

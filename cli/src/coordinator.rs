@@ -42,6 +42,10 @@ pub struct CoordinatorArgs {
     /// Absent: plaintext, no roles (only for the local demo and tests).
     #[arg(long, env = "SNAPFLEET_CERTS")]
     certs: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`): Raft state, active jobs, and
+    /// each change-log archive's checkpoint and lag (`snapfleet_archive_lag_seconds`).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM (systemd stop, kill).
@@ -121,6 +125,7 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
         .transpose()
         .context("--certs")?;
     config.join = a.join;
+    config.metrics = a.metrics_listen;
     let repos = Repos::new(Passphrase {
         file: a.password_file,
     });

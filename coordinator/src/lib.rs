@@ -19,6 +19,7 @@ pub mod convert;
 pub mod driver;
 pub mod error;
 pub mod ids;
+pub mod metrics;
 pub mod model;
 pub mod pb;
 pub mod raft_loop;

@@ -44,6 +44,8 @@ pub struct Config {
     pub drivers: Drivers,
     /// Mutual TLS with roles on every RPC (`--certs DIR`); None = plaintext (local demo).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Serve Prometheus metrics here (`/metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The job drivers a replica runs (see [`crate::driver`]).
@@ -92,6 +94,7 @@ impl Config {
             tuning: Tuning::default(),
             drivers: Drivers::default(),
             tls: None,
+            metrics: None,
         }
     }
 }
@@ -212,6 +215,11 @@ pub async fn run_coordinator_on(
             )
             .in_current_span(),
         );
+        if let Some(addr) = config.metrics {
+            crate::metrics::install(addr).map_err(CoordinatorError::Config)?;
+            info!(%addr, "metrics at http://{addr}/metrics");
+            tasks.spawn(crate::metrics::run(raft.clone(), inner.clone()).in_current_span());
+        }
         let shared = Arc::new(Shared {
             raft: raft.clone(),
             heartbeats: Mutex::new(HashMap::new()),

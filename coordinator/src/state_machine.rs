@@ -987,6 +987,7 @@ mod tests {
                 bytes_total: 100,
                 items_done: 1,
                 items_total: 3,
+                checkpoint: 0,
             },
             now: LeaderTime(500),
             lease_ms: 1_000,

@@ -70,6 +70,7 @@ async fn fake_agent(name: String, addrs: Vec<String>, log: Arc<Mutex<Log>>, stop
                     items_done: 1,
                     items_total: 2,
                     lease_ms: 2_000,
+                    checkpoint_ht: 0,
                 }
             ));
             if let Ok(p) = &p {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and writes bench/out/<name>.md (repo: bench/results/repo.md).
-# Usage: bench/run.sh [db|dump|repo|fleet|coordinator] [ARGS…]
+# Usage: bench/run.sh [db|dump|repo|fleet|coordinator|pitr] [ARGS…]
 # Not part of the tests: numbers depend on the machine; compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,13 @@ case "$what" in
       "$bin" bench fleet "$@"
     } | tee bench/out/fleet.md
     ;;
+  pitr)
+    {
+      echo "# off-cluster PITR benchmark — $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores"
+      echo
+      "$bin" bench pitr "$@"
+    } | tee bench/out/pitr.md
+    ;;
   coordinator)
     # Replica logs at warn: info logs one line per submitted job and would be measured too.
     export SNAPFLEET_CHILD_LOG="${SNAPFLEET_CHILD_LOG:-warn}"
@@ -50,5 +57,5 @@ case "$what" in
       bash bench/repo.sh "$bin" "$@"
     } | tee bench/results/repo.md
     ;;
-  *) echo "unknown benchmark $what (have: db, dump, repo, fleet, coordinator)" >&2; exit 2 ;;
+  *) echo "unknown benchmark $what (have: db, dump, repo, fleet, coordinator, pitr)" >&2; exit 2 ;;
 esac

@@ -21,6 +21,9 @@ pub enum BenchCmd {
     /// Coordinator failover time (kill -9 the leader, 20 trials), committed entries/s, and
     /// memory and snapshot size with 100 k tasks, on real replica processes.
     Coordinator(crate::bench_coordinator::CoordinatorBenchArgs),
+    /// Off-cluster PITR: RPO (now − archive checkpoint) under steady load, sampled every
+    /// second; restore to a time (base + log replay) vs a full restore of the same data.
+    Pitr(crate::bench_pitr::PitrBenchArgs),
 }
 
 #[derive(Args)]
@@ -66,6 +69,7 @@ pub async fn run(cmd: BenchCmd, json: bool) -> Result<()> {
     let a = match cmd {
         BenchCmd::Db(a) => a,
         BenchCmd::Fleet(f) => return crate::bench_fleet::run(f, json).await,
+        BenchCmd::Pitr(p) => return crate::bench_pitr::run(p, json).await,
         BenchCmd::Coordinator(c) => return crate::bench_coordinator::run(c, json).await,
     };
     let dir = tempfile::Builder::new()

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_coordinator;
 mod bench_fleet;
+mod bench_pitr;
 mod certs;
 mod clone;
 mod coordinator;

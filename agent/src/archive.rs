@@ -216,6 +216,7 @@ pub(crate) async fn run_archive(
             )
         })
         .collect();
+    let mut master: Option<Client> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(t.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -226,14 +227,21 @@ pub(crate) async fn run_archive(
             .map_err(|s| from_status(&format!("node {db_node}"), s))?
             .into_inner();
         let scan_ht = status.hybrid_time;
+        // The catalog, read after the node: a table dropped while its tablets stay on the
+        // node (kept for in-cluster PITR) is gone for the archive too.
+        let catalog = catalog_tables(&mut master, &t.master, &t.database_id).await;
         let live: Vec<&pb::TabletStatus> = status
             .tablets
             .iter()
             .filter(|s| s.database_id == t.database_id)
+            .filter(|s| catalog.as_ref().is_none_or(|c| c.contains_key(&s.table_id)))
             .collect();
         for s in &live {
             if !tablets.contains_key(&s.tablet_id) {
-                let table_name = table_name(&t.master, &s.table_id).await;
+                let table_name = catalog
+                    .as_ref()
+                    .and_then(|c| c.get(&s.table_id).cloned())
+                    .unwrap_or_default();
                 let created_after = last_scan.unwrap_or(0);
                 let start = t.start_ht.max(created_after);
                 tablets.insert(
@@ -282,22 +290,30 @@ pub(crate) async fn run_archive(
     }
 }
 
-/// The name of a table, for messages ("" if the master cannot say now).
-async fn table_name(master: &str, table_id: &str) -> String {
-    let Ok(client) = Client::connect(master).await else {
-        return String::new();
-    };
-    client
-        .refresh()
-        .await
-        .ok()
-        .and_then(|c| {
+/// The tables of the database in the master's catalog now (id → name); `None` if the
+/// master cannot say (then the node's tablet list is taken as it is).
+async fn catalog_tables(
+    client: &mut Option<Client>,
+    master: &str,
+    database_id: &str,
+) -> Option<BTreeMap<String, String>> {
+    if client.is_none() {
+        *client = Client::connect(master).await.ok();
+    }
+    match client.as_ref()?.refresh().await {
+        Ok(c) => Some(
             c.tables
                 .iter()
-                .find(|t| t.table_id == table_id)
-                .map(|t| t.name.clone())
-        })
-        .unwrap_or_default()
+                .filter(|t| t.database_id == database_id)
+                .map(|t| (t.table_id.clone(), t.name.clone()))
+                .collect(),
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot read the catalog; archiving the node's tablets as listed");
+            *client = None;
+            None
+        }
+    }
 }
 
 /// Ships one tablet's new records: reads up to its safe time, cutting pieces of at most
@@ -562,7 +578,8 @@ pub(crate) async fn plan_restore_to(
     for (tablet, (_, tp)) in &by_tablet {
         let existed_at_to = tp.created_after < to && (tp.gone_after == 0 || tp.gone_after >= to);
         let wanted = spec.tables.is_empty() || spec.tables.contains(&tp.table_name);
-        if !in_base.contains(tablet) && existed_at_to && wanted && tp.created_after > base_ht {
+        // Not in the base backup yet alive at the target time: created after the base.
+        if !in_base.contains(tablet) && existed_at_to && wanted {
             return Err(AgentError::invalid(
                 &what,
                 format!(

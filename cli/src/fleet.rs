@@ -69,6 +69,13 @@ pub struct AgentArgs {
     /// File holding the repository passphrase (also: $SNAPFLEET_PASSWORD_FILE, $SNAPFLEET_PASSWORD).
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Drills and tests only: the object store answers `503 SlowDown` beyond this rate
+    /// (e.g. `2MiB/s`), to exercise the agent's adaptive rate.
+    #[arg(long, hide = true)]
+    drill_store_capacity: Option<String>,
+    /// Drills and tests only: share of object-store requests that fail transiently (0–1).
+    #[arg(long, hide = true)]
+    drill_store_faults: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -242,6 +249,18 @@ pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
     let token = CancellationToken::new();
     crate::coordinator::cancel_on_signal(token.clone());
     let tls = a.c.tls()?;
+    let capacity = a
+        .drill_store_capacity
+        .as_deref()
+        .map(crate::util::parse_rate)
+        .transpose()
+        .context("--drill-store-capacity")?;
+    let store_faults = (capacity.is_some() || a.drill_store_faults.is_some()).then(|| {
+        snapfleet_repository::layers::FaultConfig {
+            failure_rate: a.drill_store_faults.unwrap_or(0.0),
+            capacity: capacity.unwrap_or(0),
+        }
+    });
     run_agent(
         AgentConfig {
             coordinator: vec![a.c.coordinator],
@@ -254,6 +273,7 @@ pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
             passphrase: Passphrase {
                 file: a.password_file,
             },
+            store_faults,
         },
         token,
     )

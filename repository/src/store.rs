@@ -15,7 +15,7 @@ use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 
 use crate::error::{Error, Result};
-use crate::layers::{Rate, RateLimitStore, RetryConfig, RetryStore};
+use crate::layers::{ObserveStore, Rate, RateLimitStore, RetryConfig, RetryStore, StoreObserver};
 
 /// The layers every real repository store should have.
 #[derive(Clone, Debug, Default)]
@@ -24,12 +24,19 @@ pub struct StoreLayers {
     pub retry: Option<RetryConfig>,
     /// Byte-rate budget shared with whoever changes it at run time (0 = unlimited).
     pub rate: Option<Rate>,
+    /// Told about every attempt (bytes moved, throttling), e.g. an adaptive rate.
+    pub observer: Option<Arc<dyn StoreObserver>>,
 }
 
-/// Wraps `store` as `Retry(RateLimit(store))`: every retried attempt is paced too.
+/// Wraps `store` as `Retry(Observe(RateLimit(store)))`: every retried attempt is paced too,
+/// and the observer sees each attempt.
 pub fn with_layers(store: Arc<dyn ObjectStore>, layers: StoreLayers) -> Arc<dyn ObjectStore> {
     let store: Arc<dyn ObjectStore> = match layers.rate {
         Some(rate) => Arc::new(RateLimitStore::new(store, rate)),
+        None => store,
+    };
+    let store: Arc<dyn ObjectStore> = match layers.observer {
+        Some(observer) => Arc::new(ObserveStore::new(store, observer)),
         None => store,
     };
     match layers.retry {
@@ -141,6 +148,7 @@ mod tests {
             StoreLayers {
                 retry: Some(RetryConfig::default()),
                 rate: Some(rate),
+                observer: None,
             },
         );
         assert!(s.to_string().starts_with("Retry(RateLimit("), "{s}");

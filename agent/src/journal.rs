@@ -240,6 +240,18 @@ impl UploadJournal {
     }
 }
 
+impl UploadJournal {
+    /// Makes what is journaled so far durable (sled also flushes on its own every 500 ms):
+    /// called after each large file, so that progress reported for it is progress a
+    /// restarted agent keeps.
+    pub async fn flush(&self) {
+        let Some(tree) = &self.tree else { return };
+        if let Err(e) = tree.flush_async().await {
+            warn!(journal = %self.name, error = %e, "cannot flush the task's journal");
+        }
+    }
+}
+
 impl EntryObserver for UploadJournal {
     fn file_recorded(&self, entry: &Entry) {
         let Some(tree) = &self.tree else { return };

@@ -464,6 +464,8 @@ async fn upload(
     // Progress counts files whose every chunk is stored: what a retry would not send again.
     let progress = w.progress();
     let (mut journal_files, mut journal_bytes) = (0u64, 0u64);
+    // Files below this wait in a pack of small files before the writer records them.
+    let small_file = WriterOptions::default().small_file_threshold;
     for (name, path, size, meta) in &files {
         let rel = format!("{}/{}", t.tablet_id, name);
         let reused = match journal.lookup(&rel, *size, *meta) {
@@ -475,6 +477,9 @@ async fn upload(
             journal_bytes += size;
         } else {
             w.put_path(&rel, path).await?;
+            if *size >= small_file {
+                journal.flush().await; // recorded (small files wait in a pack): keep it
+            }
         }
         c.items_done.fetch_add(1, Ordering::Relaxed);
         c.bytes_done.fetch_add(*size, Ordering::Relaxed);

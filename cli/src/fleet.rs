@@ -419,6 +419,11 @@ async fn finish_command(leader: &Leader, job: cpb::JobInfo, wait: bool, json: bo
         println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
     } else if !wait {
         println!("{}", job.id);
+    } else if let Some(note) = serde_json::from_str::<serde_json::Value>(&job.result_json)
+        .ok()
+        .and_then(|r| r["throttle_note"].as_str().map(str::to_string))
+    {
+        eprintln!("note: {note}");
     }
     if wait && job.state != "succeeded" {
         bail!("job {} {}: {}", job.id, job.state, job.failure);

@@ -96,6 +96,8 @@ impl Meter {
             } else {
                 (self.rate + sample) / 2
             };
+        } else {
+            self.rate = 0; // idle for a while: what was measured before is stale
         }
         self.start = Some(now);
         self.bytes = bytes;
@@ -467,6 +469,9 @@ mod tests {
         }
         assert!(!a.is_lowered());
         assert_eq!(a.rate(), 0);
+        // After an idle spell the old measurement is forgotten.
+        a.on_transfer(t + Duration::from_secs(60), MIB);
+        assert_eq!(a.measured(), 0);
         // Nothing measured and no budget: start from the assumed rate.
         let mut b = Aimd::new(cfg());
         assert_eq!(b.on_throttle(t0), Some(Change::Lowered(32 * MIB)));

@@ -629,6 +629,13 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 .filter_map(|t| t.result.as_ref())
                 .filter_map(|r| r.get("files").and_then(|b| b.as_u64()))
                 .sum();
+            let sum = |field: &str| -> u64 {
+                tasks
+                    .iter()
+                    .filter_map(|t| t.result.as_ref())
+                    .filter_map(|r| r.get(field).and_then(|b| b.as_u64()))
+                    .sum()
+            };
             let mut throttle = ThrottleStats::default();
             for r in tasks.iter().filter_map(|t| t.result.as_ref()) {
                 if let Ok(r) = serde_json::from_value::<ThrottleStats>(r.clone()) {
@@ -644,6 +651,8 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 "files": files,
                 "bytes": bytes,
                 "restore_ht": n.restore_ht,
+                "resumed_files": sum("resumed_files"),
+                "resumed_bytes": sum("resumed_bytes"),
                 "throttled": throttle.throttled,
                 "throttled_lowest_rate": throttle.throttled_lowest_rate,
             });

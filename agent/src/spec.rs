@@ -228,6 +228,11 @@ pub struct DownloadTask {
 pub struct DownloadResult {
     pub files: u64,
     pub bytes: u64,
+    /// Files an earlier, interrupted attempt had staged, verified and kept (not downloaded).
+    #[serde(default)]
+    pub resumed_files: u64,
+    #[serde(default)]
+    pub resumed_bytes: u64,
     #[serde(default, flatten)]
     pub throttle: ThrottleStats,
 }

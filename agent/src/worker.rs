@@ -523,9 +523,10 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
     c.bytes_total.store(t.pages.bytes, Ordering::Relaxed);
     let target = staging_dir(&ctx.node_data, &t.restore_id);
     let tablet_dir = target.join(&t.source_tablet);
-    // A previous attempt may have left part of the files: start clean. If this task fails
-    // or is stopped (lease lost, job cancelled), its partial files go too.
-    let _ = std::fs::remove_dir_all(&tablet_dir);
+    // A previous attempt killed half-way (agent crash) left the files it had finished in
+    // place (each is renamed there only once whole and verified): they are kept if their
+    // content still hashes to the manifest's chunk ids, instead of being downloaded again.
+    // If this task fails or is stopped (lease lost, job cancelled), its files go.
     let mut guard = RemoveOnDrop(Some(tablet_dir.clone()));
     let restore = restore_root(
         &repo,
@@ -533,6 +534,7 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
         &target,
         RestoreOptions {
             concurrency: ctx.streams,
+            keep_verified: true,
         },
     );
     tokio::pin!(restore);
@@ -550,9 +552,18 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
     let stats = stats?;
     guard.0 = None;
     c.bytes_done.store(stats.bytes, Ordering::Relaxed);
+    if stats.files_kept > 0 {
+        info!(
+            files = stats.files_kept,
+            bytes = stats.bytes_kept,
+            "resumed: files an earlier attempt had staged were verified and kept"
+        );
+    }
     Ok(DownloadResult {
         files: stats.files,
         bytes: stats.bytes,
+        resumed_files: stats.files_kept,
+        resumed_bytes: stats.bytes_kept,
         throttle: throttle_stats(ctx),
     })
 }

@@ -437,7 +437,8 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
         "the retried tablets sent {sent} of {bytes} bytes again: {r}"
     );
 
-    // Restore into 2 nodes (a single coordinator replica, kill -9 and restarted half-way).
+    // Restore into 2 nodes (a single coordinator replica and an agent, kill -9 and restarted
+    // half-way).
     let mut dst = TestFleet::start(2, &pass);
     let restore = spawn_snapfleet(
         &dst,
@@ -459,10 +460,18 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
         node_progress(&dst, "1").is_some(),
         "the restore ended too soon"
     );
+    // kill -9 of the agent too: its re-leased downloads keep the files it had staged (each
+    // verified again by hashing) instead of downloading them again.
+    dst.fleet.kill_agent(1);
     dst.fleet.kill_coordinator(1);
     dst.fleet.start_coordinator(1).unwrap();
+    dst.fleet.start_agent(&dst.db.cluster, 1).unwrap();
     let v = finish(restore);
     assert_eq!(v["state"], "succeeded", "{v}");
+    eprintln!(
+        "restore: {} bytes, {} staged before the agent was killed and kept",
+        v["result"]["bytes"], v["result"]["resumed_bytes"]
+    );
     let dclient = dst.db.client().await.unwrap();
     assert_same(&client, &dclient, DB, at).await;
 }

@@ -11,7 +11,7 @@
 
 use snapfleet_repository::layers::{Rate, StoreObserver};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -354,9 +354,6 @@ pub fn fmt_rate(bytes_per_sec: u64) -> String {
     }
     format!("{:.1} MiB/s", bytes_per_sec as f64 / (1u64 << 20) as f64)
 }
-
-/// Shared handle.
-pub type SharedRate = Arc<AdaptiveRate>;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ use tracing::{debug, info, warn};
 
 /// Journals of tasks untouched for this long are dropped at start-up (their job is over).
 pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// sled page cache (bytes).
+const JOURNAL_CACHE: u64 = 8 << 20;
 /// Key of a task tree's header (file paths never start with NUL).
 const META_KEY: &[u8] = b"\0meta";
 
@@ -55,9 +57,11 @@ fn tree_name(job: u64, task: u64) -> String {
 }
 
 fn try_open(dir: &Path) -> Result<sled::Db, String> {
-    let dir = dir.to_path_buf();
+    // A small page cache: the journal holds a few tasks' entries, and the agent's memory must
+    // stay bounded (sled's default cache is 1 GiB).
+    let config = sled::Config::new().path(dir).cache_capacity(JOURNAL_CACHE);
     // sled reports most damage as errors, but a mangled file can also make it panic.
-    match std::panic::catch_unwind(move || sled::Config::new().path(dir).open()) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("sled panicked while opening it".into()),

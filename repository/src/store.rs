@@ -140,6 +140,26 @@ mod tests {
         assert!(open_store("memory://").is_ok());
     }
 
+    #[derive(Debug)]
+    struct Nothing;
+    impl StoreObserver for Nothing {
+        fn transferred(&self, _bytes: u64) {}
+        fn throttled(&self, _op: &'static str, _error: &object_store::Error) {}
+    }
+
+    #[test]
+    fn the_observer_sits_between_retries_and_the_rate_limit() {
+        let s = with_layers(
+            open_store("memory://").unwrap(),
+            StoreLayers {
+                retry: Some(RetryConfig::default()),
+                rate: Some(Default::default()),
+                observer: Some(std::sync::Arc::new(Nothing)),
+            },
+        );
+        assert!(s.to_string().starts_with("Retry(Observe(RateLimit("), "{s}");
+    }
+
     #[test]
     fn layers_stack_in_order() {
         let rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

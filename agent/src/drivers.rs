@@ -290,7 +290,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                             tablet_id: tablet,
                             start: at,
                             end: at + n,
-                            bytes: r.bytes_read,
+                            bytes: r.tablet_bytes(),
                         });
                         at += n;
                         parts.push(r.part.clone());
@@ -317,14 +317,28 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                 .filter(|(t, _)| t.attempts > 1)
                 .map(|(_, r)| r)
                 .collect();
+            let mut throttle = ThrottleStats::default();
+            for r in &results {
+                throttle.add(&r.throttle);
+            }
             data["stats"] = json!({
                 "files": results.iter().map(|r| r.files).sum::<u64>(),
-                "bytes": results.iter().map(|r| r.bytes_read).sum::<u64>(),
+                "bytes": results.iter().map(UploadResult::tablet_bytes).sum::<u64>(),
+                "bytes_read": results.iter().map(|r| r.bytes_read).sum::<u64>(),
                 "bytes_uploaded": results.iter().map(|r| r.bytes_uploaded).sum::<u64>(),
                 "retried_tablets": retried.len(),
+                "retried_bytes": retried.iter().map(|r| r.tablet_bytes()).sum::<u64>(),
                 "retried_bytes_read": retried.iter().map(|r| r.bytes_read).sum::<u64>(),
                 "retried_bytes_uploaded": retried.iter().map(|r| r.bytes_uploaded).sum::<u64>(),
+                "journal_files": results.iter().map(|r| r.journal_files).sum::<u64>(),
+                "journal_bytes": results.iter().map(|r| r.journal_bytes).sum::<u64>(),
+                "throttled": throttle.throttled,
+                "throttled_lowest_rate": throttle.throttled_lowest_rate,
             });
+            if let Some(note) = throttle.note() {
+                warn!(backup = %id, "{note}");
+                data["stats"]["throttle_note"] = json!(note);
+            }
             ctl.advance("release", data, vec![], 0)
                 .await
                 .map_err(coord)?;
@@ -649,27 +663,40 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 .filter_map(|t| t.result.as_ref())
                 .filter_map(|r| r.get("files").and_then(|b| b.as_u64()))
                 .sum();
+            let sum = |field: &str| -> u64 {
+                tasks
+                    .iter()
+                    .filter_map(|t| t.result.as_ref())
+                    .filter_map(|r| r.get(field).and_then(|b| b.as_u64()))
+                    .sum()
+            };
+            let mut throttle = ThrottleStats::default();
+            for r in tasks.iter().filter_map(|t| t.result.as_ref()) {
+                if let Ok(r) = serde_json::from_value::<ThrottleStats>(r.clone()) {
+                    throttle.add(&r);
+                }
+            }
             info!(database = %n.database, tables = n.tables.len(), "restore activated");
-            ctl.finish(
-                None,
-                json!({
-                    "backup_id": if n.backup_id.is_empty() { &spec.backup_id } else { &n.backup_id },
-                    "skipped_tables": n.skip_tables,
-                    "replayed": tasks
-                        .iter()
-                        .filter_map(|t| t.result.as_ref())
-                        .filter_map(|r| r.get("replayed").and_then(|b| b.as_u64()))
-                        .sum::<u64>(),
-                    "database": n.database,
-                    "tables": n.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
-                    "tablets": n.tablets.len(),
-                    "files": files,
-                    "bytes": bytes,
-                    "restore_ht": n.restore_ht,
-                }),
-            )
-            .await
-            .map_err(coord)?;
+            let mut result = json!({
+                "backup_id": if n.backup_id.is_empty() { &spec.backup_id } else { &n.backup_id },
+                "skipped_tables": n.skip_tables,
+                "replayed": sum("replayed"),
+                "database": n.database,
+                "tables": n.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+                "tablets": n.tablets.len(),
+                "files": files,
+                "bytes": bytes,
+                "restore_ht": n.restore_ht,
+                "resumed_files": sum("resumed_files"),
+                "resumed_bytes": sum("resumed_bytes"),
+                "throttled": throttle.throttled,
+                "throttled_lowest_rate": throttle.throttled_lowest_rate,
+            });
+            if let Some(note) = throttle.note() {
+                warn!(database = %n.database, "{note}");
+                result["throttle_note"] = json!(note);
+            }
+            ctl.finish(None, result).await.map_err(coord)?;
             Ok(Step::Done)
         }
         other => Err(AgentError::invalid("restore phase", other)),

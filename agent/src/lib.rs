@@ -7,13 +7,18 @@
 //!   schema creation, activation), plugged into the coordinator.
 //! - [`spec`]: the small JSON documents both sides exchange through the coordinator's log.
 //! - [`repos`]: repositories opened once per process, with retry and bandwidth layers.
+//! - [`aimd`]: the adaptive send rate that backs off when the object store throttles.
+//! - [`journal`]: the local sled journal of finished files that lets a restarted agent
+//!   resume an upload instead of reading every file again.
 //!
 //! This crate must never put a per-file list into the coordinator's log, never activate a
 //! restore before every tablet is staged, and never read a passphrase from the log.
 
+pub mod aimd;
 pub mod archive;
 pub mod drivers;
 pub mod error;
+pub mod journal;
 pub mod local;
 pub mod pitr;
 pub mod repos;

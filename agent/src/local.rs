@@ -17,6 +17,8 @@ pub struct LocalFleet {
     replica_addrs: Vec<String>,
     /// Index `i` serves node id `i + 1`.
     pub agents: Vec<Option<ChildProcess>>,
+    /// Extra arguments for agents started from now on (e.g. drill flags in tests).
+    pub agent_args: Vec<String>,
 }
 
 /// A free loopback port, for replicas that must know each other's address before starting.
@@ -61,6 +63,7 @@ impl LocalFleet {
             coordinator_addr: String::new(),
             replica_addrs,
             agents: Vec::new(),
+            agent_args: Vec::new(),
         };
         for id in 1..=f.coordinators.len() {
             f.start_coordinator(id)?;
@@ -125,22 +128,19 @@ impl LocalFleet {
             .map_err(|e| Error::io(cluster.node_dir(id), e))?;
         let data = self.dir.join(format!("agent-{id}"));
         let log = self.dir.join(format!("agent-{id}.log"));
-        let child = spawn(
-            &self.bin,
-            &format!("agent {id}"),
-            &[
-                "agent".into(),
-                "--coordinator".into(),
-                self.coordinator_addr.clone(),
-                "--db-node".into(),
-                node_addr.trim().to_string(),
-                "--data".into(),
-                data.display().to_string(),
-                "--password-file".into(),
-                self.password_file.display().to_string(),
-            ],
-            &log,
-        )?;
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--coordinator".into(),
+            self.coordinator_addr.clone(),
+            "--db-node".into(),
+            node_addr.trim().to_string(),
+            "--data".into(),
+            data.display().to_string(),
+            "--password-file".into(),
+            self.password_file.display().to_string(),
+        ];
+        args.extend(self.agent_args.iter().cloned());
+        let child = spawn(&self.bin, &format!("agent {id}"), &args, &log)?;
         let idx = id as usize - 1;
         if self.agents.len() <= idx {
             self.agents.resize_with(idx + 1, || None);

@@ -1,13 +1,14 @@
 //! Opening repositories by URL, once per process: the passphrase comes from the process's
 //! own configuration (never from the coordinator's log), and every store gets the retry
-//! layer and a bandwidth budget that can change while tasks run.
+//! layer and a bandwidth budget that can change while tasks run, lowered by the adaptive
+//! rate (`aimd.rs`) while the store throttles.
 
+use crate::aimd::{AdaptiveRate, AimdConfig};
 use crate::error::{AgentError, Result};
-use snapfleet_repository::layers::{Rate, RetryConfig};
+use snapfleet_repository::layers::{FaultConfig, FaultStore, RetryConfig};
 use snapfleet_repository::{open_store, with_layers, Repository, StoreLayers};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
@@ -57,11 +58,12 @@ pub fn read_passphrase_file(path: &std::path::Path) -> Result<Vec<u8>> {
     Ok(line.to_vec())
 }
 
-/// Opened repositories, by URL, sharing one bandwidth budget.
+/// Opened repositories, by URL, sharing one bandwidth budget and one adaptive rate.
 pub struct Repos {
     pass: Passphrase,
     open: Mutex<HashMap<String, Arc<Repository>>>,
-    rate: Rate,
+    adaptive: Arc<AdaptiveRate>,
+    faults: Option<FaultConfig>,
 }
 
 impl Repos {
@@ -69,17 +71,32 @@ impl Repos {
         Self {
             pass,
             open: Mutex::new(HashMap::new()),
-            rate: Rate::default(),
+            adaptive: Arc::new(AdaptiveRate::new(AimdConfig::default())),
+            faults: None,
         }
     }
 
-    /// The process-wide budget in bytes/s (0 = unlimited).
-    pub fn set_rate(&self, bytes_per_sec: u64) {
-        self.rate.store(bytes_per_sec, Ordering::Relaxed);
+    /// Drills and tests only: every store opened from now on injects these faults (below
+    /// the retry layer, so they are retried and throttle the adaptive rate like real ones).
+    pub fn with_faults(mut self, faults: Option<FaultConfig>) -> Self {
+        self.faults = faults;
+        self
     }
 
+    /// The process-wide budget in bytes/s (0 = unlimited); the rate paced to may be lower
+    /// while the store throttles.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.adaptive.set_budget(bytes_per_sec);
+    }
+
+    /// The rate paced to now (bytes/s, 0 = unlimited).
     pub fn rate(&self) -> u64 {
-        self.rate.load(Ordering::Relaxed)
+        self.adaptive.current()
+    }
+
+    /// The adaptive rate (throttling counts and the lowest rate, for task results).
+    pub fn adaptive(&self) -> &Arc<AdaptiveRate> {
+        &self.adaptive
     }
 
     pub async fn get(&self, url: &str) -> Result<Arc<Repository>> {
@@ -87,11 +104,17 @@ impl Repos {
         if let Some(r) = open.get(url) {
             return Ok(r.clone());
         }
+        let mut store = open_store(url)?;
+        if let Some(f) = self.faults {
+            tracing::warn!(url, faults = ?f, "injecting object-store faults (drill mode)");
+            store = Arc::new(FaultStore::new(store, f));
+        }
         let store = with_layers(
-            open_store(url)?,
+            store,
             StoreLayers {
                 retry: Some(RetryConfig::default()),
-                rate: Some(self.rate.clone()),
+                rate: Some(self.adaptive.layer_rate()),
+                observer: Some(self.adaptive.clone()),
             },
         );
         let pass = self.pass.read(url)?;

@@ -82,8 +82,72 @@ pub struct UploadTask {
 pub struct UploadResult {
     pub part: PartSummary,
     pub files: u64,
+    /// Bytes of the tablet's files (read now, or recorded from the journal).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Bytes this attempt read from disk.
     pub bytes_read: u64,
     pub bytes_uploaded: u64,
+    /// Files an earlier, interrupted attempt had finished, recorded from the agent's journal
+    /// without being read again.
+    #[serde(default)]
+    pub journal_files: u64,
+    #[serde(default)]
+    pub journal_bytes: u64,
+    #[serde(default, flatten)]
+    pub throttle: ThrottleStats,
+}
+
+impl UploadResult {
+    /// The tablet's bytes (results of older agents only have `bytes_read`).
+    pub fn tablet_bytes(&self) -> u64 {
+        if self.bytes > 0 {
+            self.bytes
+        } else {
+            self.bytes_read
+        }
+    }
+}
+
+/// What the agent saw of object-store throttling while a task ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleStats {
+    /// Throttling answers (503 SlowDown, 429, timeouts) the agent got and retried.
+    #[serde(default)]
+    pub throttled: u64,
+    /// The lowest rate the agent went down to (bytes/s; 0 = never lowered).
+    #[serde(default)]
+    pub throttled_lowest_rate: u64,
+}
+
+impl ThrottleStats {
+    /// Combines the stats of several tasks.
+    pub fn add(&mut self, o: &ThrottleStats) {
+        self.throttled += o.throttled;
+        self.throttled_lowest_rate = match (self.throttled_lowest_rate, o.throttled_lowest_rate) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+    }
+
+    /// A line for operators, or None when there was no throttling.
+    pub fn note(&self) -> Option<String> {
+        (self.throttled > 0).then(|| {
+            let lowered = if self.throttled_lowest_rate > 0 {
+                format!(
+                    "; agents lowered their rate, down to {} at the lowest",
+                    crate::aimd::fmt_rate(self.throttled_lowest_rate)
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "the object store throttled {} requests (retried){lowered}",
+                self.throttled
+            )
+        })
+    }
 }
 
 /// What a backup's ROOT records besides the page list: enough to restore from the
@@ -193,6 +257,13 @@ pub struct DownloadResult {
     /// Change-log records replayed (restore to a time).
     #[serde(default)]
     pub replayed: u64,
+    /// Files an earlier, interrupted attempt had staged, verified and kept (not downloaded).
+    #[serde(default)]
+    pub resumed_files: u64,
+    #[serde(default)]
+    pub resumed_bytes: u64,
+    #[serde(default, flatten)]
+    pub throttle: ThrottleStats,
 }
 
 /// Where a download task stages a tablet under its node's data directory.

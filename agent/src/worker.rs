@@ -3,16 +3,23 @@
 //! a tablet into staging) while reporting progress, which also renews its lease. A lease it
 //! loses (expired, job cancelled) stops the task's work at once. The agent never holds a
 //! per-file list in memory beyond the file being sent, and its memory is bounded by
-//! streams × chunk size whatever the tablet count.
+//! streams × chunk size whatever the tablet count. Files an upload finished are journaled
+//! (`journal.rs`), so a task re-leased after a crash records them without reading them.
 
 use crate::error::{AgentError, Result};
+use crate::journal::{Journal, TaskFingerprint};
 use crate::repos::{Passphrase, Repos};
-use crate::spec::{staging_dir, DownloadResult, DownloadTask, UploadResult, UploadTask};
+use crate::spec::{
+    staging_dir, DownloadResult, DownloadTask, ThrottleStats, UploadResult, UploadTask,
+};
 use snapfleet_coordinator::client::Leader;
 use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient;
 use snapfleet_coordinator::pb::{self as cpb};
 use snapfleet_proto::tabletdb as pb;
-use snapfleet_repository::{restore_root, BackupId, BackupWriter, RestoreOptions, WriterOptions};
+use snapfleet_repository::layers::FaultConfig;
+use snapfleet_repository::{
+    restore_root, BackupId, BackupWriter, FileMeta, RestoreOptions, WriterOptions,
+};
 use snapfleet_tabletdb::tablet::TabletPaths;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +50,8 @@ pub struct AgentConfig {
     pub passphrase: Passphrase,
     /// Mutual TLS towards the coordinator (`--certs DIR`: an agent identity).
     pub tls: Option<Arc<snapfleet_coordinator::tls::Tls>>,
+    /// Drills and tests only: object-store faults to inject (see `layers::faults`).
+    pub store_faults: Option<FaultConfig>,
 }
 
 struct Ctx {
@@ -54,6 +63,7 @@ struct Ctx {
     leader: Leader,
     repos: Repos,
     streams: usize,
+    journal: Journal,
 }
 
 /// Runs the agent until `shutdown`.
@@ -73,8 +83,9 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         node_id: status.node_id,
         node_data: PathBuf::from(&status.data_dir),
         leader: Leader::new(&cfg.coordinator).with_tls(cfg.tls.clone()),
-        repos: Repos::new(cfg.passphrase.clone()),
+        repos: Repos::new(cfg.passphrase.clone()).with_faults(cfg.store_faults),
         streams: cfg.streams.max(1),
+        journal: Journal::open(&cfg.data.join("journal")),
     });
     let span = tracing::info_span!("agent", id = %id, node = status.node_id);
     async move {
@@ -300,13 +311,7 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
             .in_current_span(),
         )
     };
-    let work = do_work(
-        ctx.clone(),
-        lease.job_kind.clone(),
-        lease.payload_json.clone(),
-        lease.attempt,
-        counters.clone(),
-    );
+    let work = do_work(ctx.clone(), &lease, counters.clone());
     let result: Result<serde_json::Value> = tokio::select! {
         r = work => r,
         _ = stop.cancelled() => Err(AgentError::Cancelled("lease lost or agent stopping".into())),
@@ -328,13 +333,19 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
                 })
                 .await
             {
-                Ok(_) => info!("task done"),
+                Ok(_) => {
+                    ctx.journal.remove(lease.job_id, lease.task_id);
+                    info!("task done")
+                }
                 Err(s) => warn!(status = %s.message(), "could not report completion"),
             }
         }
         Err(AgentError::Cancelled(why)) => info!(%why, "task stopped"),
         Err(e) => {
             warn!(error = %e, "task failed");
+            if !e.is_retryable() {
+                ctx.journal.remove(lease.job_id, lease.task_id);
+            }
             let req = cpb::FailTaskRequest {
                 agent_id: ctx.id.clone(),
                 task_id: lease.task_id,
@@ -357,24 +368,23 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
 
 async fn do_work(
     ctx: Arc<Ctx>,
-    kind: String,
-    payload: String,
-    attempt: u32,
+    lease: &cpb::TaskLease,
     counters: Arc<Counters>,
 ) -> Result<serde_json::Value> {
-    match kind.as_str() {
+    let payload = &lease.payload_json;
+    match lease.job_kind.as_str() {
         "backup" => {
-            let t: UploadTask = parse(&payload)?;
-            let r = upload(&ctx, &t, &counters, attempt).await?;
+            let t: UploadTask = parse(payload)?;
+            let r = upload(&ctx, &t, &counters, lease).await?;
             Ok(serde_json::to_value(r).expect("serialisable"))
         }
         "restore" => {
-            let t: DownloadTask = parse(&payload)?;
+            let t: DownloadTask = parse(payload)?;
             let r = download(&ctx, &t, &counters).await?;
             Ok(serde_json::to_value(r).expect("serialisable"))
         }
         "archive" => {
-            let t: crate::archive::ArchiveTask = parse(&payload)?;
+            let t: crate::archive::ArchiveTask = parse(payload)?;
             let repo = ctx.repos.get(&t.repo).await?;
             crate::archive::run_archive(repo, &ctx.db_node, &t, &counters).await?;
             Ok(serde_json::json!({}))
@@ -390,7 +400,7 @@ fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| AgentError::invalid("task payload", e))
 }
 
-fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
+fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64, FileMeta)>> {
     let io = |source| AgentError::Io {
         what: format!("tablet snapshot {}", dir.display()),
         source,
@@ -406,14 +416,29 @@ fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
             ));
         }
         let name = e.file_name().to_string_lossy().into_owned();
-        out.push((name, e.path(), m.len()));
+        out.push((name, e.path(), m.len(), FileMeta::from_metadata(&m)));
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
-/// Uploads one tablet snapshot as the manifest part named after the tablet.
-async fn upload(ctx: &Ctx, t: &UploadTask, c: &Counters, attempt: u32) -> Result<UploadResult> {
+/// Throttling since the last report, as a task result carries it.
+fn throttle_stats(ctx: &Ctx) -> ThrottleStats {
+    let r = ctx.repos.adaptive().take_report();
+    ThrottleStats {
+        throttled: r.throttled,
+        throttled_lowest_rate: r.lowest_rate,
+    }
+}
+
+/// Uploads one tablet snapshot as the manifest part named after the tablet. Files the
+/// task's journal holds (finished by an earlier attempt) are recorded without reading them.
+async fn upload(
+    ctx: &Ctx,
+    t: &UploadTask,
+    c: &Counters,
+    lease: &cpb::TaskLease,
+) -> Result<UploadResult> {
     let meta = pb::TabletMeta {
         tablet_id: t.tablet_id.clone(),
         table_id: t.table_id.clone(),
@@ -446,20 +471,56 @@ async fn upload(ctx: &Ctx, t: &UploadTask, c: &Counters, attempt: u32) -> Result
         },
     )
     .await?;
-    info!(files = files.len(), attempt, dir = %dir.display(), "uploading tablet snapshot");
+    let journal = Arc::new(ctx.journal.upload(
+        lease.job_id,
+        lease.task_id,
+        &TaskFingerprint {
+            repo: t.repo.clone(),
+            backup_id: t.backup_id.clone(),
+            snapshot_id: t.snapshot_id.clone(),
+            tablet_id: t.tablet_id.clone(),
+        },
+    ));
+    w.set_observer(journal.clone());
+    info!(files = files.len(), attempt = lease.attempt, dir = %dir.display(), "uploading tablet snapshot");
     // Progress counts files whose every chunk is stored: what a retry would not send again.
     let progress = w.progress();
-    for (name, path, size) in &files {
+    let (mut journal_files, mut journal_bytes) = (0u64, 0u64);
+    // Files below this wait in a pack of small files before the writer records them.
+    let small_file = WriterOptions::default().small_file_threshold;
+    for (name, path, size, meta) in &files {
         let rel = format!("{}/{}", t.tablet_id, name);
-        w.put_path(&rel, path).await?;
+        let reused = match journal.lookup(&rel, *size, *meta) {
+            Some(chunks) => w.put_reused(&rel, *size, *meta, chunks).await?,
+            None => false,
+        };
+        if reused {
+            journal_files += 1;
+            journal_bytes += size;
+        } else {
+            w.put_path(&rel, path).await?;
+            if *size >= small_file {
+                journal.flush().await; // recorded (small files wait in a pack): keep it
+            }
+        }
         c.items_done.fetch_add(1, Ordering::Relaxed);
         c.bytes_done.fetch_add(*size, Ordering::Relaxed);
     }
     let part = w.finish().await?;
+    if journal_files > 0 {
+        info!(
+            journal_files,
+            journal_bytes, "resumed: files finished by an earlier attempt were not read again"
+        );
+    }
     Ok(UploadResult {
         files: files.len() as u64,
+        bytes: files.iter().map(|f| f.2).sum(),
         bytes_read: progress.bytes_read.load(Ordering::Relaxed),
         bytes_uploaded: progress.bytes_uploaded.load(Ordering::Relaxed),
+        journal_files,
+        journal_bytes,
+        throttle: throttle_stats(ctx),
         part,
     })
 }
@@ -484,9 +545,15 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
     c.bytes_total.store(t.pages.bytes, Ordering::Relaxed);
     let target = staging_dir(&ctx.node_data, &t.restore_id);
     let tablet_dir = target.join(&t.source_tablet);
-    // A previous attempt may have left part of the files: start clean. If this task fails
-    // or is stopped (lease lost, job cancelled), its partial files go too.
-    let _ = std::fs::remove_dir_all(&tablet_dir);
+    // A previous attempt killed half-way (agent crash) left the files it had finished in
+    // place (each is renamed there only once whole and verified): they are kept if their
+    // content still hashes to the manifest's chunk ids, instead of being downloaded again.
+    // If this task fails or is stopped (lease lost, job cancelled), its files go.
+    // Except for a restore to a time: a failed attempt may have replayed into the staged
+    // RocksDB files (new files, compactions), so it starts clean.
+    if t.replay.is_some() {
+        let _ = std::fs::remove_dir_all(&tablet_dir);
+    }
     let mut guard = RemoveOnDrop(Some(tablet_dir.clone()));
     let restore = restore_root(
         &repo,
@@ -494,6 +561,7 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
         &target,
         RestoreOptions {
             concurrency: ctx.streams,
+            keep_verified: t.replay.is_none(),
         },
     );
     tokio::pin!(restore);
@@ -515,10 +583,20 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
     };
     guard.0 = None;
     c.bytes_done.store(stats.bytes, Ordering::Relaxed);
+    if stats.files_kept > 0 {
+        info!(
+            files = stats.files_kept,
+            bytes = stats.bytes_kept,
+            "resumed: files an earlier attempt had staged were verified and kept"
+        );
+    }
     Ok(DownloadResult {
         files: stats.files,
         bytes: stats.bytes,
         replayed,
+        resumed_files: stats.files_kept,
+        resumed_bytes: stats.bytes_kept,
+        throttle: throttle_stats(ctx),
     })
 }
 

@@ -69,6 +69,13 @@ pub struct AgentArgs {
     /// File holding the repository passphrase (also: $SNAPFLEET_PASSWORD_FILE, $SNAPFLEET_PASSWORD).
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// Drills and tests only: the object store answers `503 SlowDown` beyond this rate
+    /// (e.g. `2MiB/s`), to exercise the agent's adaptive rate.
+    #[arg(long, hide = true)]
+    drill_store_capacity: Option<String>,
+    /// Drills and tests only: share of object-store requests that fail transiently (0–1).
+    #[arg(long, hide = true)]
+    drill_store_faults: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -251,6 +258,18 @@ pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
     let token = CancellationToken::new();
     crate::coordinator::cancel_on_signal(token.clone());
     let tls = a.c.tls()?;
+    let capacity = a
+        .drill_store_capacity
+        .as_deref()
+        .map(crate::util::parse_rate)
+        .transpose()
+        .context("--drill-store-capacity")?;
+    let store_faults = (capacity.is_some() || a.drill_store_faults.is_some()).then(|| {
+        snapfleet_repository::layers::FaultConfig {
+            failure_rate: a.drill_store_faults.unwrap_or(0.0),
+            capacity: capacity.unwrap_or(0),
+        }
+    });
     run_agent(
         AgentConfig {
             coordinator: vec![a.c.coordinator],
@@ -263,6 +282,7 @@ pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
             passphrase: Passphrase {
                 file: a.password_file,
             },
+            store_faults,
         },
         token,
     )
@@ -434,6 +454,11 @@ async fn finish_command(leader: &Leader, job: cpb::JobInfo, wait: bool, json: bo
         println!("{}", serde_json::to_string_pretty(&job_json(&job))?);
     } else if !wait {
         println!("{}", job.id);
+    } else if let Some(note) = serde_json::from_str::<serde_json::Value>(&job.result_json)
+        .ok()
+        .and_then(|r| r["throttle_note"].as_str().map(str::to_string))
+    {
+        eprintln!("note: {note}");
     }
     if wait && job.state != "succeeded" {
         bail!("job {} {}: {}", job.id, job.state, job.failure);

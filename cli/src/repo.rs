@@ -173,7 +173,7 @@ fn open_store(url: &str) -> Result<Arc<dyn sr::object_store::ObjectStore>> {
         store,
         sr::StoreLayers {
             retry: Some(Default::default()),
-            rate: None,
+            ..Default::default()
         },
     ))
 }

@@ -194,6 +194,59 @@ pub fn store_error_is_retryable(err: &object_store::Error) -> bool {
     }
 }
 
+/// Whether a failed store call means "the store is overloaded: send less" — 503 / SlowDown,
+/// 429 / Too Many Requests, request timeouts — as opposed to other transient failures (a
+/// refused or reset connection) or permanent ones. Every throttling error is retryable; the
+/// agent's adaptive rate (AIMD) lowers its send rate on these.
+pub fn store_error_is_throttling(err: &object_store::Error) -> bool {
+    use object_store::client::HttpErrorKind as K;
+    if !store_error_is_retryable(err) {
+        return false;
+    }
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(h) = e.downcast_ref::<object_store::client::HttpError>() {
+            if h.kind() == K::Timeout {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if message_is_throttling(&e.to_string()) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+fn message_is_throttling(msg: &str) -> bool {
+    const CODES: [&str; 8] = [
+        "SlowDown",
+        "Slow Down",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "Service Unavailable",
+        "Too Many Requests",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+    ];
+    if CODES.iter().any(|c| msg.contains(c)) {
+        return true;
+    }
+    if let Some(pos) = msg.find("status code: ") {
+        let code = &msg[pos + "status code: ".len()..];
+        let digits: String = code.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let Ok(status) = digits.parse::<u16>() {
+            return status == 503 || status == 429 || status == 408;
+        }
+    }
+    false
+}
+
 fn chain_is_retryable(err: &(dyn std::error::Error + 'static)) -> bool {
     use object_store::client::HttpErrorKind as K;
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -277,6 +330,42 @@ mod tests {
             "Server returned non-2xx status code: 400 Bad Request: nope"
         ));
         assert!(!message_is_retryable("access denied"));
+    }
+
+    #[test]
+    fn throttling_is_told_from_other_transient_failures() {
+        let generic =
+            |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+                store: "S3",
+                source,
+            };
+        let slow = generic(
+            "Server returned non-2xx status code: 503 Service Unavailable: <Code>SlowDown</Code>"
+                .into(),
+        );
+        assert!(store_error_is_throttling(&slow));
+        let many = generic("Server returned non-2xx status code: 429 Too Many Requests".into());
+        assert!(store_error_is_throttling(&many));
+        let timeout = generic(Box::new(object_store::client::HttpError::new(
+            object_store::client::HttpErrorKind::Timeout,
+            std::io::Error::other("request timed out"),
+        )));
+        assert!(store_error_is_throttling(&timeout));
+        // Transient but not "send less": a refused connection, a 500.
+        let refused = generic(Box::new(object_store::client::HttpError::new(
+            object_store::client::HttpErrorKind::Connect,
+            std::io::Error::other("connection refused"),
+        )));
+        assert!(store_error_is_retryable(&refused));
+        assert!(!store_error_is_throttling(&refused));
+        let internal =
+            generic("Server returned non-2xx status code: 500 Internal Server Error".into());
+        assert!(!store_error_is_throttling(&internal));
+        let missing = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "SlowDown".into(),
+        };
+        assert!(!store_error_is_throttling(&missing));
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub mod writer;
 
 pub use chunker::ChunkerParams;
 pub use copy::{copy_backup, copy_backups, CopiedBackup, CopyOptions, CopyReport};
-pub use error::{Error, Result};
+pub use error::{store_error_is_retryable, store_error_is_throttling, Error, Result};
 pub use forget::{forget, remove_backup, select, ForgetDecision, ForgetReport, KeepPolicy};
 pub use format::{KdfParams, KeyInfo, RepoConfig, FORMAT_VERSION};
 pub use gc::{gc, GcOptions, GcReport};
@@ -59,5 +59,6 @@ pub use repo::{InitOptions, Repository};
 pub use store::{open_store, open_store_with_options, with_layers, StoreLayers};
 pub use verify::{verify, verify_backups, Damage, Problem, VerifyOptions, VerifyReport};
 pub use writer::{
-    commit_backup, BackupWriter, FileMeta, PartSummary, Progress, WriteStats, WriterOptions,
+    commit_backup, BackupWriter, EntryObserver, FileMeta, PartSummary, Progress, WriteStats,
+    WriterOptions,
 };

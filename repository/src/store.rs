@@ -15,7 +15,7 @@ use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 
 use crate::error::{Error, Result};
-use crate::layers::{Rate, RateLimitStore, RetryConfig, RetryStore};
+use crate::layers::{ObserveStore, Rate, RateLimitStore, RetryConfig, RetryStore, StoreObserver};
 
 /// The layers every real repository store should have.
 #[derive(Clone, Debug, Default)]
@@ -24,12 +24,19 @@ pub struct StoreLayers {
     pub retry: Option<RetryConfig>,
     /// Byte-rate budget shared with whoever changes it at run time (0 = unlimited).
     pub rate: Option<Rate>,
+    /// Told about every attempt (bytes moved, throttling), e.g. an adaptive rate.
+    pub observer: Option<Arc<dyn StoreObserver>>,
 }
 
-/// Wraps `store` as `Retry(RateLimit(store))`: every retried attempt is paced too.
+/// Wraps `store` as `Retry(Observe(RateLimit(store)))`: every retried attempt is paced too,
+/// and the observer sees each attempt.
 pub fn with_layers(store: Arc<dyn ObjectStore>, layers: StoreLayers) -> Arc<dyn ObjectStore> {
     let store: Arc<dyn ObjectStore> = match layers.rate {
         Some(rate) => Arc::new(RateLimitStore::new(store, rate)),
+        None => store,
+    };
+    let store: Arc<dyn ObjectStore> = match layers.observer {
+        Some(observer) => Arc::new(ObserveStore::new(store, observer)),
         None => store,
     };
     match layers.retry {
@@ -133,6 +140,26 @@ mod tests {
         assert!(open_store("memory://").is_ok());
     }
 
+    #[derive(Debug)]
+    struct Nothing;
+    impl StoreObserver for Nothing {
+        fn transferred(&self, _bytes: u64) {}
+        fn throttled(&self, _op: &'static str, _error: &object_store::Error) {}
+    }
+
+    #[test]
+    fn the_observer_sits_between_retries_and_the_rate_limit() {
+        let s = with_layers(
+            open_store("memory://").unwrap(),
+            StoreLayers {
+                retry: Some(RetryConfig::default()),
+                rate: Some(Default::default()),
+                observer: Some(std::sync::Arc::new(Nothing)),
+            },
+        );
+        assert!(s.to_string().starts_with("Retry(Observe(RateLimit("), "{s}");
+    }
+
     #[test]
     fn layers_stack_in_order() {
         let rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -141,6 +168,7 @@ mod tests {
             StoreLayers {
                 retry: Some(RetryConfig::default()),
                 rate: Some(rate),
+                observer: None,
             },
         );
         assert!(s.to_string().starts_with("Retry(RateLimit("), "{s}");

@@ -130,6 +130,13 @@ impl FileMeta {
     }
 }
 
+/// Told about every file entry a writer records, once the file's chunks are stored: e.g. a
+/// journal of finished files, so that a writer restarted after a crash records them again
+/// with [`BackupWriter::put_reused`] instead of reading them. Must return quickly.
+pub trait EntryObserver: Send + Sync {
+    fn file_recorded(&self, entry: &Entry);
+}
+
 /// Files waiting in one pack at most (reused files add entries but no bytes).
 const MAX_PENDING_FILES: usize = 10_000;
 
@@ -194,6 +201,7 @@ struct Shared {
     manifest: Mutex<Option<ManifestWriter>>,
     pack: Mutex<Pack>,
     parent: Mutex<Option<ParentCursor>>,
+    observer: std::sync::Mutex<Option<Arc<dyn EntryObserver>>>,
     /// Writer lease (see `lease.rs`): held from before the first dedup check until commit,
     /// `release_lease` or drop.
     lease: std::sync::Mutex<Option<Lease>>,
@@ -254,6 +262,7 @@ impl BackupWriter {
                 manifest: Mutex::new(Some(manifest)),
                 pack: Mutex::new(Pack::default()),
                 parent: Mutex::new(None),
+                observer: std::sync::Mutex::new(None),
                 lease: std::sync::Mutex::new(Some(lease)),
                 files: AtomicU64::new(0),
                 dirs: AtomicU64::new(0),
@@ -290,7 +299,7 @@ impl BackupWriter {
             mtime_nsec: meta.mtime_nsec,
             chunks: vec![],
         };
-        self.push_entry(entry).await
+        self.push_entry(&entry).await
     }
 
     /// Stores one file read from `reader` (blocking reads run on a blocking thread).
@@ -475,16 +484,35 @@ impl BackupWriter {
             }
         };
         let Some(e) = found else { return Ok(false) };
-        let total: u64 = e.chunks.iter().map(|c| c.len).sum();
         if e.size != size
-            || total != size
             || e.mtime != meta.mtime
             || e.mtime_nsec != meta.mtime_nsec
             || e.mode != meta.mode
         {
             return Ok(false);
         }
-        for c in &e.chunks {
+        self.put_reused(rel, size, meta, e.chunks).await
+    }
+
+    /// Records `rel_path` (`size` bytes, `meta`) with chunk references an earlier writer
+    /// stored — a parent backup's entry, or an interrupted upload's journal — without reading
+    /// the file, after checking every chunk is still in the repository. Returns false, having
+    /// recorded nothing, when the references do not add up to `size` or a chunk is gone:
+    /// then the caller must read the file (`put_path`). The caller vouches that the file is
+    /// unchanged since those references were made (same path, size, mtime, mode).
+    pub async fn put_reused(
+        &self,
+        rel_path: &str,
+        size: u64,
+        meta: FileMeta,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<bool> {
+        check_rel_path(rel_path)?;
+        let total: u64 = chunks.iter().map(|c| c.len).sum();
+        if total != size {
+            return Ok(false);
+        }
+        for c in &chunks {
             if self.s.repo.chunk_exists(&c.id).await?.is_none() {
                 return Ok(false);
             }
@@ -494,21 +522,27 @@ impl BackupWriter {
             // Nothing packed waits before it: record it now (after earlier reused files).
             self.flush_pack(&mut pack).await?;
             drop(pack);
-            self.push_file_entry(rel, meta, size, e.chunks).await?;
+            self.push_file_entry(rel_path, meta, size, chunks).await?;
         } else {
             // Keep walk order: recorded when the pack before it is flushed.
             pack.files.push(PendingSmall {
-                path: rel.to_string(),
+                path: rel_path.to_string(),
                 meta,
                 offset: 0,
                 len: size,
-                reused: Some(e.chunks),
+                reused: Some(chunks),
             });
             if pack.files.len() >= MAX_PENDING_FILES {
                 self.flush_pack(&mut pack).await?; // bound memory: cut the pack early
             }
         }
         Ok(true)
+    }
+
+    /// Tells `observer` about every file this writer records from now on (see
+    /// [`EntryObserver`]).
+    pub fn set_observer(&self, observer: Arc<dyn EntryObserver>) {
+        *self.s.observer.lock().expect("observer lock") = Some(observer);
     }
 
     async fn add_small(&self, rel_path: &str, meta: FileMeta, data: Vec<u8>) -> Result<()> {
@@ -588,15 +622,20 @@ impl BackupWriter {
             mtime_nsec: meta.mtime_nsec,
             chunks,
         };
-        self.push_entry(entry).await
+        self.push_entry(&entry).await?;
+        let observer = self.s.observer.lock().expect("observer lock").clone();
+        if let Some(o) = observer {
+            o.file_recorded(&entry);
+        }
+        Ok(())
     }
 
-    async fn push_entry(&self, entry: Entry) -> Result<()> {
+    async fn push_entry(&self, entry: &Entry) -> Result<()> {
         let mut m = self.s.manifest.lock().await;
         let m = m
             .as_mut()
             .ok_or_else(|| Error::InvalidArgument("writer already finished".into()))?;
-        m.push(&entry).await
+        m.push(entry).await
     }
 
     /// Fails with `Error::LeaseLost` if this writer's lease may have expired (see `lease.rs`).

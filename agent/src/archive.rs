@@ -340,8 +340,18 @@ async fn archive_tablet(
                 max_bytes: 2 << 20,
             })
             .await
-            .map_err(|s| from_status(&format!("tablet {id}"), s))?
-            .into_inner();
+            .map_err(|s| from_status(&format!("tablet {id}"), s));
+        let r = match r {
+            Ok(r) => r.into_inner(),
+            // Deleted since the node listed it: the next scan decides whether it is gone.
+            Err(snapfleet_tabletdb::Error::NotFound(why)) => {
+                // Unflushed records are dropped: read them again from `covered` next time.
+                warn!(tablet = %id, %why, "tablet vanished while being archived");
+                st.cursor = (0, 0);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if r.gap {
             // Retention deleted records we had not shipped (the agent was down too long):
             // the chain restarts after them, and restores before that point need an older

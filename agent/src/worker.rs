@@ -350,7 +350,9 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
                 agent_id: ctx.id.clone(),
                 task_id: lease.task_id,
                 reason: e.to_string(),
-                permanent: !e.is_retryable(),
+                // Archiving must outlive any outage: its task is retried (with backoff, the
+                // error shown in `pitr archive status`), never given up.
+                permanent: !archive && !e.is_retryable(),
             };
             if let Err(s) = ctx
                 .leader

@@ -633,6 +633,26 @@ async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            // Wait for the agents to stop (the job ends once its driver has seen the cancel).
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let j = leader
+                    .call(move |ch| async move {
+                        CoordinatorClient::new(ch).get_job(cpb::JobRef { id }).await
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner();
+                if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "archive job {id} did not stop within 2 minutes; see `snapfleet job list`"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             if json {
                 println!("{}", serde_json::json!({"job_id": id, "disabled": true}));
             } else {

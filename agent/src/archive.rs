@@ -216,6 +216,11 @@ pub(crate) async fn run_archive(
             )
         })
         .collect();
+    // A restarted archiver starts from what it had archived (not 0, which would freeze the
+    // coordinator's view of its lag until its first pass ends).
+    if let Some(cp) = progress.checkpoint() {
+        counters.checkpoint.store(cp, Ordering::Relaxed);
+    }
     let mut master: Option<Client> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(t.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -255,6 +260,8 @@ pub(crate) async fn run_archive(
                             covered: start,
                             created_after,
                             gone_after: 0,
+                            gone_seen: 0,
+                            hidden: hidden_of(s),
                         },
                         cursor: (0, 0),
                     },
@@ -262,22 +269,26 @@ pub(crate) async fn run_archive(
             }
         }
         for (id, st) in tablets.iter_mut() {
+            let Some(ls) = live.iter().find(|s| &s.tablet_id == id) else {
+                if st.prog.gone_after == 0 {
+                    // Dropped (or moved away) between its last archived time and now. Its
+                    // entry stays (small) so restores inside the window know.
+                    st.prog.gone_after = st.prog.covered.max(1);
+                    st.prog.gone_seen = scan_ht;
+                    info!(tablet = %id, "tablet gone from the node; its archive ends here");
+                }
+                continue;
+            };
             if st.prog.gone_after != 0 {
-                continue;
+                // Back in the catalog (revived by an in-place restore): the chain goes on (a
+                // dropped table takes no writes).
+                info!(tablet = %id, "tablet back in the catalog; archiving it again");
+                st.prog.gone_after = 0;
+                st.prog.gone_seen = 0;
             }
-            if !live.iter().any(|s| &s.tablet_id == id) {
-                // Dropped (or moved away): archived up to its last safe time here.
-                st.prog.gone_after = st.prog.covered.max(1);
-                info!(tablet = %id, "tablet gone from the node; its archive ends here");
-                continue;
-            }
+            st.prog.hidden = hidden_of(ls);
             archive_tablet(&repo, &mut node, t, id, st, counters).await?;
         }
-        // Forget dropped tablets once no restore inside the window can need them.
-        let window_start = snapfleet_tabletdb::hlc::HybridTime(scan_ht)
-            .minus(Duration::from_secs(t.retention_secs))
-            .0;
-        tablets.retain(|_, st| st.prog.gone_after == 0 || st.prog.gone_after >= window_start);
         progress.tablets = tablets
             .iter()
             .map(|(id, st)| (id.clone(), st.prog.clone()))
@@ -288,6 +299,10 @@ pub(crate) async fn run_archive(
         let checkpoint = progress.checkpoint().unwrap_or(scan_ht);
         counters.checkpoint.store(checkpoint, Ordering::Relaxed);
     }
+}
+
+fn hidden_of(s: &pb::TabletStatus) -> Vec<(u64, u64)> {
+    s.hidden.iter().map(|h| (h.after_ht, h.until_ht)).collect()
 }
 
 /// The tables of the database in the master's catalog now (id → name); `None` if the
@@ -428,6 +443,19 @@ async fn flush_piece(
 pub struct RestorePlan {
     pub backup_id: String,
     pub skip_tables: Vec<String>,
+    /// Per source tablet: what its replay must find.
+    pub tablets: BTreeMap<String, TabletReplay>,
+}
+
+/// What one tablet's replay must find and apply.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TabletReplay {
+    /// The archive's pieces must reach at least this time from the base backup's (the
+    /// planner saw them do so; fewer now means pieces were deleted meanwhile).
+    pub chain_to: u64,
+    /// Ranges the source hid by in-place restores between the base backup and the target
+    /// time: hidden in the restored tablet too.
+    pub hidden: Vec<(u64, u64)>,
 }
 
 fn at(ht: u64) -> String {
@@ -528,6 +556,7 @@ pub(crate) async fn plan_restore_to(
         }
     }
     let mut skip_tables = Vec::new();
+    let mut tablets = BTreeMap::new();
     let mut in_base = std::collections::BTreeSet::new();
     for table in &meta.snapshot.tables {
         if !spec.tables.is_empty() && !spec.tables.contains(&table.name) {
@@ -545,11 +574,24 @@ pub(crate) async fn plan_restore_to(
                     ),
                 ));
             };
-            if tp.gone_after != 0 && tp.gone_after < to {
-                if !skip_tables.contains(&table.name) {
-                    skip_tables.push(table.name.clone());
+            if tp.gone_after != 0 && to > tp.gone_after {
+                // Dropped in (gone_after, gone_seen].
+                if to >= tp.gone_seen {
+                    if !skip_tables.contains(&table.name) {
+                        skip_tables.push(table.name.clone());
+                    }
+                    continue;
                 }
-                continue;
+                return Err(AgentError::invalid(
+                    &what,
+                    format!(
+                        "table {:?} was dropped between {} and {} (its archiver did not look in \
+                         between): choose a time outside that span",
+                        table.name,
+                        at(tp.gone_after),
+                        at(tp.gone_seen)
+                    ),
+                ));
             }
             let pieces = repo
                 .list_log_pieces(&db_id, &tablet.tablet_id, base_ht, to)
@@ -583,10 +625,24 @@ pub(crate) async fn plan_restore_to(
                 }
                 Some(_) => {}
             }
+            let chain = snapfleet_repository::pitr::extend_chain(base_ht, &pieces);
+            tablets.insert(
+                tablet.tablet_id.clone(),
+                TabletReplay {
+                    chain_to: chain.min(to),
+                    hidden: tp
+                        .hidden
+                        .iter()
+                        .copied()
+                        .filter(|(_, until)| *until > base_ht && *until <= to)
+                        .collect(),
+                },
+            );
         }
     }
     for (tablet, (_, tp)) in &by_tablet {
-        let existed_at_to = tp.created_after < to && (tp.gone_after == 0 || tp.gone_after >= to);
+        let existed_at_to =
+            tp.created_after < to && (tp.gone_after == 0 || to < tp.gone_seen.max(tp.gone_after));
         let wanted = spec.tables.is_empty() || spec.tables.contains(&tp.table_name);
         // Not in the base backup yet alive at the target time: created after the base.
         if !in_base.contains(tablet) && existed_at_to && wanted {
@@ -608,6 +664,7 @@ pub(crate) async fn plan_restore_to(
     Ok(RestorePlan {
         backup_id,
         skip_tables,
+        tablets,
     })
 }
 
@@ -631,13 +688,15 @@ pub(crate) async fn replay_staged(
         .map(|p| p.to)
         .max()
         .unwrap_or(r.from_ht)
-        .min(r.to_ht);
+        .min(r.to_ht)
+        .max(r.tablet.chain_to);
     if covered < need {
         return Err(AgentError::invalid(
             format!("archive of tablet {source_tablet}"),
             format!(
-                "a piece is missing after {} (the chain has a hole); run the restore again to \
-                 re-plan it",
+                "archived changes after {} are missing (a piece deleted since the restore was \
+                 planned, e.g. by `repo forget`); nothing was activated: run the restore again \
+                 to re-plan it",
                 at(covered)
             ),
         ));
@@ -673,7 +732,8 @@ pub(crate) async fn replay_staged(
         .map_err(blocking)??;
     }
     let to = HybridTime(r.to_ht);
-    Ok(tokio::task::spawn_blocking(move || rep.finish(to))
+    let hidden = r.tablet.hidden.clone();
+    Ok(tokio::task::spawn_blocking(move || rep.finish(to, &hidden))
         .await
         .map_err(blocking)??)
 }

@@ -488,10 +488,12 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             if let Some(plan) = pitr {
                 notes.restore_ht = spec.to_ht;
                 notes.skip_tables = plan.skip_tables;
+                notes.replay_tablets = plan.tablets;
                 notes.replay = Some(crate::spec::ReplaySpec {
                     database_id: snap.database_id.clone(),
                     from_ht: snap.hybrid_time,
                     to_ht: spec.to_ht,
+                    tablet: Default::default(),
                 });
             }
             ctl.advance(
@@ -572,7 +574,14 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                             repo: spec.repo.clone(),
                             backup_id: n.backup_id.clone(),
                             restore_id: n.restore_id.clone(),
-                            replay: n.replay.clone(),
+                            replay: n.replay.clone().map(|mut r| {
+                                r.tablet = n
+                                    .replay_tablets
+                                    .get(&s.tablet_id)
+                                    .cloned()
+                                    .unwrap_or_default();
+                                r
+                            }),
                             source_tablet: s.tablet_id.clone(),
                             pages,
                             rate_limit: 0,

@@ -211,6 +211,9 @@ pub struct RestoreNotes {
     /// Archived change log to replay on each staged tablet.
     #[serde(default)]
     pub replay: Option<ReplaySpec>,
+    /// Per source tablet, what its replay must find (restore to a time).
+    #[serde(default)]
+    pub replay_tablets: std::collections::BTreeMap<String, crate::archive::TabletReplay>,
     pub restore_id: String,
     pub database: String,
     pub restore_ht: u64,
@@ -248,6 +251,9 @@ pub struct ReplaySpec {
     pub database_id: String,
     pub from_ht: u64,
     pub to_ht: u64,
+    /// This task's tablet (filled per task from the notes' plan).
+    #[serde(default)]
+    pub tablet: crate::archive::TabletReplay,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

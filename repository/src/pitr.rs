@@ -56,9 +56,16 @@ pub struct TabletProgress {
     /// created after it.
     #[serde(default)]
     pub created_after: u64,
-    /// The tablet disappeared (table dropped) after this time (0: still there).
+    /// The tablet disappeared (table dropped) after this time (0: still there)...
     #[serde(default)]
     pub gone_after: u64,
+    /// ...and was seen gone at this one: it was dropped in between.
+    #[serde(default)]
+    pub gone_seen: u64,
+    /// Version ranges `(after, until]` hidden in the source tablet by in-place restores:
+    /// a restore to a time at or after `until` hides them too.
+    #[serde(default)]
+    pub hidden: Vec<(u64, u64)>,
 }
 
 /// `pitr/<db id>/progress/<node>`.
@@ -128,10 +135,12 @@ pub fn extend_chain(mut covered: u64, pieces: &[Piece]) -> u64 {
 /// after `start` (sorted by `from`) and its progress entry; `None` if the archive cannot
 /// serve records after `start` at all (its chain began later).
 pub fn tablet_coverage(start: u64, pieces: &[Piece], p: &TabletProgress) -> Option<u64> {
-    if p.since > start {
-        return None;
-    }
     let chain = extend_chain(start, pieces);
+    if p.since > start {
+        // The chain restarted after a gap: before it, the pieces alone say what is complete
+        // (each covers its whole range); nothing if none reaches back to `start`.
+        return (chain > start).then_some(chain.min(p.since));
+    }
     if chain >= p.piece_to {
         // Nothing after the last piece until `covered`.
         Some(p.covered.max(chain))
@@ -348,6 +357,16 @@ mod tests {
         assert_eq!(tablet_coverage(10, &[p(5, 20)], &prog), Some(20));
         // The chain began after the start: the archive cannot serve it.
         assert_eq!(tablet_coverage(4, &[p(5, 20), p(20, 30)], &prog), None);
+        // A gap restarted the chain at 40: before it, the old pieces still serve.
+        let gapped = TabletProgress {
+            since: 40,
+            piece_to: 60,
+            covered: 70,
+            ..Default::default()
+        };
+        let old = [p(5, 20), p(20, 30), p(40, 60)];
+        assert_eq!(tablet_coverage(10, &old, &gapped), Some(30));
+        assert_eq!(tablet_coverage(45, &old, &gapped), Some(70));
     }
 
     #[test]

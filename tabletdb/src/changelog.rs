@@ -163,6 +163,24 @@ pub fn read_after(
     safe: HybridTime,
     max_bytes: u64,
 ) -> Result<LogRead> {
+    let mut out = read_after_unchecked(dir, after, cursor, safe, max_bytes)?;
+    // Truncation records what it deletes before deleting it: read that again now, so a
+    // segment deleted while we listed or read counts as a gap, never as "no records".
+    let truncated = truncated_through(dir)?;
+    if after < truncated {
+        out.gap = true;
+        out.truncated_through = truncated;
+    }
+    Ok(out)
+}
+
+fn read_after_unchecked(
+    dir: &Path,
+    after: HybridTime,
+    cursor: Cursor,
+    safe: HybridTime,
+    max_bytes: u64,
+) -> Result<LogRead> {
     let truncated = truncated_through(dir)?;
     let segs = list_segments(dir)?;
     let mut out = LogRead {

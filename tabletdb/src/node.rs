@@ -711,6 +711,8 @@ impl TabletServer for TabletService {
         &self,
         _request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        // The time first: a tablet missing from the list was created after it.
+        let hybrid_time = self.state.hlc.now().0;
         let mut tablets: Vec<pb::TabletStatus> = self
             .state
             .all_tablets()
@@ -721,12 +723,13 @@ impl TabletServer for TabletService {
                 database_id: t.meta().database_id.clone(),
                 dir: t.paths().dir.display().to_string(),
                 snapshots: t.snapshots(),
+                hidden: t.current_meta().hidden,
             })
             .collect();
         tablets.sort_by(|a, b| a.tablet_id.cmp(&b.tablet_id));
         Ok(Response::new(pb::NodeStatusResponse {
             node_id: self.state.node_id,
-            hybrid_time: self.state.hlc.now().0,
+            hybrid_time,
             data_dir: self.state.data_dir.display().to_string(),
             tablets,
             history_retention_secs: self

@@ -340,18 +340,28 @@ impl StagedReplay {
         Ok(())
     }
 
-    /// Flushes, closes, and records `upto` as the staged copy's restore point.
-    pub fn finish(self, upto: HybridTime) -> Result<u64> {
+    /// Flushes, closes, and records `upto` as the staged copy's restore point (durably), with
+    /// `hidden`: ranges `(after, until]` the source hid by in-place restores before `upto`.
+    pub fn finish(self, upto: HybridTime, hidden: &[(u64, u64)]) -> Result<u64> {
         self.db.flush().map_err(|e| Error::storage(&self.dir, e))?;
         drop(self.db);
         let mut meta = self.meta;
         meta.hybrid_time = meta.hybrid_time.max(upto.0);
         meta.max_ht = self.max_ht.max(upto.0);
+        for &(after_ht, until_ht) in hidden {
+            let h = pb::HiddenRange { after_ht, until_ht };
+            if !meta.tablet.hidden.contains(&h) {
+                meta.tablet.hidden.push(h);
+            }
+        }
         let sm_path = self.dir.join(SNAPSHOT_META_FILE);
         let tmp = self.dir.join(format!("{SNAPSHOT_META_FILE}.tmp"));
-        fs::write(&tmp, serde_json::to_vec(&meta).expect("json"))
+        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(&meta).expect("json"))
+            .and_then(|_| f.sync_all())
             .map_err(|e| Error::io(&tmp, e))?;
         fs::rename(&tmp, &sm_path).map_err(|e| Error::io(&sm_path, e))?;
+        sync_dir(&sm_path)?;
         Ok(self.records)
     }
 }
@@ -964,7 +974,7 @@ mod tests {
         assert_eq!(r.snapshot_ht(), snap_at);
         r.apply(&records).unwrap();
         r.apply(&records).unwrap(); // idempotent
-        r.finish(t).unwrap();
+        r.finish(t, &[]).unwrap();
         let mut m = meta();
         m.tablet_id = "t2".into();
         let b = Tablet::import(db.path(), m, &staged, t, policy).unwrap();

@@ -135,27 +135,7 @@ pub(crate) async fn archive_step(
                 start_ht: info.start_ht,
                 nodes: nodes.clone(),
             };
-            let specs = nodes
-                .iter()
-                .map(|n| TaskSpec {
-                    payload: serde_json::to_value(ArchiveTask {
-                        repo: spec.repo.clone(),
-                        master: spec.master.clone(),
-                        database: spec.database.clone(),
-                        database_id: db.database_id.clone(),
-                        node: n.to_string(),
-                        start_ht: info.start_ht,
-                        interval_ms: spec.interval_ms.max(100),
-                        compression: spec.compression,
-                        retention_secs: spec.retention_secs,
-                    })
-                    .expect("json"),
-                    affinity: Affinity {
-                        agent: None,
-                        node: Some(n.to_string()),
-                    },
-                })
-                .collect();
+            let specs = nodes.iter().map(|n| node_task(&spec, &notes, *n)).collect();
             info!(database = %spec.database, nodes = nodes.len(), start_ht = info.start_ht, "archive enabled");
             ctl.advance(
                 "archive",
@@ -167,8 +147,76 @@ pub(crate) async fn archive_step(
             .map_err(coord)?;
             Ok(Step::Again)
         }
-        "archive" => Ok(Step::Wait),
+        "archive" => {
+            // Nodes that joined the cluster since: give them their archive task too (looked
+            // at every NODE_CHECK at most: passes come with every progress report).
+            if !due_node_check(job.id.0) {
+                return Ok(Step::Wait);
+            }
+            let mut notes: ArchiveNotes = serde_json::from_value(job.data.clone())
+                .map_err(|e| AgentError::invalid("archive job notes", e))?;
+            let catalog = Client::connect(&spec.master).await?.refresh().await?;
+            let new: Vec<u32> = catalog
+                .nodes
+                .iter()
+                .map(|n| n.node_id)
+                .filter(|n| !notes.nodes.contains(n))
+                .collect();
+            if new.is_empty() {
+                return Ok(Step::Wait);
+            }
+            info!(nodes = ?new, "archiving new nodes");
+            let specs = new.iter().map(|n| node_task(&spec, &notes, *n)).collect();
+            notes.nodes.extend(&new);
+            ctl.advance(
+                "archive",
+                serde_json::to_value(notes).expect("json"),
+                specs,
+                ARCHIVE_RETRIES,
+            )
+            .await
+            .map_err(coord)?;
+            Ok(Step::Again)
+        }
         other => Err(AgentError::invalid("archive phase", other)),
+    }
+}
+
+fn node_task(spec: &ArchiveSpec, notes: &ArchiveNotes, node: u32) -> TaskSpec {
+    TaskSpec {
+        payload: serde_json::to_value(ArchiveTask {
+            repo: spec.repo.clone(),
+            master: spec.master.clone(),
+            database: spec.database.clone(),
+            database_id: notes.database_id.clone(),
+            node: node.to_string(),
+            start_ht: notes.start_ht,
+            interval_ms: spec.interval_ms.max(100),
+            compression: spec.compression,
+            retention_secs: spec.retention_secs,
+        })
+        .expect("json"),
+        affinity: Affinity {
+            agent: None,
+            node: Some(node.to_string()),
+        },
+    }
+}
+
+const NODE_CHECK: Duration = Duration::from_secs(10);
+
+/// Whether this archive job's node list is due for a look (per process, per job).
+fn due_node_check(job: u64) -> bool {
+    static LAST: std::sync::Mutex<BTreeMap<u64, std::time::Instant>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut last = LAST.lock().expect("node check lock");
+    let now = std::time::Instant::now();
+    match last.get(&job) {
+        Some(t) if now.duration_since(*t) < NODE_CHECK => false,
+        _ => {
+            last.insert(job, now);
+            true
+        }
     }
 }
 

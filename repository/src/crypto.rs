@@ -91,7 +91,7 @@ impl Keys {
         plaintext: &[u8],
         level: i32,
     ) -> Result<Vec<u8>> {
-        let compressed = if level > 0 {
+        let compressed = if level > 0 && looks_compressible(plaintext) {
             let c = zstd::bulk::compress(plaintext, level)
                 .map_err(|e| Error::InvalidArgument(format!("zstd level {level}: {e}")))?;
             (c.len() < plaintext.len()).then_some(c)
@@ -190,6 +190,26 @@ impl Keys {
     }
 }
 
+/// Data larger than this is sampled before compressing it.
+const SAMPLE_OVER: usize = 64 << 10;
+const SAMPLE: usize = 16 << 10;
+
+/// Whether compressing `data` is worth trying: large inputs are judged by a 16 KiB sample
+/// from their middle at zstd's fastest level (already-compressed data — compressed SSTs,
+/// media, encrypted files — saves nothing and costs a third of a backup's CPU otherwise).
+/// Small inputs are always tried: the sample would cost as much as the real thing.
+fn looks_compressible(data: &[u8]) -> bool {
+    if data.len() <= SAMPLE_OVER {
+        return true;
+    }
+    let mid = data.len() / 2 - SAMPLE / 2;
+    let sample = &data[mid..mid + SAMPLE];
+    match zstd::bulk::compress(sample, 1) {
+        Ok(c) => c.len() < SAMPLE * 97 / 100,
+        Err(_) => true,
+    }
+}
+
 fn decompress_bounded(data: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
@@ -244,6 +264,37 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::derive(&MasterKey([7; 32]))
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_without_trying_to_compress_it() {
+        let k = keys();
+        let noise: Vec<u8> = (0..(1u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ (i as u8).rotate_left(3))
+            .collect();
+        let random: Vec<u8> = {
+            let mut v = vec![0u8; 1 << 20];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut v);
+            v
+        };
+        let text = b"the quick brown fox jumps over the lazy dog ".repeat(30_000);
+        assert!(!looks_compressible(&random));
+        assert!(looks_compressible(&text));
+        assert!(
+            looks_compressible(&random[..4096]),
+            "small inputs are always tried"
+        );
+        for data in [&random[..], &text[..], &noise[..]] {
+            let sealed = k.seal(ObjectKind::Chunk, b"ctx", data, 3).unwrap();
+            assert_eq!(
+                k.open("x", ObjectKind::Chunk, b"ctx", &sealed).unwrap(),
+                data
+            );
+        }
+        let sealed = k.seal(ObjectKind::Chunk, b"ctx", &random, 3).unwrap();
+        assert_eq!(sealed[6] & FLAG_ZSTD, 0, "random data is stored as it is");
+        let sealed = k.seal(ObjectKind::Chunk, b"ctx", &text, 3).unwrap();
+        assert!(sealed.len() < text.len() / 10, "text is compressed");
     }
 
     #[test]

@@ -155,7 +155,15 @@ pub(crate) async fn archive_step(
             }
             let mut notes: ArchiveNotes = serde_json::from_value(job.data.clone())
                 .map_err(|e| AgentError::invalid("archive job notes", e))?;
-            let catalog = Client::connect(&spec.master).await?.refresh().await?;
+            // A master that cannot answer now is asked again later: the archive goes on.
+            let catalog = match async { Client::connect(&spec.master).await?.refresh().await }.await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "cannot list the cluster's nodes; looking again later");
+                    return Ok(Step::Wait);
+                }
+            };
             let new: Vec<u32> = catalog
                 .nodes
                 .iter()

@@ -68,9 +68,12 @@ impl ChangeLog {
             op.encode(&mut buf).expect("vec has room");
         }
         let cur = self.current.as_mut().expect("opened above");
-        cur.file
-            .write_all(&buf)
-            .map_err(|e| Error::io(&self.dir, e))?;
+        if let Err(e) = cur.file.write_all(&buf) {
+            // Part of the batch may be in the file: a torn record that readers stop at.
+            // Later records go to a new segment, so they are never hidden behind it.
+            self.current = None;
+            return Err(Error::io(&self.dir, e));
+        }
         cur.bytes += buf.len() as u64;
         Ok(())
     }

@@ -126,6 +126,7 @@ pub(crate) async fn archive_step(
                     database_name: spec.database.clone(),
                     retention_secs: spec.retention_secs,
                     start_ht: client.now().await?.0,
+                    pruned_before: 0,
                     created: chrono::Utc::now(),
                 },
             };
@@ -582,17 +583,31 @@ pub(crate) async fn plan_restore_to(
         .map(|p| p.checkpoint().unwrap_or(0))
         .min()
         .unwrap_or(0);
+    // The archive serves restores from bases at or after its start and its pruning point.
+    let usable_from = info.start_ht.max(info.pruned_before);
     let earliest = bases
         .iter()
-        .find(|b| b.0 >= info.start_ht)
+        .find(|b| b.0 >= usable_from)
         .map(|b| b.0)
-        .unwrap_or(info.start_ht);
+        .unwrap_or(usable_from);
     let window = format!(
         "the PITR window of {source:?} in this repository is {} .. {} (oldest base backup after \
          the archive began .. the archive's global checkpoint)",
         at(earliest),
         at(global)
     );
+    if info.pruned_before > base_ht {
+        return Err(AgentError::invalid(
+            &what,
+            format!(
+                "the newest base backup before that time ({backup_id}, {}) is older than the \
+                 archived changes `repo forget` kept (from {}, the start of the PITR window); \
+                 {window}",
+                at(base_ht),
+                at(info.pruned_before)
+            ),
+        ));
+    }
     if info.start_ht > base_ht {
         return Err(AgentError::invalid(
             &what,
@@ -857,6 +872,14 @@ pub async fn pitr_needs(repo: &Repository) -> Result<PitrNeeds> {
 pub async fn prune_logs(repo: &Repository, needs: &PitrNeeds) -> Result<u64> {
     let mut n = 0;
     for (db, before) in &needs.prune {
+        // Recorded first: a restore planned from an older base is then refused clearly
+        // instead of failing on missing pieces.
+        if let Some(mut info) = repo.read_archive_info(db).await? {
+            if info.pruned_before < *before {
+                info.pruned_before = *before;
+                repo.put_archive_info(&info).await?;
+            }
+        }
         n += repo.delete_log_pieces_before(db, *before).await?;
     }
     Ok(n)

@@ -31,6 +31,9 @@ pub struct ArchiveInfo {
     pub retention_secs: u64,
     /// Hybrid time the archive started at (records before it are not archived).
     pub start_ht: u64,
+    /// `repo forget` deleted the pieces ending at or before this time.
+    #[serde(default)]
+    pub pruned_before: u64,
     pub created: DateTime<Utc>,
 }
 

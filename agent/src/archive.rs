@@ -826,12 +826,7 @@ pub async fn pitr_needs(repo: &Repository) -> Result<PitrNeeds> {
     if archives.is_empty() {
         return Ok(needs);
     }
-    let now = snapfleet_tabletdb::hlc::HybridTime::from_micros(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64,
-    );
+    let now = snapfleet_tabletdb::hlc::HybridTime::wall_now();
     // (database id, ht, backup) of every tabletdb backup.
     let mut bases = Vec::new();
     for id in repo.list_backups().await? {

@@ -42,15 +42,6 @@ pub struct PitrBenchArgs {
     dir: Option<PathBuf>,
 }
 
-fn wall_now() -> HybridTime {
-    HybridTime::from_micros(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64,
-    )
-}
-
 async fn job(
     leader: &Leader,
     kind: &str,
@@ -204,7 +195,7 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
         tick.tick().await;
         let cp = checkpoint(&leader).await?;
         if cp > 0 {
-            let rpo = (wall_now().physical_micros() as f64
+            let rpo = (HybridTime::wall_now().physical_micros() as f64
                 - HybridTime(cp).physical_micros() as f64)
                 / 1e6;
             samples.push(rpo.max(0.0));

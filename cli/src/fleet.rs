@@ -407,13 +407,7 @@ pub async fn run_restore(a: RestoreArgs, json: bool) -> Result<()> {
     let (to_ht, source_database, database) = match &a.to {
         Some(t) => {
             // "5m ago" counts from this machine's clock.
-            let now = snapfleet_tabletdb::HybridTime::from_micros(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_micros() as u64,
-            );
-            let to = crate::util::parse_time(t, now)?;
+            let to = crate::util::parse_time(t, snapfleet_tabletdb::HybridTime::wall_now())?;
             let db = a.db.clone().unwrap_or_default();
             (to.0, db.clone(), a.as_name.clone().unwrap_or(db))
         }

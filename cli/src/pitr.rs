@@ -471,10 +471,7 @@ async fn running_archives(c: &CoordArg) -> Result<Vec<cpb::ArchiveStatus>> {
 
 /// Seconds between now (this machine's clock) and a hybrid time.
 fn lag_secs(ht: u64) -> f64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as i128;
+    let now = HybridTime::wall_now().physical_micros() as i128;
     (now - HybridTime(ht).physical_micros() as i128) as f64 / 1e6
 }
 

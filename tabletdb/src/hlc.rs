@@ -47,6 +47,12 @@ impl HybridTime {
         HybridTime::from_micros(self.physical_micros() + d.as_micros() as u64)
     }
 
+    /// This machine's wall clock as a hybrid time (logical part 0), for times an operator
+    /// means ("5m ago", a window's start), not for ordering writes: that is [`Hlc`]'s job.
+    pub fn wall_now() -> Self {
+        HybridTime::from_micros(wall_micros())
+    }
+
     /// RFC 3339 rendering of the physical part (UTC, microseconds).
     pub fn to_rfc3339(self) -> String {
         let micros = self.physical_micros() as i64;

@@ -54,7 +54,12 @@ fn row(what: &str, bytes: u64, secs: f64, stored: u64) -> Row {
 }
 
 fn du(p: &Path) -> u64 {
-    let mut n = 0;
+    dir_usage(p).1
+}
+
+/// Files under `p` and their bytes (a missing directory counts as empty).
+pub(crate) fn dir_usage(p: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
     let mut stack = vec![p.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -63,12 +68,15 @@ fn du(p: &Path) -> u64 {
         for e in rd.flatten() {
             match e.metadata() {
                 Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => n += m.len(),
+                Ok(m) => {
+                    files += 1;
+                    bytes += m.len();
+                }
                 Err(_) => {}
             }
         }
     }
-    n
+    (files, bytes)
 }
 
 fn run_cmd(cmd: &mut Command, what: &str) -> Result<f64> {
@@ -94,7 +102,7 @@ fn peak_rss(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn job(
+pub(crate) async fn job(
     leader: &Leader,
     kind: &str,
     spec: serde_json::Value,

@@ -4,7 +4,8 @@
 //! restore to the last archived time (base backup + log replay) into a new cluster against
 //! a full restore of a backup of the same final data, and checks both against the source.
 
-use crate::fleet::{submit, watch};
+use crate::bench_fleet::{dir_usage, job};
+use crate::fleet::submit;
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -12,8 +13,6 @@ use snapfleet_agent::archive::ArchiveSpec;
 use snapfleet_agent::local::LocalFleet;
 use snapfleet_agent::spec::{BackupSpec, RestoreSpec};
 use snapfleet_coordinator::client::Leader;
-use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
-use snapfleet_coordinator::pb::{self as cpb};
 use snapfleet_repository::{open_store, BackupId, InitOptions, Repository};
 use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
 use snapfleet_tabletdb::{verify, workload, HybridTime};
@@ -42,34 +41,9 @@ pub struct PitrBenchArgs {
     dir: Option<PathBuf>,
 }
 
-async fn job(
-    leader: &Leader,
-    kind: &str,
-    spec: serde_json::Value,
-) -> Result<(serde_json::Value, f64)> {
-    let t = Instant::now();
-    let j = submit(leader, kind, spec).await?;
-    let j = watch(leader, j.id, true).await?;
-    if j.state != "succeeded" {
-        bail!("{kind} job {} {}: {}", j.id, j.state, j.failure);
-    }
-    Ok((
-        serde_json::from_str(&j.result_json)?,
-        t.elapsed().as_secs_f64(),
-    ))
-}
-
 async fn checkpoint(leader: &Leader) -> Result<u64> {
-    let s = leader
-        .call(|ch| async move {
-            CoordinatorClient::new(ch)
-                .cluster_status(cpb::Empty {})
-                .await
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    Ok(s.archives.first().map(|a| a.checkpoint_ht).unwrap_or(0))
+    let archives = crate::pitr::archives_of(leader).await?;
+    Ok(archives.first().map(|a| a.checkpoint_ht).unwrap_or(0))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -217,8 +191,7 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
         percentile(&sorted, 0.9),
         sorted.last().copied().unwrap_or(f64::NAN),
     );
-    let pieces = walkdir_count(&repo_dir.join("pitr"));
-    let archived = dir_bytes(&repo_dir.join("pitr"));
+    let (pieces, archived) = dir_usage(&repo_dir.join("pitr"));
 
     // A full backup of the final data, for the comparison restore.
     let (full, _) = job(
@@ -348,31 +321,4 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
         results[0].1 / results[1].1.max(1e-9)
     );
     Ok(())
-}
-
-fn walkdir_count(p: &std::path::Path) -> u64 {
-    walk(p).0
-}
-fn dir_bytes(p: &std::path::Path) -> u64 {
-    walk(p).1
-}
-fn walk(p: &std::path::Path) -> (u64, u64) {
-    let (mut n, mut b) = (0, 0);
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => {
-                    n += 1;
-                    b += m.len();
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    (n, b)
 }

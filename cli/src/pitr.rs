@@ -456,7 +456,13 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
 }
 
 async fn running_archives(c: &CoordArg) -> Result<Vec<cpb::ArchiveStatus>> {
-    let leader = c.leader()?;
+    archives_of(&c.leader()?).await
+}
+
+/// The running change-log archives as the coordinator reports them.
+pub async fn archives_of(
+    leader: &snapfleet_coordinator::client::Leader,
+) -> Result<Vec<cpb::ArchiveStatus>> {
     Ok(leader
         .call(|ch| async move {
             CoordinatorClient::new(ch)

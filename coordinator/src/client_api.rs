@@ -241,12 +241,7 @@ impl Coordinator for ClientApi {
                 .map(|a| convert::agent(a, heartbeats.get(&a.id).copied().unwrap_or(0)))
                 .collect()
         });
-        let archives = raft.read(|sm| {
-            sm.jobs()
-                .filter(|j| j.kind == JobKind::Archive && !j.state.is_terminal())
-                .map(|j| archive_status(j, sm.tasks_of(j.id)))
-                .collect()
-        });
+        let archives = raft.read(convert::archives);
         Ok(TResponse::new(pb::ClusterStatusResponse {
             archives,
             id: st.id,
@@ -472,43 +467,5 @@ impl ClientApi {
             )));
         }
         Ok(())
-    }
-}
-
-/// A running archive job's checkpoint: the oldest of its nodes' (0 while any node has not
-/// reported, so the checkpoint never passes a node that archived nothing yet).
-fn archive_status<'a>(
-    job: &crate::model::Job,
-    tasks: impl Iterator<Item = &'a crate::model::Task>,
-) -> pb::ArchiveStatus {
-    let nodes: Vec<pb::ArchiveNode> = tasks
-        .map(|t| pb::ArchiveNode {
-            node: t.affinity.node.clone().unwrap_or_default(),
-            checkpoint_ht: t.progress.checkpoint,
-            agent: t
-                .lease
-                .as_ref()
-                .map(|l| l.agent.0.clone())
-                .unwrap_or_default(),
-            last_error: t.last_error.clone().unwrap_or_default(),
-        })
-        .collect();
-    let checkpoint_ht = nodes.iter().map(|n| n.checkpoint_ht).min().unwrap_or(0);
-    pb::ArchiveStatus {
-        job_id: job.id.0,
-        database: job
-            .spec
-            .get("database")
-            .and_then(|d| d.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        repository: job
-            .spec
-            .get("repo")
-            .and_then(|d| d.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        checkpoint_ht,
-        nodes,
     }
 }

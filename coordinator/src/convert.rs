@@ -146,3 +146,46 @@ pub fn json(field: &str, s: &str) -> Result<serde_json::Value, Status> {
     serde_json::from_str(s)
         .map_err(|e| Status::invalid_argument(format!("{field} is not valid JSON: {e}")))
 }
+
+/// The running change-log archives (for `ClusterStatus` and the metrics).
+pub fn archives(sm: &crate::state_machine::StateMachine) -> Vec<pb::ArchiveStatus> {
+    sm.jobs()
+        .filter(|j| j.kind == crate::model::JobKind::Archive && !j.state.is_terminal())
+        .map(|j| archive(j, sm.tasks_of(j.id)))
+        .collect()
+}
+
+/// A running archive job's checkpoint: the oldest of its nodes' (0 while any node has not
+/// reported, so the checkpoint never passes a node that archived nothing yet).
+pub fn archive<'a>(job: &Job, tasks: impl Iterator<Item = &'a Task>) -> pb::ArchiveStatus {
+    let nodes: Vec<pb::ArchiveNode> = tasks
+        .map(|t| pb::ArchiveNode {
+            node: t.affinity.node.clone().unwrap_or_default(),
+            checkpoint_ht: t.progress.checkpoint,
+            agent: t
+                .lease
+                .as_ref()
+                .map(|l| l.agent.0.clone())
+                .unwrap_or_default(),
+            last_error: t.last_error.clone().unwrap_or_default(),
+        })
+        .collect();
+    let checkpoint_ht = nodes.iter().map(|n| n.checkpoint_ht).min().unwrap_or(0);
+    pb::ArchiveStatus {
+        job_id: job.id.0,
+        database: job
+            .spec
+            .get("database")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        repository: job
+            .spec
+            .get("repo")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        checkpoint_ht,
+        nodes,
+    }
+}

@@ -4,7 +4,7 @@
 //! with every node's. Refreshed every second from the replicated state, so followers report
 //! too (a second behind at most).
 
-use crate::model::{JobKind, JobState};
+use crate::model::JobState;
 use crate::raft_loop::RaftHandle;
 use metrics::gauge;
 use std::net::SocketAddr;
@@ -51,43 +51,21 @@ pub async fn run(raft: RaftHandle, shutdown: CancellationToken) {
                 .jobs()
                 .filter(|j| j.state == JobState::Running || j.state == JobState::Pending)
                 .count();
-            let archives: Vec<(String, Vec<(String, u64)>)> = sm
-                .jobs()
-                .filter(|j| j.kind == JobKind::Archive && !j.state.is_terminal())
-                .map(|j| {
-                    let db = j
-                        .spec
-                        .get("database")
-                        .and_then(|d| d.as_str())
-                        .unwrap_or_default()
-                        .to_string();
-                    let nodes = sm
-                        .tasks_of(j.id)
-                        .map(|t| {
-                            (
-                                t.affinity.node.clone().unwrap_or_default(),
-                                t.progress.checkpoint,
-                            )
-                        })
-                        .collect();
-                    (db, nodes)
-                })
-                .collect();
-            (running, archives)
+            (running, crate::convert::archives(sm))
         });
         gauge!("snapfleet_jobs_active").set(running as f64);
-        for (db, nodes) in archives {
-            let global = nodes.iter().map(|n| n.1).min().unwrap_or(0);
-            if global > 0 {
+        for a in archives {
+            let db = a.database;
+            if a.checkpoint_ht > 0 {
                 gauge!("snapfleet_archive_checkpoint_seconds", "database" => db.clone())
-                    .set(wall_secs(global));
+                    .set(wall_secs(a.checkpoint_ht));
                 gauge!("snapfleet_archive_lag_seconds", "database" => db.clone())
-                    .set(now - wall_secs(global));
+                    .set(now - wall_secs(a.checkpoint_ht));
             }
-            for (node, cp) in nodes {
-                if cp > 0 {
-                    gauge!("snapfleet_archive_node_lag_seconds", "database" => db.clone(), "node" => node)
-                        .set(now - wall_secs(cp));
+            for n in a.nodes {
+                if n.checkpoint_ht > 0 {
+                    gauge!("snapfleet_archive_node_lag_seconds", "database" => db.clone(), "node" => n.node)
+                        .set(now - wall_secs(n.checkpoint_ht));
                 }
             }
         }

@@ -250,42 +250,47 @@ impl Repository {
     ) -> Result<Vec<Piece>> {
         check_name("database id", db)?;
         check_name("tablet id", tablet)?;
-        let prefix = format!("{}/log/{tablet}", base(db));
         let mut out: Vec<Piece> = self
-            .store()
-            .list(Some(&object_store::path::Path::from(prefix.as_str())))
-            .map_err(|e| Error::store("list", &prefix, e))
+            .pieces_under(&format!("{}/log/{tablet}", base(db)), |p| {
+                p.to > after && p.from < until
+            })
+            .await?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The pieces under `prefix` that `keep` selects, with their object keys.
+    async fn pieces_under(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&Piece) -> bool,
+    ) -> Result<Vec<(String, Piece)>> {
+        let keep = &keep;
+        self.store()
+            .list(Some(&object_store::path::Path::from(prefix)))
+            .map_err(|e| Error::store("list", prefix, e))
             .try_filter_map(|m| async move {
                 Ok(m.location
                     .filename()
                     .and_then(parse_piece)
-                    .filter(|p| p.to > after && p.from < until))
+                    .filter(keep)
+                    .map(|p| (m.location.to_string(), p)))
             })
             .try_collect()
-            .await?;
-        out.sort();
-        Ok(out)
+            .await
     }
 
     /// Deletes the pieces of every tablet of `db` that end at or before `before` (no
     /// restore inside the window needs them). Returns how many.
     pub async fn delete_log_pieces_before(&self, db: &str, before: u64) -> Result<u64> {
         check_name("database id", db)?;
-        let prefix = format!("{}/log", base(db));
-        let old: Vec<String> = self
-            .store()
-            .list(Some(&object_store::path::Path::from(prefix.as_str())))
-            .map_err(|e| Error::store("list", &prefix, e))
-            .try_filter_map(|m| async move {
-                Ok(m.location
-                    .filename()
-                    .and_then(parse_piece)
-                    .filter(|p| p.to <= before)
-                    .map(|_| m.location.to_string()))
-            })
-            .try_collect()
+        let old = self
+            .pieces_under(&format!("{}/log", base(db)), |p| p.to <= before)
             .await?;
-        for k in &old {
+        for (k, _) in &old {
             self.delete_object(k).await?;
         }
         Ok(old.len() as u64)

@@ -475,6 +475,37 @@ pub async fn archives_of(
         .archives)
 }
 
+/// Polls job `id` every 100 ms until `done` holds (an error from `done` ends it at once),
+/// for at most 2 minutes.
+async fn poll_job(
+    leader: &snapfleet_coordinator::client::Leader,
+    id: u64,
+    done: impl Fn(&cpb::JobInfo) -> Result<bool>,
+) -> Result<cpb::JobInfo> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j =
+            leader
+                .call(move |ch| async move {
+                    CoordinatorClient::new(ch).get_job(cpb::JobRef { id }).await
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+        if done(&j)? {
+            return Ok(j);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "job {id} still {} in phase {:?} after 2 minutes",
+                j.state,
+                j.phase
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Seconds between now (this machine's clock) and a hybrid time.
 fn lag_secs(ht: u64) -> f64 {
     let now = HybridTime::wall_now().physical_micros() as i128;
@@ -572,30 +603,14 @@ async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
             // Wait until the archive is recorded and its tasks exist: a base backup taken
             // after this command returns is usable for restores to a time.
             let id = job.id;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let job = loop {
-                let j = leader
-                    .call(move |ch| async move {
-                        CoordinatorClient::new(ch).get_job(cpb::JobRef { id }).await
-                    })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                    .into_inner();
-                if j.phase == "archive" {
-                    break j;
-                }
+            let job = poll_job(&leader, id, |j| {
                 if j.state == "failed" || j.state == "cancelled" {
                     bail!("archive job {id} {}: {}", j.state, j.failure);
                 }
-                if Instant::now() > deadline {
-                    bail!(
-                        "archive job {id} did not start within 2 minutes (phase {:?}); see \
-                         `snapfleet job list` and the coordinator's log",
-                        j.phase
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+                Ok(j.phase == "archive")
+            })
+            .await
+            .context("waiting for the archive to start (see `snapfleet job list` and the coordinator's log)")?;
             if json {
                 println!(
                     "{}",
@@ -637,25 +652,14 @@ async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             // Wait for the agents to stop (the job ends once its driver has seen the cancel).
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let j = leader
-                    .call(move |ch| async move {
-                        CoordinatorClient::new(ch).get_job(cpb::JobRef { id }).await
-                    })
-                    .await
-                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                    .into_inner();
-                if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "archive job {id} did not stop within 2 minutes; see `snapfleet job list`"
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            poll_job(&leader, id, |j| {
+                Ok(matches!(
+                    j.state.as_str(),
+                    "succeeded" | "failed" | "cancelled"
+                ))
+            })
+            .await
+            .context("waiting for the archive to stop (see `snapfleet job list`)")?;
             if json {
                 println!("{}", serde_json::json!({"job_id": id, "disabled": true}));
             } else {

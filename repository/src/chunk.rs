@@ -3,13 +3,21 @@
 //!
 //! This module must never hand out chunk bytes that have not been re-hashed to their id.
 
-use crate::crypto::{Keys, ObjectKind};
+use bytes::BytesMut;
+
+use crate::crypto::{Keys, ObjectKind, Sealed};
 use crate::error::{Error, Result};
 use crate::ids::ChunkId;
 
-/// Seals a chunk's plaintext for upload; the chunk id is the associated data.
-pub fn seal_chunk(keys: &Keys, id: &ChunkId, plaintext: &[u8], zstd_level: i32) -> Result<Vec<u8>> {
-    keys.seal(ObjectKind::Chunk, &id.0, plaintext, zstd_level)
+/// Seals a chunk's plaintext for upload (in place when it is not compressed); the chunk id
+/// is the associated data.
+pub fn seal_chunk(
+    keys: &Keys,
+    id: &ChunkId,
+    plaintext: BytesMut,
+    zstd_level: i32,
+) -> Result<Sealed> {
+    keys.seal_owned(ObjectKind::Chunk, &id.0, plaintext, zstd_level)
 }
 
 /// Opens a chunk object and checks that its plaintext hashes to `id`.
@@ -36,7 +44,9 @@ mod tests {
         let keys = Keys::derive(&MasterKey([1; 32]));
         let data = vec![42u8; 10_000];
         let id = keys.chunk_id(&data);
-        let obj = seal_chunk(&keys, &id, &data, 3).unwrap();
+        let obj = seal_chunk(&keys, &id, BytesMut::from(&data[..]), 3)
+            .unwrap()
+            .into_vec();
         assert_eq!(open_chunk(&keys, &id, &obj).unwrap(), data);
         let other = keys.chunk_id(b"x");
         match open_chunk(&keys, &other, &obj) {

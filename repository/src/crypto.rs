@@ -8,8 +8,10 @@
 //! This module must never log or format key material, and never return plaintext that did
 //! not authenticate.
 
-use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key};
+use std::sync::Arc;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use bytes::{Bytes, BytesMut};
 
 use crate::error::{Error, Result};
 use crate::ids::ChunkId;
@@ -56,10 +58,56 @@ impl MasterKey {
 }
 
 /// Working keys derived from the master key; what readers and writers hold.
+///
+/// AES-256-GCM comes from aws-lc (already linked for TLS through object_store): its
+/// assembly runs several times faster than the portable RustCrypto implementation, which
+/// was a fifth of a backup's CPU. The format is plain AES-256-GCM either way.
 #[derive(Clone)]
 pub struct Keys {
-    cipher: Aes256Gcm,
+    cipher: Arc<LessSafeKey>,
     id_key: [u8; 32],
+}
+
+/// A sealed object in three parts — header and nonce, ciphertext, tag — so that a chunk's
+/// bytes are encrypted where they lie and handed to the store without another copy.
+pub struct Sealed {
+    head: [u8; HEADER_LEN],
+    body: Bytes,
+    tag: [u8; TAG_LEN],
+}
+
+impl Sealed {
+    /// Size of the object as stored.
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.body.len() + TAG_LEN
+    }
+
+    /// Never true: every object has a header and a tag.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The object as an upload payload (three parts, no copy of the body).
+    pub fn into_payload(self) -> object_store::PutPayload {
+        object_store::PutPayload::from_iter([
+            Bytes::copy_from_slice(&self.head),
+            self.body,
+            Bytes::copy_from_slice(&self.tag),
+        ])
+    }
+
+    /// The object as one buffer.
+    pub fn into_vec(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&self.body);
+        out.extend_from_slice(&self.tag);
+        out
+    }
+}
+
+fn aes_key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32-byte AES-256 key"))
 }
 
 impl std::fmt::Debug for Keys {
@@ -73,7 +121,7 @@ impl Keys {
         let data = blake3::derive_key("snapfleet repository v1 data encryption", &master.0);
         let id_key = blake3::derive_key("snapfleet repository v1 chunk id", &master.0);
         Keys {
-            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(data)),
+            cipher: Arc::new(aes_key(&data)),
             id_key,
         }
     }
@@ -91,40 +139,64 @@ impl Keys {
         plaintext: &[u8],
         level: i32,
     ) -> Result<Vec<u8>> {
-        let compressed = if level > 0 && looks_compressible(plaintext) {
-            let c = zstd::bulk::compress(plaintext, level)
-                .map_err(|e| Error::InvalidArgument(format!("zstd level {level}: {e}")))?;
-            (c.len() < plaintext.len()).then_some(c)
-        } else {
-            None
-        };
-        let flags = if compressed.is_some() { FLAG_ZSTD } else { 0 };
+        let compressed = compress(plaintext, level)?;
         let body = compressed.as_deref().unwrap_or(plaintext);
-        let header = [
-            MAGIC[0],
-            MAGIC[1],
-            MAGIC[2],
-            MAGIC[3],
-            ENVELOPE_VERSION,
-            kind as u8,
-            flags,
-            0,
-        ];
-        let nonce_bytes: [u8; 12] = rand::random();
-        let aad = [&header[..], context].concat();
-        let nonce = aes_gcm::Nonce::from(nonce_bytes);
-        // One copy of the body: header, nonce and body into the output, encrypted in place
-        // there, the tag appended.
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 16);
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&nonce_bytes);
+        let head = header(kind, compressed.is_some());
+        // One copy of the body: into the output, encrypted in place there, the tag appended.
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+        out.extend_from_slice(&head);
         out.extend_from_slice(body);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&nonce, &aad, (&mut out[HEADER_LEN..]).into())
-            .map_err(|_| Error::InvalidArgument("plaintext too large to encrypt".into()))?;
+        let tag = self.encrypt(&head, context, &mut out[HEADER_LEN..])?;
         out.extend_from_slice(&tag);
         Ok(out)
+    }
+
+    /// [`Keys::seal`] of a buffer the caller gives up: data that is not compressed is
+    /// encrypted where it lies, and the result goes to the store without being copied.
+    pub fn seal_owned(
+        &self,
+        kind: ObjectKind,
+        context: &[u8],
+        mut plaintext: BytesMut,
+        level: i32,
+    ) -> Result<Sealed> {
+        if let Some(mut c) = compress(&plaintext, level)? {
+            let head = header(kind, true);
+            let tag = self.encrypt(&head, context, &mut c)?;
+            return Ok(Sealed {
+                head,
+                body: Bytes::from(c),
+                tag,
+            });
+        }
+        let head = header(kind, false);
+        let tag = self.encrypt(&head, context, &mut plaintext)?;
+        Ok(Sealed {
+            head,
+            body: plaintext.freeze(),
+            tag,
+        })
+    }
+
+    /// Encrypts `body` in place under the nonce in `head`; the associated data is the
+    /// header's first 8 bytes and `context`.
+    fn encrypt(
+        &self,
+        head: &[u8; HEADER_LEN],
+        context: &[u8],
+        body: &mut [u8],
+    ) -> Result<[u8; TAG_LEN]> {
+        let aad = [&head[..8], context].concat();
+        let nonce: [u8; 12] = head[8..].try_into().expect("12-byte nonce");
+        let tag = self
+            .cipher
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..]),
+                body,
+            )
+            .map_err(|_| Error::InvalidArgument("plaintext too large to encrypt".into()))?;
+        Ok(tag.as_ref().try_into().expect("16-byte GCM tag"))
     }
 
     /// Authenticates, decrypts and decompresses an object written by [`Keys::seal`].
@@ -166,28 +238,56 @@ impl Keys {
         }
         let aad = [&object[..8], context].concat();
         let nonce_bytes: [u8; 12] = object[8..HEADER_LEN].try_into().expect("12 bytes");
-        let nonce = aes_gcm::Nonce::from(nonce_bytes);
-        let body = self
+        let mut body = object[HEADER_LEN..].to_vec();
+        let plain_len = self
             .cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: &object[HEADER_LEN..],
-                    aad: &aad,
-                },
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(&aad[..]),
+                &mut body,
             )
             .map_err(|_| {
                 Error::corrupt(
                     key,
                     "authentication failed (truncated, modified, or written under another key)",
                 )
-            })?;
+            })?
+            .len();
+        body.truncate(plain_len);
         if flags & FLAG_ZSTD != 0 {
             decompress_bounded(&body).map_err(|e| Error::corrupt(key, format!("zstd: {e}")))
         } else {
             Ok(body)
         }
     }
+}
+
+/// An envelope header with a fresh random nonce.
+fn header(kind: ObjectKind, compressed: bool) -> [u8; HEADER_LEN] {
+    let flags = if compressed { FLAG_ZSTD } else { 0 };
+    let mut head = [0u8; HEADER_LEN];
+    head[..8].copy_from_slice(&[
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        ENVELOPE_VERSION,
+        kind as u8,
+        flags,
+        0,
+    ]);
+    head[8..].copy_from_slice(&rand::random::<[u8; 12]>());
+    head
+}
+
+/// zstd at `level` (0 = off) when the data looks compressible; `None` unless it got smaller.
+fn compress(plaintext: &[u8], level: i32) -> Result<Option<Vec<u8>>> {
+    if level <= 0 || !looks_compressible(plaintext) {
+        return Ok(None);
+    }
+    let c = zstd::bulk::compress(plaintext, level)
+        .map_err(|e| Error::InvalidArgument(format!("zstd level {level}: {e}")))?;
+    Ok((c.len() < plaintext.len()).then_some(c))
 }
 
 /// Data larger than this is sampled before compressing it.
@@ -225,12 +325,13 @@ fn decompress_bounded(data: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Seals `data` under a key-encryption key (used to wrap the master key in a key slot).
 pub(crate) fn wrap(kek: &[u8; 32], aad: &[u8], data: &[u8]) -> ([u8; 12], Vec<u8>) {
-    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*kek));
     let nonce_bytes: [u8; 12] = rand::random();
-    let ct = cipher
-        .encrypt(
-            &aes_gcm::Nonce::from(nonce_bytes),
-            Payload { msg: data, aad },
+    let mut ct = data.to_vec();
+    aes_key(kek)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce_bytes),
+            Aad::from(aad),
+            &mut ct,
         )
         .expect("wrapping 32 bytes cannot exceed AES-GCM limits");
     (nonce_bytes, ct)
@@ -238,10 +339,17 @@ pub(crate) fn wrap(kek: &[u8; 32], aad: &[u8], data: &[u8]) -> ([u8; 12], Vec<u8
 
 /// Opens a key slot; `None` when the KEK (hence the passphrase) is wrong.
 pub(crate) fn unwrap(kek: &[u8; 32], aad: &[u8], nonce: &[u8; 12], ct: &[u8]) -> Option<Vec<u8>> {
-    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*kek));
-    cipher
-        .decrypt(&aes_gcm::Nonce::from(*nonce), Payload { msg: ct, aad })
-        .ok()
+    let mut buf = ct.to_vec();
+    let n = aes_key(kek)
+        .open_in_place(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
+        .ok()?
+        .len();
+    buf.truncate(n);
+    Some(buf)
 }
 
 pub(crate) fn hex_encode(bytes: &[u8]) -> String {

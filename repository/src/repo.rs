@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -210,8 +210,12 @@ impl Repository {
     }
 
     pub(crate) async fn put_bytes(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.put_payload(key, PutPayload::from(data)).await
+    }
+
+    pub(crate) async fn put_payload(&self, key: &str, payload: PutPayload) -> Result<()> {
         self.store
-            .put(&path(key), PutPayload::from(data))
+            .put(&path(key), payload)
             .await
             .map_err(|e| Error::store("put", key, e))?;
         Ok(())
@@ -275,15 +279,16 @@ impl Repository {
     pub(crate) async fn upload_chunk(
         &self,
         id: ChunkId,
-        data: Vec<u8>,
+        data: BytesMut,
         zstd_level: i32,
     ) -> Result<u64> {
         let keys = self.keys.clone();
-        let sealed = tokio::task::spawn_blocking(move || seal_chunk(&keys, &id, &data, zstd_level))
+        let sealed = tokio::task::spawn_blocking(move || seal_chunk(&keys, &id, data, zstd_level))
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
         let n = sealed.len() as u64;
-        self.put_bytes(&id.object_key(), sealed).await?;
+        self.put_payload(&id.object_key(), sealed.into_payload())
+            .await?;
         self.remember_chunk(id, n);
         Ok(n)
     }
@@ -361,7 +366,9 @@ mod tests {
         let first = repo.key_id().clone();
         let data = b"some chunk".to_vec();
         let id = repo.keys().chunk_id(&data);
-        repo.upload_chunk(id, data.clone(), 3).await.unwrap();
+        repo.upload_chunk(id, BytesMut::from(&data[..]), 3)
+            .await
+            .unwrap();
 
         let second = repo.add_key(b"two", KdfParams::minimum()).await.unwrap();
         assert_eq!(repo.list_keys().len(), 2);

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -186,6 +187,100 @@ impl ParentCursor {
     }
 }
 
+/// Small files listed but not yet read, one batch at a time.
+const SMALL_BATCH_FILES: usize = 256;
+const SMALL_BATCH_BYTES: u64 = 4 << 20;
+/// Batches read ahead of the one being packed (bounds memory: ~4 × 4 MiB).
+const SMALL_BATCHES_AHEAD: usize = 3;
+
+struct SmallJob {
+    rel: String,
+    path: PathBuf,
+    size: u64,
+    meta: FileMeta,
+    /// Unchanged since the parent backup: its chunk references (not read unless they are gone).
+    reuse: Option<Vec<ChunkRef>>,
+}
+
+enum SmallRead {
+    Reuse {
+        job: SmallJob,
+        chunks: Vec<ChunkRef>,
+    },
+    Data {
+        rel: String,
+        meta: FileMeta,
+        data: Vec<u8>,
+    },
+    Grew {
+        rel: String,
+        path: PathBuf,
+    },
+}
+
+/// `put_dir`'s small files: read in batches on blocking threads, a few batches ahead of the
+/// packing, and recorded in walk order. One file at a time cost two thread hand-offs per
+/// file, which made a tree of 16 KiB files ten times slower per byte than large files.
+#[derive(Default)]
+struct SmallFiles {
+    batch: Vec<SmallJob>,
+    batch_bytes: u64,
+    reading: FuturesOrdered<tokio::task::JoinHandle<Result<Vec<SmallRead>>>>,
+}
+
+impl SmallFiles {
+    fn push(&mut self, job: SmallJob) {
+        if job.reuse.is_none() {
+            self.batch_bytes += job.size;
+        }
+        self.batch.push(job);
+    }
+
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= SMALL_BATCH_FILES || self.batch_bytes >= SMALL_BATCH_BYTES
+    }
+
+    /// Starts reading the current batch (files at or above `threshold` by now come back as
+    /// `Grew`).
+    fn launch(&mut self, threshold: u64) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        self.reading.push_back(tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|job| read_small(job, threshold))
+                .collect()
+        }));
+    }
+}
+
+fn read_small(job: SmallJob, threshold: u64) -> Result<SmallRead> {
+    if let Some(chunks) = job.reuse.clone() {
+        return Ok(SmallRead::Reuse { job, chunks });
+    }
+    let path = &job.path;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = FileMeta::from_metadata(&f.metadata().map_err(|e| Error::io(path, e))?);
+    let mut data = Vec::with_capacity(job.size as usize + 1);
+    f.take(threshold)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io(path, e))?;
+    if data.len() as u64 >= threshold {
+        return Ok(SmallRead::Grew {
+            rel: job.rel,
+            path: job.path,
+        });
+    }
+    Ok(SmallRead::Data {
+        rel: job.rel,
+        meta,
+        data,
+    })
+}
+
 #[derive(Default)]
 struct Pack {
     buf: Vec<u8>,
@@ -314,7 +409,7 @@ impl BackupWriter {
         let threshold = s.opts.small_file_threshold;
         let params = s.repo.config().chunker;
         let keys = s.repo.keys().clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, Vec<u8>)>(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ChunkId, BytesMut)>(1);
         let name = rel_path.to_string();
         let chunker = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
             let mut reader = reader;
@@ -326,7 +421,7 @@ impl BackupWriter {
             if (prefix.len() as u64) < threshold {
                 return Ok(Some(prefix));
             }
-            for chunk in Chunker::new(std::io::Cursor::new(prefix).chain(reader), params) {
+            for chunk in Chunker::with_prefix(prefix, reader, params) {
                 let data = chunk.map_err(|e| Error::io(&name, e))?;
                 let id = keys.chunk_id(&data);
                 if tx.blocking_send((id, data)).is_err() {
@@ -409,6 +504,7 @@ impl BackupWriter {
         let mut stack: Vec<(String, VecDeque<Listed>)> =
             vec![(String::new(), list_dir(local_dir.to_path_buf()).await?)];
         let mut large: JoinSet<Result<()>> = JoinSet::new();
+        let mut small = SmallFiles::default();
         while let Some((prefix, items)) = stack.last_mut() {
             let Some(item) = items.pop_front() else {
                 stack.pop();
@@ -426,8 +522,20 @@ impl BackupWriter {
                     stack.push((rel, listing));
                 }
                 ListedKind::File if item.size < self.s.opts.small_file_threshold => {
-                    if !self.reuse_from_parent(&rel, item.size, item.meta).await? {
-                        self.put_path(&rel, &item.path).await?;
+                    let reuse = self.parent_chunks(&rel, item.size, item.meta).await?;
+                    small.push(SmallJob {
+                        rel,
+                        path: item.path,
+                        size: item.size,
+                        meta: item.meta,
+                        reuse,
+                    });
+                    if small.batch_full() {
+                        small.launch(self.s.opts.small_file_threshold);
+                        while small.reading.len() > SMALL_BATCHES_AHEAD {
+                            let done = small.reading.next().await.expect("non-empty");
+                            self.record_small(done).await?;
+                        }
                     }
                 }
                 ListedKind::File => {
@@ -446,8 +554,45 @@ impl BackupWriter {
                 joined(r)?;
             }
         }
+        small.launch(self.s.opts.small_file_threshold);
+        while let Some(done) = small.reading.next().await {
+            self.record_small(done).await?;
+        }
         while let Some(r) = large.join_next().await {
             joined(r)?;
+        }
+        Ok(())
+    }
+
+    /// Records one batch of small files read by [`SmallFiles::launch`], in walk order.
+    async fn record_small(
+        &self,
+        done: std::result::Result<Result<Vec<SmallRead>>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let batch = done.map_err(|e| Error::Task(e.to_string()))??;
+        for f in batch {
+            match f {
+                SmallRead::Reuse { job, chunks } => {
+                    if !self
+                        .put_reused(&job.rel, job.size, job.meta, chunks)
+                        .await?
+                    {
+                        self.put_path(&job.rel, &job.path).await?;
+                    }
+                }
+                SmallRead::Data { rel, meta, data } => {
+                    let n = data.len() as u64;
+                    self.s.bytes_read.fetch_add(n, Ordering::Relaxed);
+                    self.s.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
+                    if data.is_empty() {
+                        self.push_file_entry(&rel, meta, 0, vec![]).await?;
+                    } else {
+                        self.add_small(&rel, meta, data).await?;
+                    }
+                }
+                // Grew past the threshold since it was listed: chunk it as a large file.
+                SmallRead::Grew { rel, path } => self.put_path(&rel, &path).await?,
+            }
         }
         Ok(())
     }
@@ -464,34 +609,40 @@ impl BackupWriter {
         });
     }
 
-    /// Records `rel` from the parent backup if it is unchanged there; false if it must be read.
-    async fn reuse_from_parent(&self, rel: &str, size: u64, meta: FileMeta) -> Result<bool> {
+    /// The parent backup's chunk references for `rel` if it is unchanged there (same size,
+    /// mtime and mode); `None` if it must be read.
+    async fn parent_chunks(
+        &self,
+        rel: &str,
+        size: u64,
+        meta: FileMeta,
+    ) -> Result<Option<Vec<ChunkRef>>> {
         if size == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         let found = {
             let mut parent = self.s.parent.lock().await;
             let Some(cursor) = parent.as_mut() else {
-                return Ok(false);
+                return Ok(None);
             };
             match cursor.find(rel).await {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the parent backup; reading every file");
                     *parent = None;
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         };
-        let Some(e) = found else { return Ok(false) };
+        let Some(e) = found else { return Ok(None) };
         if e.size != size
             || e.mtime != meta.mtime
             || e.mtime_nsec != meta.mtime_nsec
             || e.mode != meta.mode
         {
-            return Ok(false);
+            return Ok(None);
         }
-        self.put_reused(rel, size, meta, e.chunks).await
+        Ok(Some(e.chunks))
     }
 
     /// Records `rel_path` (`size` bytes, `meta`) with chunk references an earlier writer
@@ -551,6 +702,10 @@ impl BackupWriter {
         if pack.buf.len() + data.len() > self.s.opts.pack_max {
             self.flush_pack(&mut pack).await?;
         }
+        if pack.buf.capacity() == 0 {
+            // One allocation per pack instead of a doubling series of copies.
+            pack.buf.reserve_exact(self.s.opts.pack_max);
+        }
         let offset = pack.buf.len() as u64;
         pack.buf.extend_from_slice(&data);
         pack.files.push(PendingSmall {
@@ -582,6 +737,7 @@ impl BackupWriter {
                 .acquire_owned()
                 .await
                 .expect("semaphore open");
+            let buf = BytesMut::from(Bytes::from(buf));
             Some((id, store_chunk(&self.s, id, buf, permit).await?))
         };
         for f in files {
@@ -761,7 +917,7 @@ fn collect(
 async fn store_chunk(
     s: &Shared,
     id: ChunkId,
-    data: Vec<u8>,
+    data: BytesMut,
     permit: OwnedSemaphorePermit,
 ) -> Result<u64> {
     let _permit = permit;

@@ -10,12 +10,15 @@
 //! (`RestoreOptions::keep_verified`): a file already in place is kept only if its content
 //! hashes to the entry's chunk ids, never on its name or size alone.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::ids::{BackupId, ChunkId};
@@ -100,7 +103,8 @@ fn prepare_path(target: &Path, rel: &str) -> Result<PathBuf> {
                 ));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&current).map_err(|e| Error::io(&current, e))?;
+                // Another file of the same directory may create it at the same moment.
+                make_dir(&current, rel)?;
             }
             Err(e) => return Err(Error::io(&current, e)),
         }
@@ -114,30 +118,34 @@ fn prepare_path(target: &Path, rel: &str) -> Result<PathBuf> {
     Ok(current)
 }
 
-/// Keeps the last few packs so consecutive small files do not refetch them.
+/// Recently used packs (chunks that hold several small files), so that restoring the
+/// files of one pack downloads it once. Single-flight: concurrent restores of files in the
+/// same pack wait for one download instead of each starting their own.
 #[derive(Default)]
 pub(crate) struct PackCache {
-    entries: Mutex<Vec<(ChunkId, Arc<Vec<u8>>)>>,
+    entries: Mutex<VecDeque<(ChunkId, PackCell)>>,
 }
 
+/// A pack's plaintext, downloaded once by whoever asks first.
+type PackCell = Arc<OnceCell<Arc<Vec<u8>>>>;
+
+/// Refs shorter than this may be slices of a pack (the writer's default small-file threshold).
+const PACKED_MAX: u64 = 512 << 10;
+
 impl PackCache {
-    const CAPACITY: usize = 4;
+    const CAPACITY: usize = 8;
 
-    fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        self.entries
-            .lock()
-            .expect("cache")
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, d)| d.clone())
-    }
-
-    fn put(&self, id: ChunkId, data: Arc<Vec<u8>>) {
+    fn cell(&self, id: &ChunkId) -> PackCell {
         let mut e = self.entries.lock().expect("cache");
-        if e.len() >= Self::CAPACITY {
-            e.remove(0);
+        if let Some((_, c)) = e.iter().find(|(i, _)| i == id) {
+            return c.clone();
         }
-        e.push((id, data));
+        if e.len() >= Self::CAPACITY {
+            e.pop_front();
+        }
+        let c = Arc::new(OnceCell::new());
+        e.push_back((*id, c.clone()));
+        c
     }
 }
 
@@ -146,15 +154,17 @@ pub(crate) async fn fetch(
     cache: &PackCache,
     r: &ChunkRef,
 ) -> Result<(Arc<Vec<u8>>, usize, usize)> {
-    let data = match cache.get(&r.id) {
-        Some(d) => d,
-        None => {
-            let d = Arc::new(repo.read_chunk(&r.id).await?);
-            if r.offset != 0 || r.len != d.len() as u64 {
-                cache.put(r.id, d.clone());
-            }
-            d
-        }
+    // Slices of packs go through the cache (a pack's first file starts at offset 0, but no
+    // packed file reaches the default small-file threshold); whole chunks of large files
+    // would only push packs out of it.
+    let data = if r.offset != 0 || r.len < PACKED_MAX {
+        cache
+            .cell(&r.id)
+            .get_or_try_init(|| async { repo.read_chunk(&r.id).await.map(Arc::new) })
+            .await?
+            .clone()
+    } else {
+        Arc::new(repo.read_chunk(&r.id).await?)
     };
     let (start, end) = (r.offset as usize, r.offset.saturating_add(r.len) as usize);
     if end > data.len() {
@@ -201,40 +211,130 @@ pub async fn restore_root(
     let backup = &root.backup_id;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
-    let mut reader = ManifestReader::new(repo.clone(), root);
-    let cache = PackCache::default();
+    let ctx = Ctx {
+        repo,
+        cache: PackCache::default(),
+        target: &target,
+        downloads: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+        read_ahead: opts.concurrency.max(1),
+        keep_verified: opts.keep_verified,
+    };
+    let entries = futures::stream::try_unfold(
+        ManifestReader::new(repo.clone(), root),
+        |mut r| async move { Ok(r.next_entry().await?.map(|e| (e, r))) },
+    );
+    let mut entries = std::pin::pin!(entries);
+    let mut inflight = FuturesUnordered::new();
+    let mut exhausted = false;
+    let mut first_err = None;
     let mut stats = RestoreStats::default();
-    while let Some(entry) = reader.next_entry().await? {
-        match entry.kind {
-            EntryKind::Dir => {
-                let path = prepare_path(&target, &entry.path)?;
-                match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {}
-                    _ => std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?,
-                }
-                set_mode(&path, entry.mode)?;
-                stats.dirs += 1;
-            }
-            EntryKind::File => {
-                if opts.keep_verified && keep_if_verified(repo, &target, &entry).await? {
-                    stats.files_kept += 1;
-                    stats.bytes_kept += entry.size;
-                } else {
-                    restore_file(repo, &cache, &target, &entry, opts.concurrency).await?;
-                }
-                stats.files += 1;
-                stats.bytes += entry.size;
+    loop {
+        while !exhausted && first_err.is_none() && inflight.len() < FILES_AT_ONCE {
+            match entries.try_next().await {
+                Ok(Some(entry)) => inflight.push(restore_entry(&ctx, entry)),
+                Ok(None) => exhausted = true,
+                Err(e) => first_err = Some(e),
             }
         }
+        // After an error, no new file starts, but those under way finish (or fail) before
+        // this returns, so no partial file is left behind by a task still running.
+        match inflight.next().await {
+            None => break,
+            Some(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Some(Ok(Restored::Dir)) => stats.dirs += 1,
+            Some(Ok(Restored::File { size, kept })) => {
+                stats.files += 1;
+                stats.bytes += size;
+                if kept {
+                    stats.files_kept += 1;
+                    stats.bytes_kept += size;
+                }
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
     }
     stats.duration_ms = started.elapsed().as_millis() as u64;
     tracing::info!(backup = %backup, files = stats.files, bytes = stats.bytes, "restored backup");
     Ok(stats)
 }
 
-/// Whether the file of `entry` is already in place, whole and verified: then its mode and
-/// time are set again and true returned. Any doubt (missing, other size, a packed chunk
-/// reference, a hash that differs, a read error) is false: restore it.
+/// Entries restored at once. Small files are latency-bound (one pack slice, a create, a
+/// rename each), so several run side by side; memory is bounded by `Ctx::downloads`.
+const FILES_AT_ONCE: usize = 8;
+
+struct Ctx<'a> {
+    repo: &'a Arc<Repository>,
+    cache: PackCache,
+    target: &'a Path,
+    /// Chunks downloaded or waiting to be written, across all files (each piece holds a
+    /// permit until it is on disk). The semaphore is fair, so the oldest file's next chunk
+    /// is always served first and files cannot starve each other.
+    downloads: Arc<Semaphore>,
+    read_ahead: usize,
+    keep_verified: bool,
+}
+
+enum Restored {
+    Dir,
+    File { size: u64, kept: bool },
+}
+
+async fn restore_entry(ctx: &Ctx<'_>, entry: Entry) -> Result<Restored> {
+    match entry.kind {
+        EntryKind::Dir => {
+            let target = ctx.target.to_path_buf();
+            blocking(move || {
+                let path = prepare_path(&target, &entry.path)?;
+                make_dir(&path, &entry.path)?;
+                set_mode(&path, entry.mode)
+            })
+            .await?;
+            Ok(Restored::Dir)
+        }
+        EntryKind::File => {
+            let size = entry.size;
+            let kept = ctx.keep_verified && keep_if_verified(ctx.repo, ctx.target, &entry).await?;
+            if !kept {
+                restore_file(ctx, entry).await?;
+            }
+            Ok(Restored::File { size, kept })
+        }
+    }
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Creates directory `path` (manifest path `rel`) unless a directory is already there; a
+/// symlink in its place is refused.
+fn make_dir(path: &Path, rel: &str) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_symlink() => Err(Error::UnsafePath {
+                    path: rel.to_string(),
+                }),
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(Error::io(
+                    path,
+                    std::io::Error::other("exists and is not a directory"),
+                )),
+                Err(e) => Err(Error::io(path, e)),
+            }
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 async fn keep_if_verified(repo: &Arc<Repository>, target: &Path, entry: &Entry) -> Result<bool> {
     let dest = prepare_path(target, &entry.path)?;
     if entry.chunks.is_empty() || entry.chunks.iter().any(|c| c.offset != 0) {
@@ -280,58 +380,119 @@ async fn keep_if_verified(repo: &Arc<Repository>, target: &Path, entry: &Entry) 
     .map_err(|e| Error::Task(e.to_string()))?
 }
 
-async fn restore_file(
-    repo: &Arc<Repository>,
-    cache: &PackCache,
-    target: &Path,
-    entry: &Entry,
-    concurrency: usize,
-) -> Result<()> {
-    let dest = prepare_path(target, &entry.path)?;
-    let file_name = dest
-        .file_name()
-        .expect("has a name")
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dest.with_file_name(format!(".{file_name}.snapfleet-partial"));
-    let result = async {
+/// Writes one file as `.<name>.snapfleet-partial` next to its place and renames it there
+/// when it is whole: chunks downloaded `read_ahead` ahead, written in order.
+async fn restore_file(ctx: &Ctx<'_>, entry: Entry) -> Result<()> {
+    let target = ctx.target.to_path_buf();
+    if entry.chunks.len() <= 1 {
+        // One blocking hop per small file: create, write, finish.
+        let piece = match entry.chunks.first() {
+            Some(r) => Some(fetch(ctx.repo, &ctx.cache, r).await?),
+            None => None,
+        };
+        return blocking(move || {
+            let mut p = Partial::create(&target, &entry.path)?;
+            if let Some((data, start, end)) = piece {
+                p.write(&data[start..end])?;
+            }
+            p.finish(&entry)
+        })
+        .await;
+    }
+    let rel = entry.path.clone();
+    let mut p = blocking(move || Partial::create(&target, &rel)).await?;
+    let mut pieces = futures::stream::iter(entry.chunks.clone())
+        .map(|r: ChunkRef| async move {
+            let permit = ctx
+                .downloads
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
+            fetch(ctx.repo, &ctx.cache, &r).await.map(|d| (d, permit))
+        })
+        .buffered(ctx.read_ahead);
+    while let Some(piece) = pieces.next().await {
+        let ((data, start, end), permit) = piece?;
+        p = blocking(move || {
+            p.write(&data[start..end])?;
+            drop(permit);
+            Ok(p)
+        })
+        .await?;
+    }
+    blocking(move || p.finish(&entry)).await
+}
+
+/// A file being restored under a temporary name; removed on drop unless finished.
+struct Partial {
+    dest: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::fs::File>,
+    written: u64,
+}
+
+impl Partial {
+    fn create(target: &Path, rel: &str) -> Result<Partial> {
+        let dest = prepare_path(target, rel)?;
+        let file_name = dest
+            .file_name()
+            .expect("has a name")
+            .to_string_lossy()
+            .into_owned();
+        let tmp = dest.with_file_name(format!(".{file_name}.snapfleet-partial"));
         let _ = std::fs::remove_file(&tmp);
-        let mut out = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
-        let mut written = 0u64;
-        // Owned refs: a closure over `&ChunkRef` makes this future not `Send` for callers
-        // that spawn it (higher-ranked lifetime inference).
-        let mut chunks = futures::stream::iter(entry.chunks.clone())
-            .map(|r: ChunkRef| async move { fetch(repo, cache, &r).await })
-            .buffered(concurrency.max(1));
-        while let Some(piece) = chunks.next().await {
-            let (data, start, end) = piece?;
-            out.write_all(&data[start..end])
-                .map_err(|e| Error::io(&tmp, e))?;
-            written += (end - start) as u64;
-        }
-        if written != entry.size {
+        Ok(Partial {
+            dest,
+            tmp,
+            file: Some(file),
+            written: 0,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let f = self.file.as_mut().expect("open until finished");
+        f.write_all(data).map_err(|e| Error::io(&self.tmp, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the size, sets mtime and mode, and renames the file into place.
+    fn finish(mut self, entry: &Entry) -> Result<()> {
+        if self.written != entry.size {
             return Err(Error::corrupt(
                 format!("manifest of {}", entry.path),
-                format!("chunks hold {written} bytes, entry says {}", entry.size),
+                format!(
+                    "chunks hold {} bytes, entry says {}",
+                    self.written, entry.size
+                ),
             ));
         }
-        out.flush().map_err(|e| Error::io(&tmp, e))?;
+        let mut f = self.file.take().expect("open until finished");
+        f.flush().map_err(|e| Error::io(&self.tmp, e))?;
         let mtime = UNIX_EPOCH
             + Duration::new(entry.mtime.max(0) as u64, entry.mtime_nsec.min(999_999_999));
-        out.set_modified(mtime).map_err(|e| Error::io(&tmp, e))?;
-        drop(out);
-        set_mode(&tmp, entry.mode)?;
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))
+        f.set_modified(mtime).map_err(|e| Error::io(&self.tmp, e))?;
+        drop(f);
+        set_mode(&self.tmp, entry.mode)?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        self.tmp = PathBuf::new(); // nothing to clean up
+        Ok(())
     }
-    .await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            drop(self.file.take());
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
-    result
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {

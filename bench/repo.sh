@@ -87,7 +87,7 @@ measure bash -c "zstd -q -d -c '$work/data.tar.zst' | tar -C '$work/untar' -xf -
 row "zstd -d \\| tar (extract)" "$t_untar" "-"
 rm -rf "$work/untar" "$work/data.tar.zst"
 
-# --- snapfleet, compression on (zstd 3) and off; encryption is always on
+# --- snapfleet, compression on (zstd 3) and off, encrypted; then neither
 sf_put() { # repo-dir compression → json in $work/put.json
   measure "$bin" --json repo put "$data" --repo "file://$1" --compression "$2" >"$work/put.json"
 }
@@ -105,6 +105,13 @@ row "snapfleet repo put (no compression, AES-GCM)" "$t_sf0" "$(du -sb "$work/sf0
 measure "$bin" repo get latest "$work/restore" --repo "file://$work/sf0"; t_sf0_get=$(secs)
 row "snapfleet repo get (no compression)" "$t_sf0_get" "-"
 rm -rf "$work/restore" "$work/sf0"
+# Compression and encryption off: an unencrypted repository (no passphrase, no Argon2).
+"$bin" repo init --encryption none --repo "file://$work/sfn" 2>/dev/null
+sf_put "$work/sfn" 0; t_sfn=$(secs)
+row "snapfleet repo put (no compression, no encryption)" "$t_sfn" "$(du -sb "$work/sfn" | cut -f1)"
+measure "$bin" repo get latest "$work/restore" --repo "file://$work/sfn"; t_sfn_get=$(secs)
+row "snapfleet repo get (no compression, no encryption)" "$t_sfn_get" "-"
+rm -rf "$work/restore" "$work/sfn"
 
 # --- restic (compression auto = zstd, AES-256 + Poly1305)
 if ((have_restic)); then
@@ -166,7 +173,7 @@ echo
 echo "Restore check: snapfleet get vs source: **$cmp_out**."
 echo
 echo "Ratios (throughput, higher is better for snapfleet):"
-echo "- put without compression / cp -r: **$(ratio "$t_cp" "$t_sf0")×** (target ≥ 0.8×; encryption cannot be turned off)"
+echo "- put without compression or encryption / cp -r: **$(ratio "$t_cp" "$t_sfn")×** (target ≥ 0.8×); get / cp -r: **$(ratio "$t_cp" "$t_sfn_get")×**; with AES-GCM on: put **$(ratio "$t_cp" "$t_sf0")×**"
 echo "- put zstd 3 / tar | zstd -3: **$(ratio "$t_tar" "$t_sf3")×**; get / extract: **$(ratio "$t_untar" "$t_sf3_get")×**"
 if ((have_restic)); then
   echo "- put zstd 3 / restic backup: **$(ratio "$t_restic" "$t_sf3")×** (target ≥ 2×); get / restic restore: **$(ratio "$t_restic_get" "$t_sf3_get")×**"

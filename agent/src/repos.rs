@@ -117,8 +117,21 @@ impl Repos {
                 observer: Some(self.adaptive.clone()),
             },
         );
-        let pass = self.pass.read(url)?;
-        let repo = Arc::new(Repository::open(store, &pass).await?);
+        let repo = match self.pass.read(url) {
+            Ok(pass) => Repository::open(store, &pass).await?,
+            // An unencrypted repository needs no passphrase; an encrypted one reports the
+            // missing passphrase as before.
+            Err(no_pass @ AgentError::NoPassphrase { .. }) => {
+                match Repository::open_without_passphrase(store).await {
+                    Err(snapfleet_repository::Error::PassphraseRequired { .. }) => {
+                        return Err(no_pass)
+                    }
+                    r => r?,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let repo = Arc::new(repo);
         open.insert(url.to_string(), repo.clone());
         Ok(repo)
     }

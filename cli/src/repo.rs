@@ -40,6 +40,11 @@ pub struct RepoCommand {
 pub enum RepoCmd {
     /// Create a repository: format file and a first key slot for the passphrase.
     Init {
+        /// `aes-256-gcm` (default: every object encrypted, the passphrase guards the key) or
+        /// `none` (objects stored in the clear with a checksum, no passphrase: for object
+        /// stores that encrypt at rest themselves; nothing in such a repository is secret).
+        #[arg(long, default_value = "aes-256-gcm", value_parser = ["aes-256-gcm", "none"])]
+        encryption: String,
         /// Argon2id memory per key derivation, MiB (default 64; at least 19).
         #[arg(long, default_value_t = 64)]
         kdf_memory_mib: u32,
@@ -158,6 +163,16 @@ impl RepoArgs {
         }
     }
 
+    /// The passphrase if one is given (a password file that cannot be read is an error).
+    fn passphrase_if_given(&self) -> Result<Option<Vec<u8>>> {
+        if self.password_file.is_none()
+            && std::env::var_os("SNAPFLEET_PASSWORD").is_none_or(|p| p.is_empty())
+        {
+            return Ok(None);
+        }
+        self.passphrase().map(Some)
+    }
+
     fn passphrase(&self) -> Result<Vec<u8>> {
         passphrase(
             self.password_file.as_deref(),
@@ -179,13 +194,23 @@ fn open_store(url: &str) -> Result<Arc<dyn sr::object_store::ObjectStore>> {
 }
 
 /// Opens (unlocks) the repository the flags name.
+/// Without a passphrase only an unencrypted repository opens (an encrypted one says how to
+/// give the passphrase).
 pub async fn open_repo(a: &RepoArgs) -> Result<Arc<Repository>> {
     let url = a.url()?;
-    let pass = a.passphrase()?;
-    let repo = Repository::open(open_store(url)?, &pass)
-        .await
-        .with_context(|| format!("opening repository {url}"))?;
-    Ok(Arc::new(repo))
+    Ok(Arc::new(
+        open_with(url, a.passphrase_if_given()?)
+            .await
+            .with_context(|| format!("opening repository {url}"))?,
+    ))
+}
+
+async fn open_with(url: &str, pass: Option<Vec<u8>>) -> Result<Repository> {
+    let store = open_store(url)?;
+    Ok(match pass {
+        Some(p) => Repository::open(store, &p).await?,
+        None => Repository::open_without_passphrase(store).await?,
+    })
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -249,22 +274,26 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
     let a = &c.args;
     match c.cmd {
         RepoCmd::Init {
+            encryption,
             kdf_memory_mib,
             kdf_iterations,
         } => {
             let url = a.url()?;
-            let pass = a.passphrase()?;
-            let opts = sr::InitOptions {
-                kdf: KdfParams {
-                    m_cost_kib: kdf_memory_mib.saturating_mul(1024),
-                    t_cost: kdf_iterations,
-                    p_cost: 1,
-                },
-                ..Default::default()
-            };
-            let repo = Repository::init(open_store(url)?, &pass, opts)
-                .await
-                .with_context(|| format!("initialising repository {url}"))?;
+            let repo = if encryption == "none" {
+                Repository::init_unencrypted(open_store(url)?, Default::default()).await
+            } else {
+                let pass = a.passphrase()?;
+                let opts = sr::InitOptions {
+                    kdf: KdfParams {
+                        m_cost_kib: kdf_memory_mib.saturating_mul(1024),
+                        t_cost: kdf_iterations,
+                        p_cost: 1,
+                    },
+                    ..Default::default()
+                };
+                Repository::init(open_store(url)?, &pass, opts).await
+            }
+            .with_context(|| format!("initialising repository {url}"))?;
             if json {
                 print_json(&serde_json::json!({
                     "repo": url,
@@ -504,11 +533,15 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
         } => {
             let src = open_repo(a).await?;
             let pass = match (&to_password_file, std::env::var_os("SNAPFLEET_TO_PASSWORD")) {
-                (None, None) => a.passphrase()?,
-                (f, _) => passphrase(f.as_deref(), "SNAPFLEET_TO_PASSWORD", "--to-password-file")?,
+                (None, None) => a.passphrase_if_given()?,
+                (f, _) => Some(passphrase(
+                    f.as_deref(),
+                    "SNAPFLEET_TO_PASSWORD",
+                    "--to-password-file",
+                )?),
             };
             let dst = Arc::new(
-                Repository::open(open_store(&to)?, &pass)
+                open_with(&to, pass)
                     .await
                     .with_context(|| format!("opening target repository {to}"))?,
             );
@@ -563,6 +596,12 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
 
 async fn key(a: &RepoArgs, k: KeyCmd, json: bool) -> Result<()> {
     let repo = open_repo(a).await?;
+    if !repo.is_encrypted() {
+        return Err(sr::Error::NotEncrypted {
+            location: a.url()?.to_string(),
+        }
+        .into());
+    }
     let mut repo = Arc::try_unwrap(repo).map_err(|_| anyhow!("repository handle is shared"))?;
     match k {
         KeyCmd::Add { new_password_file } => {

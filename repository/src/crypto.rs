@@ -19,6 +19,9 @@ use crate::ids::ChunkId;
 const MAGIC: &[u8; 4] = b"SFOB";
 const ENVELOPE_VERSION: u8 = 1;
 const FLAG_ZSTD: u8 = 1;
+/// Not encrypted: the body is the plaintext and the "tag" a keyed BLAKE3 checksum (an
+/// unencrypted repository, `repo init --encryption none`).
+const FLAG_PLAIN: u8 = 2;
 /// Header bytes before the ciphertext.
 pub const HEADER_LEN: usize = 8 + 12;
 /// AES-GCM tag length.
@@ -62,9 +65,15 @@ impl MasterKey {
 /// AES-256-GCM comes from aws-lc (already linked for TLS through object_store): its
 /// assembly runs several times faster than the portable RustCrypto implementation, which
 /// was a fifth of a backup's CPU. The format is plain AES-256-GCM either way.
+///
+/// In an unencrypted repository there is no cipher: objects carry their plaintext and a
+/// keyed-BLAKE3 checksum in the tag's place. Its key is in the repository's description, so
+/// it detects damage, not forgery — that repository mode promises no secrecy and no
+/// authenticity, only integrity against corruption.
 #[derive(Clone)]
 pub struct Keys {
-    cipher: Arc<LessSafeKey>,
+    cipher: Option<Arc<LessSafeKey>>,
+    mac_key: [u8; 32],
     id_key: [u8; 32],
 }
 
@@ -119,11 +128,35 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     pub(crate) fn derive(master: &MasterKey) -> Self {
         let data = blake3::derive_key("snapfleet repository v1 data encryption", &master.0);
-        let id_key = blake3::derive_key("snapfleet repository v1 chunk id", &master.0);
         Keys {
-            cipher: Arc::new(aes_key(&data)),
-            id_key,
+            cipher: Some(Arc::new(aes_key(&data))),
+            ..Self::derive_unencrypted(master)
         }
+    }
+
+    /// Keys of an unencrypted repository: chunk ids and checksums, no cipher.
+    pub(crate) fn derive_unencrypted(master: &MasterKey) -> Self {
+        Keys {
+            cipher: None,
+            mac_key: blake3::derive_key("snapfleet repository v1 object checksum", &master.0),
+            id_key: blake3::derive_key("snapfleet repository v1 chunk id", &master.0),
+        }
+    }
+
+    /// Whether objects are encrypted (false in an unencrypted repository).
+    pub fn encrypts(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// The checksum that stands in for the GCM tag in an unencrypted repository.
+    fn checksum(&self, aad: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.mac_key);
+        h.update(&(aad.len() as u64).to_le_bytes());
+        h.update(aad);
+        h.update(body);
+        h.finalize().as_bytes()[..TAG_LEN]
+            .try_into()
+            .expect("16 bytes")
     }
 
     /// Keyed BLAKE3 of `data`: the id of a chunk or manifest page.
@@ -141,7 +174,7 @@ impl Keys {
     ) -> Result<Vec<u8>> {
         let compressed = compress(plaintext, level)?;
         let body = compressed.as_deref().unwrap_or(plaintext);
-        let head = header(kind, compressed.is_some());
+        let head = self.header(kind, compressed.is_some());
         // One copy of the body: into the output, encrypted in place there, the tag appended.
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
         out.extend_from_slice(&head);
@@ -161,7 +194,7 @@ impl Keys {
         level: i32,
     ) -> Result<Sealed> {
         if let Some(mut c) = compress(&plaintext, level)? {
-            let head = header(kind, true);
+            let head = self.header(kind, true);
             let tag = self.encrypt(&head, context, &mut c)?;
             return Ok(Sealed {
                 head,
@@ -169,7 +202,7 @@ impl Keys {
                 tag,
             });
         }
-        let head = header(kind, false);
+        let head = self.header(kind, false);
         let tag = self.encrypt(&head, context, &mut plaintext)?;
         Ok(Sealed {
             head,
@@ -187,9 +220,11 @@ impl Keys {
         body: &mut [u8],
     ) -> Result<[u8; TAG_LEN]> {
         let aad = [&head[..8], context].concat();
+        let Some(cipher) = &self.cipher else {
+            return Ok(self.checksum(&aad, body));
+        };
         let nonce: [u8; 12] = head[8..].try_into().expect("12-byte nonce");
-        let tag = self
-            .cipher
+        let tag = cipher
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&aad[..]),
@@ -233,27 +268,56 @@ impl Keys {
             ));
         }
         let flags = object[6];
-        if flags & !FLAG_ZSTD != 0 {
+        if flags & !(FLAG_ZSTD | FLAG_PLAIN) != 0 {
             return Err(Error::corrupt(key, format!("unknown flags {flags:#x}")));
         }
         let aad = [&object[..8], context].concat();
-        let nonce_bytes: [u8; 12] = object[8..HEADER_LEN].try_into().expect("12 bytes");
-        let mut body = object[HEADER_LEN..].to_vec();
-        let plain_len = self
-            .cipher
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(&aad[..]),
-                &mut body,
-            )
-            .map_err(|_| {
-                Error::corrupt(
+        let body =
+            match (&self.cipher, flags & FLAG_PLAIN != 0) {
+                (Some(cipher), false) => {
+                    let nonce_bytes: [u8; 12] = object[8..HEADER_LEN].try_into().expect("12 bytes");
+                    let mut body = object[HEADER_LEN..].to_vec();
+                    let plain_len = cipher
+                        .open_in_place(
+                            Nonce::assume_unique_for_key(nonce_bytes),
+                            Aad::from(&aad[..]),
+                            &mut body,
+                        )
+                        .map_err(|_| {
+                            Error::corrupt(
+                                key,
+                                "authentication failed (truncated, modified, or written under \
+                             another key)",
+                            )
+                        })?
+                        .len();
+                    body.truncate(plain_len);
+                    body
+                }
+                (None, true) => {
+                    let (body, tag) =
+                        object[HEADER_LEN..].split_at(object.len() - HEADER_LEN - TAG_LEN);
+                    if self.checksum(&aad, body)[..] != tag[..] {
+                        return Err(Error::corrupt(
+                            key,
+                            "checksum mismatch (truncated or modified)",
+                        ));
+                    }
+                    body.to_vec()
+                }
+                // Never accept an unencrypted object in an encrypted repository: it could only
+                // have been planted (or copied in from an unencrypted repository by hand).
+                (Some(_), true) => return Err(Error::corrupt(
                     key,
-                    "authentication failed (truncated, modified, or written under another key)",
-                )
-            })?
-            .len();
-        body.truncate(plain_len);
+                    "unencrypted object in an encrypted repository (planted or copied in by hand)",
+                )),
+                (None, false) => {
+                    return Err(Error::corrupt(
+                        key,
+                        "encrypted object in an unencrypted repository (copied in by hand?)",
+                    ))
+                }
+            };
         if flags & FLAG_ZSTD != 0 {
             decompress_bounded(&body).map_err(|e| Error::corrupt(key, format!("zstd: {e}")))
         } else {
@@ -262,9 +326,15 @@ impl Keys {
     }
 }
 
-/// An envelope header with a fresh random nonce.
-fn header(kind: ObjectKind, compressed: bool) -> [u8; HEADER_LEN] {
-    let flags = if compressed { FLAG_ZSTD } else { 0 };
+impl Keys {
+    /// An envelope header with a fresh random nonce (unused without a cipher).
+    fn header(&self, kind: ObjectKind, compressed: bool) -> [u8; HEADER_LEN] {
+        header(kind, compressed, self.cipher.is_none())
+    }
+}
+
+fn header(kind: ObjectKind, compressed: bool, plain: bool) -> [u8; HEADER_LEN] {
+    let flags = if compressed { FLAG_ZSTD } else { 0 } | if plain { FLAG_PLAIN } else { 0 };
     let mut head = [0u8; HEADER_LEN];
     head[..8].copy_from_slice(&[
         MAGIC[0],
@@ -312,6 +382,21 @@ fn looks_compressible(data: &[u8]) -> bool {
 
 fn decompress_bounded(data: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    // Our frames record their size (bulk compression): decompress in one call into a buffer
+    // of exactly that size instead of streaming into a growing one.
+    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(data) {
+        if n > MAX_PLAINTEXT as u64 {
+            return Err(std::io::Error::other("decompressed size exceeds limit"));
+        }
+        let out = zstd::bulk::decompress(data, n as usize)?;
+        if out.len() as u64 != n {
+            return Err(std::io::Error::other(format!(
+                "frame says {n} bytes, holds {}",
+                out.len()
+            )));
+        }
+        return Ok(out);
+    }
     let mut out = Vec::new();
     let decoder = zstd::stream::read::Decoder::new(data)?;
     decoder
@@ -441,6 +526,60 @@ mod tests {
         err(k.open("o", ObjectKind::Chunk, b"ctx", &flags));
         let other = Keys::derive(&MasterKey([8; 32]));
         err(other.open("o", ObjectKind::Chunk, b"ctx", &sealed));
+    }
+
+    #[test]
+    fn unencrypted_objects_are_checksummed_and_never_mixed_with_encrypted_ones() {
+        let plain = Keys::derive_unencrypted(&MasterKey([7; 32]));
+        let enc = keys();
+        assert!(!plain.encrypts() && enc.encrypts());
+        assert_eq!(
+            plain.chunk_id(b"x"),
+            enc.chunk_id(b"x"),
+            "same ids either way"
+        );
+        let text = b"plain text plain text plain text plain text".repeat(50);
+        for level in [0, 3] {
+            let sealed = plain.seal(ObjectKind::Chunk, b"ctx", &text, level).unwrap();
+            assert_eq!(sealed[6] & FLAG_PLAIN, FLAG_PLAIN);
+            if level == 0 {
+                let body = &sealed[HEADER_LEN..sealed.len() - TAG_LEN];
+                assert_eq!(body, &text[..], "stored as it is");
+            }
+            assert_eq!(
+                plain.open("o", ObjectKind::Chunk, b"ctx", &sealed).unwrap(),
+                text
+            );
+            let mut flipped = sealed.clone();
+            flipped[HEADER_LEN + 3] ^= 1;
+            assert!(plain
+                .open("o", ObjectKind::Chunk, b"ctx", &flipped)
+                .is_err());
+            assert!(plain
+                .open("o", ObjectKind::Chunk, b"other", &sealed)
+                .is_err());
+            assert!(plain
+                .open("o", ObjectKind::Chunk, b"ctx", &sealed[..sealed.len() - 1])
+                .is_err());
+            // A downgrade: an encrypted repository refuses an unencrypted object …
+            match enc.open("o", ObjectKind::Chunk, b"ctx", &sealed) {
+                Err(Error::CorruptObject { detail, .. }) => {
+                    assert!(detail.contains("unencrypted object"), "{detail}")
+                }
+                r => panic!("{r:?}"),
+            }
+            // … and the other way round.
+            let e = enc.seal(ObjectKind::Chunk, b"ctx", &text, level).unwrap();
+            assert!(plain.open("o", ObjectKind::Chunk, b"ctx", &e).is_err());
+        }
+        let owned = plain
+            .seal_owned(ObjectKind::Chunk, b"ctx", BytesMut::from(&text[..]), 0)
+            .unwrap()
+            .into_vec();
+        assert_eq!(
+            plain.open("o", ObjectKind::Chunk, b"ctx", &owned).unwrap(),
+            text
+        );
     }
 
     #[test]

@@ -54,9 +54,23 @@ pub enum Error {
     )]
     WrongPassphrase,
 
+    /// An encrypted repository was opened without a passphrase.
+    #[error(
+        "repository `{location}` is encrypted: give --password-file FILE or set \
+         SNAPFLEET_PASSWORD_FILE or SNAPFLEET_PASSWORD"
+    )]
+    PassphraseRequired { location: String },
+
+    /// Key management on a repository created with `--encryption none`.
+    #[error(
+        "repository `{location}` is not encrypted (created with --encryption none): it has no \
+         keys; copy it into an encrypted repository with `repo copy --to URL` instead"
+    )]
+    NotEncrypted { location: String },
+
     /// The repository was written by a format version this build cannot read.
     #[error(
-        "repository format version {found} is not supported by this build (supports {supported}); \
+        "repository format version {found} is not supported by this build (supports up to {supported}); \
          upgrade snapfleet"
     )]
     UnsupportedFormat { found: u64, supported: u64 },

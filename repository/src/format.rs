@@ -4,8 +4,11 @@
 //! cost parameters per slot), so keys can be added and removed without touching any data.
 //!
 //! This file is plain JSON and must never contain anything secret in the clear: no master
-//! key, no passphrase, no derived key. The version is checked before anything else is parsed,
-//! so a future format is refused cleanly instead of misread.
+//! key, no passphrase, no derived key. The one exception is an unencrypted repository
+//! (`repo init --encryption none`, format version 2): it has no key slots and keeps its key
+//! for chunk ids and checksums here, because nothing in it is secret. The version is checked
+//! before anything else is parsed, so a future format is refused cleanly instead of misread
+//! (a build that knows only version 1 refuses an unencrypted repository by its version).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,8 @@ use crate::ids::KeyId;
 
 /// The repository format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;
+/// Format 1 without encryption: no key slots, `unencrypted_key` instead.
+pub const FORMAT_VERSION_UNENCRYPTED: u64 = 2;
 /// Object key of the repository description.
 pub const CONFIG_KEY: &str = "snapfleet-repo.json";
 
@@ -97,6 +102,9 @@ pub struct RepoConfig {
     pub created: DateTime<Utc>,
     pub chunker: ChunkerParams,
     pub keys: Vec<KeySlot>,
+    /// Hex: the key of an unencrypted repository (format 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unencrypted_key: Option<String>,
 }
 
 fn slot_aad(repo_id: &str, slot: &KeyId) -> Vec<u8> {
@@ -179,7 +187,32 @@ impl RepoConfig {
             created: Utc::now(),
             chunker,
             keys: vec![slot],
+            unencrypted_key: None,
         })
+    }
+
+    /// A new unencrypted configuration: no key slots, `master` kept in the clear.
+    pub(crate) fn new_unencrypted(master: &MasterKey, chunker: ChunkerParams) -> Result<Self> {
+        chunker.validate()?;
+        Ok(RepoConfig {
+            format_version: FORMAT_VERSION_UNENCRYPTED,
+            repo_id: uuid::Uuid::new_v4().to_string(),
+            created: Utc::now(),
+            chunker,
+            keys: vec![],
+            unencrypted_key: Some(hex_encode(&master.0)),
+        })
+    }
+
+    /// The key of an unencrypted repository; `None` for an encrypted one.
+    pub(crate) fn unencrypted_master(&self) -> Result<Option<MasterKey>> {
+        match &self.unencrypted_key {
+            None => Ok(None),
+            Some(h) => hex_decode(h)
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .map(|k| Some(MasterKey(k)))
+                .ok_or_else(|| Error::corrupt(CONFIG_KEY, "bad unencrypted_key")),
+        }
     }
 
     /// Parses the file, checking the format version before anything else.
@@ -190,17 +223,27 @@ impl RepoConfig {
             .get("format_version")
             .and_then(|v| v.as_u64())
             .ok_or_else(|| Error::corrupt(CONFIG_KEY, "no numeric format_version"))?;
-        if found != FORMAT_VERSION {
+        if found != FORMAT_VERSION && found != FORMAT_VERSION_UNENCRYPTED {
             return Err(Error::UnsupportedFormat {
                 found,
-                supported: FORMAT_VERSION,
+                supported: FORMAT_VERSION_UNENCRYPTED,
             });
         }
         let config: RepoConfig = serde_json::from_value(value)
             .map_err(|e| Error::corrupt(CONFIG_KEY, format!("unexpected layout: {e}")))?;
         config.chunker.validate()?;
-        if config.keys.is_empty() {
-            return Err(Error::corrupt(CONFIG_KEY, "no key slots"));
+        if found == FORMAT_VERSION_UNENCRYPTED {
+            if !config.keys.is_empty() || config.unencrypted_master()?.is_none() {
+                return Err(Error::corrupt(
+                    CONFIG_KEY,
+                    "format 2 (unencrypted) must have unencrypted_key and no key slots",
+                ));
+            }
+        } else if config.keys.is_empty() || config.unencrypted_key.is_some() {
+            return Err(Error::corrupt(
+                CONFIG_KEY,
+                "format 1 must have key slots and no unencrypted_key",
+            ));
         }
         Ok(config)
     }
@@ -251,7 +294,7 @@ mod tests {
         match RepoConfig::parse(v) {
             Err(Error::UnsupportedFormat {
                 found: 7,
-                supported: 1,
+                supported: 2,
             }) => {}
             r => panic!("{r:?}"),
         }

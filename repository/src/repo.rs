@@ -53,6 +53,11 @@ impl std::fmt::Debug for Repository {
     }
 }
 
+/// What `key_id` answers for an unencrypted repository (it has no key slots).
+fn unencrypted_key_id() -> KeyId {
+    KeyId("none".into())
+}
+
 fn path(key: &str) -> Path {
     Path::from(key)
 }
@@ -64,15 +69,7 @@ impl Repository {
         passphrase: &[u8],
         opts: InitOptions,
     ) -> Result<Self> {
-        match store.head(&path(CONFIG_KEY)).await {
-            Ok(_) => {
-                return Err(Error::AlreadyInitialized {
-                    location: store.to_string(),
-                })
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(Error::store("head", CONFIG_KEY, e)),
-        }
+        Self::refuse_existing(&store).await?;
         let master = MasterKey::generate();
         let pass = passphrase.to_vec();
         let m = master.clone();
@@ -89,9 +86,41 @@ impl Repository {
         Ok(Self::from_parts(store, config, key_id, master))
     }
 
-    /// Opens an existing repository; `Error::WrongPassphrase` when no key slot opens.
+    /// Creates an unencrypted repository (`repo init --encryption none`): objects are stored
+    /// in the clear with a checksum, no passphrase opens or guards it. For stores that
+    /// encrypt at rest themselves, and for measuring the pipeline without the cipher.
+    pub async fn init_unencrypted(
+        store: Arc<dyn ObjectStore>,
+        chunker: ChunkerParams,
+    ) -> Result<Self> {
+        Self::refuse_existing(&store).await?;
+        let master = MasterKey::generate();
+        let config = RepoConfig::new_unencrypted(&master, chunker)?;
+        store
+            .put(&path(CONFIG_KEY), PutPayload::from(config.to_json()))
+            .await
+            .map_err(|e| Error::store("put", CONFIG_KEY, e))?;
+        tracing::info!(repo_id = %config.repo_id, store = %store, "initialised unencrypted repository");
+        Ok(Self::from_parts(
+            store,
+            config,
+            unencrypted_key_id(),
+            master,
+        ))
+    }
+
+    /// Opens an existing repository; `Error::WrongPassphrase` when no key slot opens. An
+    /// unencrypted repository opens whatever the passphrase.
     pub async fn open(store: Arc<dyn ObjectStore>, passphrase: &[u8]) -> Result<Self> {
         let config = Self::load_config(&store).await?;
+        if let Some(master) = config.unencrypted_master()? {
+            return Ok(Self::from_parts(
+                store,
+                config,
+                unencrypted_key_id(),
+                master,
+            ));
+        }
         let pass = passphrase.to_vec();
         let c = config.clone();
         let (key_id, master) = tokio::task::spawn_blocking(move || c.unlock(&pass))
@@ -100,15 +129,52 @@ impl Repository {
         Ok(Self::from_parts(store, config, key_id, master))
     }
 
+    /// Opens a repository without a passphrase: an unencrypted one opens, an encrypted one
+    /// is `Error::PassphraseRequired`.
+    pub async fn open_without_passphrase(store: Arc<dyn ObjectStore>) -> Result<Self> {
+        let config = Self::load_config(&store).await?;
+        match config.unencrypted_master()? {
+            Some(master) => Ok(Self::from_parts(
+                store,
+                config,
+                unencrypted_key_id(),
+                master,
+            )),
+            None => Err(Error::PassphraseRequired {
+                location: store.to_string(),
+            }),
+        }
+    }
+
+    /// Whether objects are encrypted (false for `--encryption none`).
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.encrypts()
+    }
+
+    async fn refuse_existing(store: &Arc<dyn ObjectStore>) -> Result<()> {
+        match store.head(&path(CONFIG_KEY)).await {
+            Ok(_) => Err(Error::AlreadyInitialized {
+                location: store.to_string(),
+            }),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store("head", CONFIG_KEY, e)),
+        }
+    }
+
     fn from_parts(
         store: Arc<dyn ObjectStore>,
         config: RepoConfig,
         key_id: KeyId,
         master: MasterKey,
     ) -> Self {
+        let keys = if config.unencrypted_key.is_some() {
+            Keys::derive_unencrypted(&master)
+        } else {
+            Keys::derive(&master)
+        };
         Repository {
             store,
-            keys: Keys::derive(&master),
+            keys,
             config,
             key_id,
             master,
@@ -154,6 +220,7 @@ impl Repository {
 
     /// Adds a key slot for `new_passphrase`; data is not touched.
     pub async fn add_key(&mut self, new_passphrase: &[u8], kdf: KdfParams) -> Result<KeyId> {
+        self.refuse_unencrypted()?;
         let mut config = Self::load_config(&self.store).await?;
         let (repo_id, master, pass) = (
             config.repo_id.clone(),
@@ -170,6 +237,16 @@ impl Repository {
         Ok(id)
     }
 
+    fn refuse_unencrypted(&self) -> Result<()> {
+        if self.is_encrypted() {
+            Ok(())
+        } else {
+            Err(Error::NotEncrypted {
+                location: self.store.to_string(),
+            })
+        }
+    }
+
     /// The key slots (no key material).
     pub fn list_keys(&self) -> Vec<KeyInfo> {
         self.config.keys.iter().map(KeySlot::info).collect()
@@ -177,6 +254,7 @@ impl Repository {
 
     /// Removes a key slot; refuses to remove the last one.
     pub async fn remove_key(&mut self, id: &KeyId) -> Result<()> {
+        self.refuse_unencrypted()?;
         let mut config = Self::load_config(&self.store).await?;
         let before = config.keys.len();
         if !config.keys.iter().any(|k| &k.id == id) {

@@ -325,3 +325,9 @@ async fn a_resumed_restore_keeps_only_verified_files() {
     assert_eq!(stats.files, 5);
     assert_same_tree(&src, &out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unencrypted_repository() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::unencrypted_repository(local_store(a.path()), local_store(b.path())).await;
+}

@@ -23,6 +23,7 @@ async fn s3_corrupt_and_truncated_chunk() {
 async fn s3_wrong_passphrase_and_unknown_format() {
     let moto = Moto::start();
     common::wrong_passphrase_and_unknown_format(moto.store("keys")).await;
+    common::unencrypted_repository(moto.store("plain"), moto.store("plain-copy")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

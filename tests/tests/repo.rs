@@ -518,3 +518,46 @@ fn an_incremental_put_reads_and_sends_only_what_changed() {
     assert!(full["parent"].is_null());
     assert!(full["bytes_read"].as_u64().unwrap() > total);
 }
+
+#[test]
+fn an_unencrypted_repository_needs_no_passphrase_and_has_no_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("repo").display());
+    let run = |args: &[&str]| {
+        Command::new(snapfleet_bin())
+            .args(args)
+            .env("SNAPFLEET_REPO", &url)
+            .env_remove("SNAPFLEET_PASSWORD_FILE")
+            .env_remove("SNAPFLEET_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let init: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "repo", "init", "--encryption", "none"])).unwrap();
+    assert_eq!(init["format_version"], 2, "{init:#}");
+    let src = dir.path().join("src");
+    make_tree(&src, 5);
+    let put: serde_json::Value = serde_json::from_str(&ok(&[
+        "--json",
+        "repo",
+        "put",
+        src.to_str().unwrap(),
+        "--compression",
+        "0",
+    ]))
+    .unwrap();
+    assert!(put["bytes_uploaded"].as_u64().unwrap() > 0, "{put:#}");
+    let out = dir.path().join("out");
+    ok(&["repo", "get", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
+    let keys = run(&["repo", "key", "list"]);
+    assert_eq!(keys.status.code(), Some(1));
+    assert!(stderr(&keys).contains("not encrypted"), "{}", stderr(&keys));
+    let again = run(&["repo", "init", "--encryption", "none"]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+}

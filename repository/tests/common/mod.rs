@@ -475,7 +475,7 @@ pub async fn wrong_passphrase_and_unknown_format(store: Arc<dyn ObjectStore>) {
     let key = ObjPath::from("snapfleet-repo.json");
     let raw = store.get(&key).await.unwrap().bytes().await.unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    v["format_version"] = serde_json::json!(2);
+    v["format_version"] = serde_json::json!(3);
     store
         .put(&key, PutPayload::from(serde_json::to_vec(&v).unwrap()))
         .await
@@ -485,8 +485,8 @@ pub async fn wrong_passphrase_and_unknown_format(store: Arc<dyn ObjectStore>) {
         matches!(
             err,
             Error::UnsupportedFormat {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{err:?}"
@@ -946,4 +946,110 @@ pub async fn forget_gc_and_copy(store: Arc<dyn ObjectStore>, target: Arc<dyn Obj
             .created,
         "a copy keeps the creation time (retention in the target depends on it)"
     );
+}
+
+/// `init_unencrypted`: round trip, objects in the clear (an encrypted repository of the
+/// same tree holds none of those bytes), no passphrase needed, key management refused,
+/// damage still detected and named, and `copy` into an encrypted repository.
+pub async fn unencrypted_repository(store: Arc<dyn ObjectStore>, target: Arc<dyn ObjectStore>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let repo = Arc::new(
+        Repository::init_unencrypted(store.clone(), small_chunks())
+            .await
+            .unwrap(),
+    );
+    assert!(!repo.is_encrypted());
+    assert_eq!(repo.config().format_version, 2);
+    let (root, _) = put_tree(&repo, &src, "b1").await;
+
+    let out = tmp.path().join("out");
+    let fresh = Arc::new(
+        Repository::open_without_passphrase(store.clone())
+            .await
+            .unwrap(),
+    );
+    restore_backup(&fresh, &root.backup_id, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+    let any = Repository::open(store.clone(), b"whatever").await.unwrap();
+    assert!(!any.is_encrypted());
+    let mut keyed = Repository::open(store.clone(), b"").await.unwrap();
+    match keyed.add_key(b"new", KdfParams::minimum()).await {
+        Err(e @ Error::NotEncrypted { .. }) => assert!(e.to_string().contains("not encrypted")),
+        r => panic!("{r:?}"),
+    }
+
+    // The clear text of an incompressible file is in a chunk object as it is.
+    let needle =
+        std::fs::read(src.join("big/random.bin")).unwrap()[5 << 20..(5 << 20) + 64].to_vec();
+    let holds_needle = |store: Arc<dyn ObjectStore>| {
+        let needle = needle.clone();
+        async move {
+            for (key, _) in chunk_objects(&store).await {
+                let b = store.get(&key).await.unwrap().bytes().await.unwrap();
+                if b.windows(needle.len()).any(|w| w == needle) {
+                    return true;
+                }
+            }
+            false
+        }
+    };
+    assert!(
+        holds_needle(store.clone()).await,
+        "unencrypted chunks are plain"
+    );
+
+    // Copy into an encrypted repository (re-sealed there), which needs its passphrase and
+    // holds none of the clear bytes.
+    let enc = new_repo(target.clone()).await;
+    copy_backups(&fresh, &enc, &CopyOptions::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        !holds_needle(target.clone()).await,
+        "encrypted chunks are not"
+    );
+    match Repository::open_without_passphrase(target.clone()).await {
+        Err(e @ Error::PassphraseRequired { .. }) => {
+            assert!(e.to_string().contains("SNAPFLEET_PASSWORD"), "{e}")
+        }
+        r => panic!("{r:?}"),
+    }
+    let out2 = tmp.path().join("out2");
+    restore_backup(&enc, &root.backup_id, &out2).await.unwrap();
+    assert_same_tree(&src, &out2);
+
+    // A flipped bit is caught by the checksum and named, by restore and by verify.
+    let (victim, _) = chunk_objects(&store)
+        .await
+        .into_iter()
+        .max_by_key(|(_, s)| *s)
+        .unwrap();
+    let mut bytes = store
+        .get(&victim)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    store.put(&victim, PutPayload::from(bytes)).await.unwrap();
+    let err = restore_backup(&fresh, &root.backup_id, &tmp.path().join("out3"))
+        .await
+        .unwrap_err();
+    expect_corrupt(err, victim.as_ref());
+    let deep = verify(
+        &fresh,
+        &VerifyOptions {
+            deep: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(deep.damaged.len(), 1, "{deep:?}");
+    assert_eq!(deep.damaged[0].key, victim.as_ref());
 }

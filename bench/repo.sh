@@ -66,8 +66,10 @@ EOF
 total_bytes=$(du -sb "$data" | cut -f1)
 nfiles=$(find "$data" -type f | wc -l)
 
-# Runs a command, records "seconds maxrss_kib" in $work/last.
-measure() { /usr/bin/time -f "%e %M" -o "$work/last" "$@"; }
+# Runs a command, records "seconds maxrss_kib" in $work/last. `sync` first: every step
+# starts with no dirty pages of the steps before it, which a slow virtual disk otherwise
+# makes the later tools pay for (writeback throttling); the page cache stays warm.
+measure() { sync; /usr/bin/time -f "%e %M" -o "$work/last" "$@"; }
 secs() { cut -d' ' -f1 "$work/last"; }
 rss() { cut -d' ' -f2 "$work/last"; }
 mibs() { python3 -c "print(f'{$total_bytes/1048576/max($1,1e-3):.1f}')"; }

@@ -4,7 +4,8 @@
 # Usage: bench/repo.sh BIN [--size MiB] [--small-files N] [--work DIR]
 #   --size         data set size in MiB (default 512; the issue's reference run is 2048)
 #   --small-files  files for the max-RSS run (default 100000; the target is 1000000)
-#   --work         scratch directory (default: a temp dir, removed at the end)
+#   --work         scratch directory (default: a temp dir, removed at the end; on a slow or
+#                  shared virtual disk, a tmpfs such as /dev/shm/x gives repeatable ratios)
 # Caches are warm for every tool alike (nothing drops the page cache: the machine is shared).
 set -euo pipefail
 bin="$1"; shift
@@ -166,7 +167,7 @@ small_objects=$(find "$work/sfsmall/chunks" -type f | wc -l)
 rm -rf "$small" "$work/sfsmall"
 
 # --- report
-echo "Data set: $(python3 -c "print(f'{$total_bytes/1048576:.0f}')") MiB in $nfiles files (3/4 of the bytes in 8 MiB / 2 MiB files, 1/4 in 16 KiB files; half os.urandom, half text), local disk, warm page cache, $(nproc) cores."
+echo "Data set: $(python3 -c "print(f'{$total_bytes/1048576:.0f}')") MiB in $nfiles files (3/4 of the bytes in 8 MiB / 2 MiB files, 1/4 in 16 KiB files; half os.urandom, half text), work directory on $(df -T "$work" | awk 'NR==2 {print $2}'), warm page cache, $(nproc) cores."
 echo
 echo "| step | seconds | MiB/s | bytes stored |"
 echo "|---|---|---|---|"

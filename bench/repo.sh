@@ -109,10 +109,14 @@ measure "$bin" repo get latest "$work/restore" --repo "file://$work/sf0"; t_sf0_
 row "snapfleet repo get (no compression)" "$t_sf0_get" "-"
 rm -rf "$work/restore" "$work/sf0"
 # Compression and encryption off: an unencrypted repository (no passphrase, no Argon2).
-"$bin" repo init --encryption none --repo "file://$work/sfn" 2>/dev/null
-sf_put "$work/sfn" 0; t_sfn=$(secs)
+# (No passphrase may be set for it: a passphrase means encryption is expected.)
+env -u SNAPFLEET_PASSWORD "$bin" repo init --encryption none --repo "file://$work/sfn" 2>/dev/null
+measure env -u SNAPFLEET_PASSWORD "$bin" --json repo put "$data" --repo "file://$work/sfn" \
+  --compression 0 >"$work/put.json"
+t_sfn=$(secs)
 row "snapfleet repo put (no compression, no encryption)" "$t_sfn" "$(du -sb "$work/sfn" | cut -f1)"
-measure "$bin" repo get latest "$work/restore" --repo "file://$work/sfn"; t_sfn_get=$(secs)
+measure env -u SNAPFLEET_PASSWORD "$bin" repo get latest "$work/restore" --repo "file://$work/sfn"
+t_sfn_get=$(secs)
 row "snapfleet repo get (no compression, no encryption)" "$t_sfn_get" "-"
 rm -rf "$work/restore" "$work/sfn"
 

@@ -112,6 +112,10 @@ pub enum RepoCmd {
         /// Passphrase file of the target (or SNAPFLEET_TO_PASSWORD); default: the source's.
         #[arg(long, env = "SNAPFLEET_TO_PASSWORD_FILE")]
         to_password_file: Option<PathBuf>,
+        /// The target is an unencrypted repository (`--encryption none`): copy into it in the
+        /// clear. Without this flag such a target is refused.
+        #[arg(long, conflicts_with = "to_password_file")]
+        to_unencrypted: bool,
         /// Only these backups (repeatable; default all).
         #[arg(long = "backup")]
         backups: Vec<String>,
@@ -280,6 +284,13 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
         } => {
             let url = a.url()?;
             let repo = if encryption == "none" {
+                if a.passphrase_if_given()?.is_some() {
+                    bail!(
+                        "--encryption none makes a repository that no passphrase opens, but a \
+                         passphrase is set: unset --password-file / SNAPFLEET_PASSWORD_FILE / \
+                         SNAPFLEET_PASSWORD for this repository"
+                    );
+                }
                 Repository::init_unencrypted(open_store(url)?, Default::default()).await
             } else {
                 let pass = a.passphrase()?;
@@ -528,12 +539,19 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
         RepoCmd::Copy {
             to,
             to_password_file,
+            to_unencrypted,
             backups,
             compression,
         } => {
             let src = open_repo(a).await?;
             let pass = match (&to_password_file, std::env::var_os("SNAPFLEET_TO_PASSWORD")) {
-                (None, None) => a.passphrase_if_given()?,
+                _ if to_unencrypted => None,
+                (None, None) => Some(a.passphrase_if_given()?.ok_or_else(|| {
+                    anyhow!(
+                        "no passphrase for the target {to}: give --to-password-file FILE or set \
+                         SNAPFLEET_TO_PASSWORD (or --to-unencrypted for an unencrypted target)"
+                    )
+                })?),
                 (f, _) => Some(passphrase(
                     f.as_deref(),
                     "SNAPFLEET_TO_PASSWORD",

@@ -3,8 +3,8 @@
 //! backup incremental for free.
 //!
 //! The parameters are stored in `snapfleet-repo.json` so every writer of a repository cuts
-//! identically. This module must never hold more than one chunk buffer (≤ `max_size`) per
-//! stream: it reads, it does not slurp.
+//! identically. This module reads, it does not slurp: one block (8 MiB, or twice the largest
+//! chunk) per stream, and each chunk handed out keeps its block alive until it is dropped.
 
 use std::io::Read;
 
@@ -75,6 +75,11 @@ pub struct Chunker<R: Read> {
     reader: R,
     buf: BytesMut,
     eof: bool,
+    /// Size of the first block when the caller knows the source's size.
+    first_block: Option<usize>,
+    /// A read failed: the iterator has ended (bytes read before the error are gone, so going
+    /// on would leave a hole).
+    failed: bool,
     params: ChunkerParams,
     mask_s: u64,
     mask_l: u64,
@@ -96,28 +101,44 @@ impl<R: Read> Chunker<R> {
             reader,
             buf: BytesMut::from(Bytes::from(prefix)),
             eof: false,
+            first_block: None,
+            failed: false,
             params,
             mask_s,
             mask_l,
         }
     }
 
+    /// The source is about `size` bytes long (prefix included): a smaller source reads
+    /// into a block of its size instead of a whole 8 MiB one. Only memory depends on it; a
+    /// wrong hint costs one more block.
+    pub fn size_hint(mut self, size: Option<u64>) -> Self {
+        let full = BLOCK.max(2 * self.params.max_size as usize);
+        self.first_block = size
+            .map(|s| (s as usize).saturating_add(1).max(self.buf.len() + 1))
+            .filter(|b| *b < full);
+        self
+    }
+
     /// Makes sure the buffer holds a whole max-size chunk or the rest of the source: a new
     /// block starts with the unconsumed tail of the old one and is filled from the reader.
     fn fill(&mut self) -> std::io::Result<()> {
         let max = self.params.max_size as usize;
-        if self.eof || self.buf.len() >= max {
-            return Ok(());
+        while !self.eof && self.buf.len() < max {
+            let block = self
+                .first_block
+                .take()
+                .unwrap_or(BLOCK.max(2 * max))
+                .max(self.buf.len() + 1);
+            let mut next = Vec::with_capacity(block);
+            next.extend_from_slice(&self.buf);
+            let want = (block - next.len()) as u64;
+            let got = (&mut self.reader).take(want).read_to_end(&mut next)?;
+            if (got as u64) < want {
+                self.eof = true;
+            }
+            self.buf = BytesMut::from(Bytes::from(next));
         }
-        let block = BLOCK.max(2 * max);
-        let mut next = Vec::with_capacity(block);
-        next.extend_from_slice(&self.buf);
-        let want = (block - next.len()) as u64;
-        let got = (&mut self.reader).take(want).read_to_end(&mut next)?;
-        if (got as u64) < want {
-            self.eof = true;
-        }
-        self.buf = BytesMut::from(Bytes::from(next));
         Ok(())
     }
 }
@@ -126,7 +147,11 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = std::io::Result<BytesMut>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
         if let Err(e) = self.fill() {
+            self.failed = true;
             return Some(Err(e));
         }
         if self.buf.is_empty() {
@@ -245,6 +270,16 @@ mod tests {
                     .map(|c| c.unwrap().to_vec())
                     .collect();
             assert!(prefixed == reference, "cut points differ with a prefix");
+            for hint in [input.len() as u64, 1000, 3 << 20, 100 << 20] {
+                let hinted: Vec<Vec<u8>> = Chunker::with_prefix(head.to_vec(), rest, params)
+                    .size_hint(Some(hint))
+                    .map(|c| c.unwrap().to_vec())
+                    .collect();
+                assert!(
+                    hinted == reference,
+                    "cut points differ with size hint {hint}"
+                );
+            }
         }
         assert_eq!(Chunker::new(&[][..], small()).count(), 0);
     }

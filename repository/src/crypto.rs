@@ -582,6 +582,49 @@ mod tests {
         );
     }
 
+    /// The envelope is plain AES-256-GCM (the switch from RustCrypto to aws-lc must not
+    /// change a byte): an object built by hand from OpenSSL's output (Python
+    /// `cryptography`: key 0..32, nonce 100..112, AAD = the 8 header bytes + the context)
+    /// opens, and sealing with that nonce gives the same bytes.
+    #[test]
+    fn envelope_is_standard_aes_256_gcm_known_answer() {
+        let data_key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let k = Keys {
+            cipher: Some(Arc::new(aes_key(&data_key))),
+            mac_key: [0; 32],
+            id_key: [0; 32],
+        };
+        let openssl =
+            "3b75bf161f8533fb4a423486b51204dd23ac757dee1ea759881e21c9f14afc8e6c5a27a933c3";
+        let mut head = [0u8; HEADER_LEN];
+        head[..8].copy_from_slice(b"SFOB\x01\x01\x00\x00");
+        for (i, b) in head[8..].iter_mut().enumerate() {
+            *b = 100 + i as u8;
+        }
+        let object = [&head[..], &hex_decode(openssl).unwrap()].concat();
+        let context = [9u8; 32];
+        assert_eq!(
+            k.open("o", ObjectKind::Chunk, &context, &object).unwrap(),
+            b"snapfleet known answer"
+        );
+        let mut body = b"snapfleet known answer".to_vec();
+        let tag = k.encrypt(&head, &context, &mut body).unwrap();
+        assert_eq!(hex_encode(&[&body[..], &tag[..]].concat()), openssl);
+        // GCM spec test case 14 through the key-slot wrapping path (zero key, zero AAD).
+        let mut zero = vec![0u8; 16];
+        aes_key(&[0; 32])
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key([0; 12]),
+                Aad::empty(),
+                &mut zero,
+            )
+            .unwrap();
+        assert_eq!(
+            hex_encode(&zero),
+            "cea7403d4d606b6e074ec5d3baf39d18d0d1c8a799996bf0265b98b5d48ab919"
+        );
+    }
+
     #[test]
     fn ids_are_keyed() {
         let a = keys().chunk_id(b"data");

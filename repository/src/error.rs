@@ -61,6 +61,15 @@ pub enum Error {
     )]
     PassphraseRequired { location: String },
 
+    /// A passphrase was given for a repository that is not encrypted.
+    #[error(
+        "repository `{location}` is not encrypted (created with --encryption none) but a \
+         passphrase was given: refusing to store data in the clear where encryption was \
+         expected; if this repository is meant to be unencrypted, unset the passphrase \
+         (--password-file, SNAPFLEET_PASSWORD_FILE, SNAPFLEET_PASSWORD)"
+    )]
+    UnexpectedlyUnencrypted { location: String },
+
     /// Key management on a repository created with `--encryption none`.
     #[error(
         "repository `{location}` is not encrypted (created with --encryption none): it has no \

@@ -109,17 +109,16 @@ impl Repository {
         ))
     }
 
-    /// Opens an existing repository; `Error::WrongPassphrase` when no key slot opens. An
-    /// unencrypted repository opens whatever the passphrase.
+    /// Opens an existing encrypted repository; `Error::WrongPassphrase` when no key slot
+    /// opens. An unencrypted repository is refused (`Error::UnexpectedlyUnencrypted`): whoever
+    /// holds a passphrase expects encryption, and a description swapped for an unencrypted
+    /// one by someone with write access to the bucket must not make them write in the clear.
     pub async fn open(store: Arc<dyn ObjectStore>, passphrase: &[u8]) -> Result<Self> {
         let config = Self::load_config(&store).await?;
-        if let Some(master) = config.unencrypted_master()? {
-            return Ok(Self::from_parts(
-                store,
-                config,
-                unencrypted_key_id(),
-                master,
-            ));
+        if config.unencrypted_key.is_some() {
+            return Err(Error::UnexpectedlyUnencrypted {
+                location: store.to_string(),
+            });
         }
         let pass = passphrase.to_vec();
         let c = config.clone();
@@ -129,8 +128,8 @@ impl Repository {
         Ok(Self::from_parts(store, config, key_id, master))
     }
 
-    /// Opens a repository without a passphrase: an unencrypted one opens, an encrypted one
-    /// is `Error::PassphraseRequired`.
+    /// Opens an unencrypted repository (no passphrase); an encrypted one is
+    /// `Error::PassphraseRequired`.
     pub async fn open_without_passphrase(store: Arc<dyn ObjectStore>) -> Result<Self> {
         let config = Self::load_config(&store).await?;
         match config.unencrypted_master()? {

@@ -5,9 +5,10 @@
 //! Every writer holds a writer lease under `locks/` from creation until commit (or
 //! `release_lease`, or drop) so that gc never runs while it writes (see `lease.rs`).
 //!
-//! Memory is bounded: at most `concurrency` chunks in flight (each ≤ max chunk size, times ~2
-//! for the sealed copy), one chunker buffer per file stream, one pack buffer, one manifest
-//! page. It must never load a whole large file, never record a chunk in a manifest before the
+//! Memory is bounded: at most `concurrency` chunks in flight, each keeping its chunker block
+//! (8 MiB) alive until uploaded, plus one block per file stream — about (concurrency + 2 ×
+//! file_streams) × 8 MiB at worst — one pack buffer, the small files read ahead (≤ 4 × 4
+//! MiB), one manifest page. It must never load a whole large file, never record a chunk in a manifest before the
 //! chunk is stored, and never write ROOT before every page is stored.
 
 use std::collections::VecDeque;
@@ -404,6 +405,18 @@ impl BackupWriter {
         reader: R,
         meta: FileMeta,
     ) -> Result<()> {
+        self.put_file_sized(rel_path, reader, meta, None).await
+    }
+
+    /// [`BackupWriter::put_file`] with the expected size, so a file much smaller than the
+    /// chunker's block does not take a whole block of memory.
+    async fn put_file_sized<R: Read + Send + 'static>(
+        &self,
+        rel_path: &str,
+        reader: R,
+        meta: FileMeta,
+        size_hint: Option<u64>,
+    ) -> Result<()> {
         check_rel_path(rel_path)?;
         let s = self.s.clone();
         let threshold = s.opts.small_file_threshold;
@@ -421,7 +434,7 @@ impl BackupWriter {
             if (prefix.len() as u64) < threshold {
                 return Ok(Some(prefix));
             }
-            for chunk in Chunker::with_prefix(prefix, reader, params) {
+            for chunk in Chunker::with_prefix(prefix, reader, params).size_hint(size_hint) {
                 let data = chunk.map_err(|e| Error::io(&name, e))?;
                 let id = keys.chunk_id(&data);
                 if tx.blocking_send((id, data)).is_err() {
@@ -470,31 +483,35 @@ impl BackupWriter {
         }
         let small = chunker.await.map_err(|e| Error::Task(e.to_string()))?;
         result?;
-        let small = small?;
-        if let Some(data) = &small {
-            s.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
-            s.progress
-                .bytes_read
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        match small {
-            Some(data) if !data.is_empty() => self.add_small(rel_path, meta, data).await,
-            Some(_) => self.push_file_entry(rel_path, meta, 0, vec![]).await,
+        match small? {
+            Some(data) => self.record_small_data(rel_path, meta, data).await,
             None => self.push_file_entry(rel_path, meta, size, refs).await,
+        }
+    }
+
+    /// Counts a small file's bytes as read and packs it (an empty one is just an entry).
+    async fn record_small_data(&self, rel_path: &str, meta: FileMeta, data: Vec<u8>) -> Result<()> {
+        let n = data.len() as u64;
+        self.s.bytes_read.fetch_add(n, Ordering::Relaxed);
+        self.s.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
+        if data.is_empty() {
+            self.push_file_entry(rel_path, meta, 0, vec![]).await
+        } else {
+            self.add_small(rel_path, meta, data).await
         }
     }
 
     /// Stores the local file `local` as `rel_path`.
     pub async fn put_path(&self, rel_path: &str, local: &Path) -> Result<()> {
         let local_owned = local.to_path_buf();
-        let (file, meta) = tokio::task::spawn_blocking(move || {
+        let (file, meta, size) = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&local_owned).map_err(|e| Error::io(&local_owned, e))?;
             let m = f.metadata().map_err(|e| Error::io(&local_owned, e))?;
-            Ok::<_, Error>((f, FileMeta::from_metadata(&m)))
+            Ok::<_, Error>((f, FileMeta::from_metadata(&m), m.len()))
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
-        self.put_file(rel_path, file, meta).await
+        self.put_file_sized(rel_path, file, meta, Some(size)).await
     }
 
     /// Stores a whole directory tree: files in name order (so packs of small files come out
@@ -581,14 +598,7 @@ impl BackupWriter {
                     }
                 }
                 SmallRead::Data { rel, meta, data } => {
-                    let n = data.len() as u64;
-                    self.s.bytes_read.fetch_add(n, Ordering::Relaxed);
-                    self.s.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
-                    if data.is_empty() {
-                        self.push_file_entry(&rel, meta, 0, vec![]).await?;
-                    } else {
-                        self.add_small(&rel, meta, data).await?;
-                    }
+                    self.record_small_data(&rel, meta, data).await?
                 }
                 // Grew past the threshold since it was listed: chunk it as a large file.
                 SmallRead::Grew { rel, path } => self.put_path(&rel, &path).await?,

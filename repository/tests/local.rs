@@ -331,3 +331,36 @@ async fn unencrypted_repository() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::unencrypted_repository(local_store(a.path()), local_store(b.path())).await;
 }
+
+/// Restores with one and two chunk downloads in flight across four files at once: multi-chunk
+/// files share the permits without waiting on each other for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_with_few_download_permits() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_tree(&src);
+    for i in 0..6 {
+        std::fs::write(
+            src.join(format!("big/more{i}.bin")),
+            random_bytes(1 << 20, 500 + i),
+        )
+        .unwrap();
+    }
+    let repo = new_repo(local_store(&dir.path().join("repo"))).await;
+    let (root, _) = put_tree(&repo, &src, "b1").await;
+    for concurrency in [1, 2] {
+        let out = dir.path().join(format!("out{concurrency}"));
+        let opts = RestoreOptions {
+            concurrency,
+            ..Default::default()
+        };
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            restore_backup_with(&repo, &root.backup_id, &out, opts),
+        )
+        .await
+        .expect("restore finished")
+        .unwrap();
+        assert_same_tree(&src, &out);
+    }
+}

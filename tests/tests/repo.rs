@@ -560,4 +560,30 @@ fn an_unencrypted_repository_needs_no_passphrase_and_has_no_keys() {
     assert!(stderr(&keys).contains("not encrypted"), "{}", stderr(&keys));
     let again = run(&["repo", "init", "--encryption", "none"]);
     assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    // A passphrase means encryption is expected: such a repository is refused, not used in
+    // the clear, and `init --encryption none` with a passphrase set is refused too.
+    let with_pass = |args: &[&str]| {
+        Command::new(snapfleet_bin())
+            .args(args)
+            .env("SNAPFLEET_REPO", &url)
+            .env_remove("SNAPFLEET_PASSWORD_FILE")
+            .env("SNAPFLEET_PASSWORD", "some passphrase")
+            .output()
+            .unwrap()
+    };
+    let refused = with_pass(&["repo", "list"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("unset the passphrase"),
+        "{}",
+        stderr(&refused)
+    );
+    let other = format!("file://{}", dir.path().join("other").display());
+    let refused = with_pass(&["repo", "init", "--encryption", "none", "--repo", &other]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("passphrase is set"),
+        "{}",
+        stderr(&refused)
+    );
 }

@@ -972,9 +972,17 @@ pub async fn unencrypted_repository(store: Arc<dyn ObjectStore>, target: Arc<dyn
     );
     restore_backup(&fresh, &root.backup_id, &out).await.unwrap();
     assert_same_tree(&src, &out);
-    let any = Repository::open(store.clone(), b"whatever").await.unwrap();
-    assert!(!any.is_encrypted());
-    let mut keyed = Repository::open(store.clone(), b"").await.unwrap();
+    // Whoever holds a passphrase expects encryption: an unencrypted description (which anyone
+    // with write access to the bucket could plant) is refused, not silently used.
+    match Repository::open(store.clone(), PASS).await {
+        Err(e @ Error::UnexpectedlyUnencrypted { .. }) => {
+            assert!(e.to_string().contains("unset the passphrase"), "{e}")
+        }
+        r => panic!("{r:?}"),
+    }
+    let mut keyed = Repository::open_without_passphrase(store.clone())
+        .await
+        .unwrap();
     match keyed.add_key(b"new", KdfParams::minimum()).await {
         Err(e @ Error::NotEncrypted { .. }) => assert!(e.to_string().contains("not encrypted")),
         r => panic!("{r:?}"),

@@ -197,7 +197,7 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
     };
     let mut rows = Vec::new();
 
-    // 1. Backup without compression (encryption is always on), keeping the snapshot so the
+    // 1. Backup without compression (AES-GCM on), keeping the snapshot so the
     // other tools read the very same files.
     let spec = backup(&plain_url, 0, true);
     let (r_plain, secs) = job(&leader, "backup", serde_json::to_value(&spec)?).await?;

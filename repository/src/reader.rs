@@ -307,7 +307,7 @@ async fn restore_entry(ctx: &Ctx<'_>, entry: Entry) -> Result<Restored> {
             blocking(move || {
                 let path = prepare_path(&target, &entry.path)?;
                 make_dir(&path, &entry.path)?;
-                set_mode(&path, entry.mode)
+                set_mode(&path, entry.mode | 0o700)
             })
             .await?;
             Ok(Restored::Dir)
@@ -538,7 +538,10 @@ impl Drop for Partial {
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    // Keep the owner able to read and write what it restored; never restore setuid/setgid bits.
+    // Keep the owner able to read and write what it restored; never restore setuid/setgid
+    // bits. Directories also get owner x from their caller (0o700): with a stored mode
+    // without it, restoring their files failed for a non-root user whenever the directory's
+    // mode was set first.
     let mode = (mode & 0o777) | 0o600;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(path, e))

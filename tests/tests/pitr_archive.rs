@@ -186,6 +186,15 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
     sql::execute(&client, DB, "DROP TABLE extra", None)
         .await
         .unwrap();
+    // Let the archivers see the drop before t2: an archive pass reads the catalog first,
+    // then the logs up to its checkpoint. Once the checkpoint passes a time after the drop,
+    // the next pass (the one that moves it past a second, later time) read the catalog
+    // after the drop. Without this, t3 could fall between the drop and the pass that saw
+    // it, which a restore rightly refuses ("its archiver did not look in between").
+    let after_drop = client.now().await.unwrap();
+    wait_checkpoint(&src, after_drop);
+    let later = client.now().await.unwrap();
+    wait_checkpoint(&src, later);
     let k = writer.keys();
     writer.wait_for_keys(k + 20).await;
     let t2_rfc = client.now().await.unwrap().to_rfc3339();

@@ -285,6 +285,17 @@ pub async fn chunk_objects(store: &Arc<dyn ObjectStore>) -> Vec<(ObjPath, u64)> 
     v
 }
 
+/// The largest chunk object (a piece of the big random file) and its bytes.
+pub async fn largest_chunk(store: &Arc<dyn ObjectStore>) -> (ObjPath, Vec<u8>) {
+    let (victim, _) = chunk_objects(store)
+        .await
+        .into_iter()
+        .max_by_key(|(_, s)| *s)
+        .unwrap();
+    let bytes = store.get(&victim).await.unwrap().bytes().await.unwrap();
+    (victim, bytes.to_vec())
+}
+
 pub fn names_in(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -385,19 +396,8 @@ pub async fn damaged_chunk(store: Arc<dyn ObjectStore>, truncate: bool) {
     let repo = new_repo(store.clone()).await;
     let (root, _) = put_tree(&repo, &src, "b1").await;
 
-    let (victim, size) = chunk_objects(&store)
-        .await
-        .into_iter()
-        .max_by_key(|(_, s)| *s)
-        .unwrap();
-    let bytes = store
-        .get(&victim)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    let (victim, bytes) = largest_chunk(&store).await;
+    let size = bytes.len() as u64;
     let damaged = if truncate {
         bytes[..bytes.len() / 2].to_vec()
     } else {
@@ -1029,19 +1029,7 @@ pub async fn unencrypted_repository(store: Arc<dyn ObjectStore>, target: Arc<dyn
     assert_same_tree(&src, &out2);
 
     // A flipped bit is caught by the checksum and named, by restore and by verify.
-    let (victim, _) = chunk_objects(&store)
-        .await
-        .into_iter()
-        .max_by_key(|(_, s)| *s)
-        .unwrap();
-    let mut bytes = store
-        .get(&victim)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    let (victim, mut bytes) = largest_chunk(&store).await;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     store.put(&victim, PutPayload::from(bytes)).await.unwrap();

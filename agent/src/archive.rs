@@ -138,15 +138,7 @@ pub(crate) async fn archive_step(
             };
             let specs = nodes.iter().map(|n| node_task(&spec, &notes, *n)).collect();
             info!(database = %spec.database, nodes = nodes.len(), start_ht = info.start_ht, "archive enabled");
-            ctl.advance(
-                "archive",
-                serde_json::to_value(notes).expect("json"),
-                specs,
-                ARCHIVE_RETRIES,
-            )
-            .await
-            .map_err(coord)?;
-            Ok(Step::Again)
+            start_node_tasks(ctl, notes, specs).await
         }
         "archive" => {
             // Nodes that joined the cluster since: give them their archive task too (looked
@@ -177,18 +169,28 @@ pub(crate) async fn archive_step(
             info!(nodes = ?new, "archiving new nodes");
             let specs = new.iter().map(|n| node_task(&spec, &notes, *n)).collect();
             notes.nodes.extend(&new);
-            ctl.advance(
-                "archive",
-                serde_json::to_value(notes).expect("json"),
-                specs,
-                ARCHIVE_RETRIES,
-            )
-            .await
-            .map_err(coord)?;
-            Ok(Step::Again)
+            start_node_tasks(ctl, notes, specs).await
         }
         other => Err(AgentError::invalid("archive phase", other)),
     }
+}
+
+/// Records `notes` (the nodes archived so far) and starts `specs` in the job's `archive`
+/// phase: for the first nodes and for nodes that joined later alike.
+async fn start_node_tasks(
+    ctl: &JobCtl,
+    notes: ArchiveNotes,
+    specs: Vec<TaskSpec>,
+) -> Result<crate::drivers::Step> {
+    ctl.advance(
+        "archive",
+        serde_json::to_value(notes).expect("json"),
+        specs,
+        ARCHIVE_RETRIES,
+    )
+    .await
+    .map_err(coord)?;
+    Ok(crate::drivers::Step::Again)
 }
 
 fn node_task(spec: &ArchiveSpec, notes: &ArchiveNotes, node: u32) -> TaskSpec {

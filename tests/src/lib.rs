@@ -251,6 +251,33 @@ impl TestFleet {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
+
+    /// `backup create --db DB --repo URL --password-file PASS --wait EXTRA…`, which must
+    /// succeed; returns the job as JSON.
+    pub fn backup_wait(
+        &self,
+        db: &str,
+        url: &str,
+        pass: &str,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let mut args = vec![
+            "backup",
+            "create",
+            "--db",
+            db,
+            "--repo",
+            url,
+            "--password-file",
+            pass,
+            "--wait",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, v, err) = self.snapfleet(&args);
+        assert!(ok, "backup failed: {err}\n{v}");
+        assert_eq!(v["state"], "succeeded", "{v}");
+        v
+    }
 }
 
 /// A TCP proxy in front of one address, for network partitions between real processes:

@@ -28,25 +28,6 @@ async fn load(client: &Arc<snapfleet_tabletdb::Client>, rows: u64, offset: u64) 
     .expect("load");
 }
 
-fn backup(src: &TestFleet, url: &str, pass: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "backup",
-        "create",
-        "--db",
-        DB,
-        "--repo",
-        url,
-        "--password-file",
-        pass.to_str().unwrap(),
-        "--wait",
-    ];
-    args.extend_from_slice(extra);
-    let (ok, v, err) = src.snapfleet(&args);
-    assert!(ok, "backup failed: {err}\n{v}");
-    assert_eq!(v["state"], "succeeded", "{v}");
-    v
-}
-
 fn restore(
     dst: &TestFleet,
     url: &str,
@@ -96,7 +77,7 @@ async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
     let writer = CounterWriter::start(client.clone(), DB, 6, log.clone());
     writer.wait_for_keys(200).await;
 
-    let v = backup(&src, &url, &pass, &[]);
+    let v = src.backup_wait(DB, &url, pass.to_str().unwrap(), &[]);
     let at = HybridTime(v["result"]["hybrid_time"].as_u64().unwrap());
     let id = v["result"]["backup_id"].as_str().unwrap().to_string();
     assert!(v["result"]["bytes"].as_u64().unwrap() > 1 << 20, "{v}");
@@ -221,7 +202,7 @@ async fn backed_up(
     String,
 ) {
     let (tmp, url, pass, src, client) = loaded_source(2, rows).await;
-    let v = backup(&src, &url, &pass, &["--compression", "0"]);
+    let v = src.backup_wait(DB, &url, pass.to_str().unwrap(), &["--compression", "0"]);
     let id = v["result"]["backup_id"].as_str().unwrap().to_string();
     (tmp, url, pass, src, client, id)
 }
@@ -508,7 +489,7 @@ async fn agents_lower_their_rate_when_the_object_store_throttles() {
         src.fleet.start_agent(&src.db.cluster, id).unwrap();
     }
     let started = std::time::Instant::now();
-    let v = backup(&src, &url, &pass, &["--compression", "0"]);
+    let v = src.backup_wait(DB, &url, pass.to_str().unwrap(), &["--compression", "0"]);
     let r = &v["result"];
     let (throttled, lowest) = (
         r["throttled"].as_u64().unwrap(),
@@ -549,10 +530,10 @@ async fn agents_lower_their_rate_when_the_object_store_throttles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn second_backup_after_changing_5_percent_uploads_little() {
     let (_tmp, url, pass, src, client) = loaded_source(3, 40_000).await;
-    let first = backup(&src, &url, &pass, &[]);
+    let first = src.backup_wait(DB, &url, pass.to_str().unwrap(), &[]);
     // Rewrite 5% of the rows with new payloads.
     load(&client, 2_000, 0).await;
-    let second = backup(&src, &url, &pass, &[]);
+    let second = src.backup_wait(DB, &url, pass.to_str().unwrap(), &[]);
     let (b1, u1) = (
         first["result"]["bytes"].as_u64().unwrap(),
         first["result"]["bytes_uploaded"].as_u64().unwrap(),

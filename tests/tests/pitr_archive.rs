@@ -44,23 +44,6 @@ fn wait_checkpoint(f: &TestFleet, t: HybridTime) {
     }
 }
 
-/// `backup create --wait` of DB; the job as JSON.
-fn backup(src: &TestFleet, url: &str, pass: &str) -> serde_json::Value {
-    let (ok, v, err) = src.snapfleet(&[
-        "backup",
-        "create",
-        "--db",
-        DB,
-        "--repo",
-        url,
-        "--password-file",
-        pass,
-        "--wait",
-    ]);
-    assert!(ok && v["state"] == "succeeded", "{err}\n{v}");
-    v
-}
-
 fn restore_to(
     dst: &TestFleet,
     url: &str,
@@ -150,7 +133,7 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
     assert!(ok, "{err}\n{v}");
     let (ok, _, err) = src.snapfleet(&["pitr", "archive", "enable", "--db", DB, "--repo", &url]);
     assert!(!ok && err.contains("already being archived"), "{err}");
-    let v = backup(&src, &url, pass_s);
+    let v = src.backup_wait(DB, &url, pass_s, &[]);
     let base = HybridTime(v["result"]["hybrid_time"].as_u64().unwrap());
     wait_checkpoint(&src, base);
 
@@ -221,7 +204,7 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
 
     // Retention: a newer backup and `repo forget --keep-last 1` keep the base backup that
     // the PITR window needs (and prune only log pieces older than it).
-    backup(&src, &url, pass_s);
+    src.backup_wait(DB, &url, pass_s, &[]);
     let base_id = {
         let (ok, v, err) =
             src.snapfleet(&["backup", "list", "--repo", &url, "--password-file", pass_s]);

@@ -8,8 +8,8 @@
 //! Memory is bounded: at most `concurrency` chunks in flight, each keeping its chunker block
 //! (8 MiB) alive until uploaded, plus one block per file stream — about (concurrency + 2 ×
 //! file_streams) × 8 MiB at worst — one pack buffer, the small files read ahead (≤ 4 × 4
-//! MiB), one manifest page. It must never load a whole large file, never record a chunk in a manifest before the
-//! chunk is stored, and never write ROOT before every page is stored.
+//! MiB), one manifest page. It must never load a whole large file, never record a chunk in a
+//! manifest before the chunk is stored, and never write ROOT before every page is stored.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -258,8 +258,8 @@ impl SmallFiles {
     }
 }
 
-fn read_small(job: SmallJob, threshold: u64) -> Result<SmallRead> {
-    if let Some(chunks) = job.reuse.clone() {
+fn read_small(mut job: SmallJob, threshold: u64) -> Result<SmallRead> {
+    if let Some(chunks) = job.reuse.take() {
         return Ok(SmallRead::Reuse { job, chunks });
     }
     let path = &job.path;

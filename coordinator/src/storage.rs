@@ -46,12 +46,32 @@ fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
 
 impl SledStorage {
     /// Opens (or creates) the sled database under `dir`.
+    ///
+    /// sled's background flusher keeps the file lock for a moment after the last handle of a
+    /// database is dropped, so a reopen right after a close (a replica restarted in-process)
+    /// is retried for up to `LOCK_WAIT`; a lock still held after that (another live replica
+    /// on the same directory) is the error.
     pub fn open(dir: &Path) -> Result<Self> {
+        const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
         let path = dir.join("raft.sled");
-        let db = sled::open(&path).map_err(|source| CoordinatorError::Storage {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::open(&path) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(CoordinatorError::Storage {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                }
+            }
+        };
         let log = db.open_tree("log").map_err(|e| Self::err(&path, e))?;
         let meta = db.open_tree("meta").map_err(|e| Self::err(&path, e))?;
         Ok(Self {

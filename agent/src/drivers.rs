@@ -18,6 +18,7 @@ use crate::error::{AgentError, Result};
 use crate::repos::Repos;
 use crate::spec::*;
 use serde_json::json;
+use snapfleet_api::{DatabaseId, RestoreId, SnapshotId, TableId, TabletId};
 use snapfleet_coordinator::command::TaskSpec;
 use snapfleet_coordinator::model::{Affinity, Job, JobKind, Task, TaskState};
 use snapfleet_coordinator::{DriveFuture, JobCtl, JobDriver};
@@ -235,10 +236,10 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                     let task = UploadTask {
                         repo: spec.repo.clone(),
                         backup_id: spec.id(),
-                        snapshot_id: snap.snapshot_id.clone(),
-                        database_id: t.database_id.clone(),
-                        table_id: t.table_id.clone(),
-                        tablet_id: tb.tablet_id.clone(),
+                        snapshot_id: SnapshotId::new(snap.snapshot_id.clone())?,
+                        database_id: DatabaseId::new(t.database_id.clone())?,
+                        table_id: TableId::new(t.table_id.clone())?,
+                        tablet_id: TabletId::new(tb.tablet_id.clone())?,
                         compression: spec.compression,
                         rate_limit: share,
                     };
@@ -279,12 +280,12 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                     let mut parts: Vec<PartSummary> = Vec::new();
                     let mut at = 0usize;
                     for (t, r) in tasks.iter().zip(&results) {
-                        let tablet = t
-                            .payload
-                            .get("tablet_id")
-                            .and_then(|v| v.as_str())
-                            .unwrap_or_default()
-                            .to_string();
+                        let tablet = TabletId::new(
+                            t.payload
+                                .get("tablet_id")
+                                .and_then(|v| v.as_str())
+                                .unwrap_or_default(),
+                        )?;
                         let n = r.part.pages.len();
                         tablet_pages.push(TabletPages {
                             tablet_id: tablet,
@@ -479,11 +480,15 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 spec.database.clone()
             };
             let mut notes = RestoreNotes {
-                restore_id: format!("restore-{}", job.id.0),
+                restore_id: RestoreId::new(format!("restore-{}", job.id.0))?,
                 database,
                 restore_ht: snap.hybrid_time,
                 backup_id: backup_id.clone(),
-                ..Default::default()
+                skip_tables: Vec::new(),
+                replay: None,
+                replay_tablets: Default::default(),
+                tables: Vec::new(),
+                tablets: Vec::new(),
             };
             if let Some(plan) = pitr {
                 notes.restore_ht = spec.to_ht;
@@ -565,8 +570,9 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                                 )
                             })?;
                         let node = d.replicas.first().copied().unwrap_or(0);
+                        let source_tablet = TabletId::new(s.tablet_id.clone())?;
                         n.tablets.push(Placement {
-                            source_tablet: s.tablet_id.clone(),
+                            source_tablet: source_tablet.clone(),
                             node,
                             target: import_meta(&t, d),
                         });
@@ -582,7 +588,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                                     .unwrap_or_default();
                                 r
                             }),
-                            source_tablet: s.tablet_id.clone(),
+                            source_tablet,
                             pages,
                             rate_limit: 0,
                         };

@@ -50,3 +50,9 @@ impl AgentError {
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+impl From<snapfleet_api::IdError> for AgentError {
+    fn from(e: snapfleet_api::IdError) -> Self {
+        AgentError::invalid(e.what, &e)
+    }
+}

@@ -3,6 +3,7 @@
 //! are small by construction: per-tablet, never per-file.
 
 use serde::{Deserialize, Serialize};
+use snapfleet_api::{DatabaseId, RestoreId, SnapshotId, TableId, TabletId};
 use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::PartSummary;
 
@@ -67,10 +68,10 @@ pub struct BackupNotes {
 pub struct UploadTask {
     pub repo: String,
     pub backup_id: String,
-    pub snapshot_id: String,
-    pub database_id: String,
-    pub table_id: String,
-    pub tablet_id: String,
+    pub snapshot_id: SnapshotId,
+    pub database_id: DatabaseId,
+    pub table_id: TableId,
+    pub tablet_id: TabletId,
     pub compression: i32,
     /// This node's initial share of the job's bandwidth budget (bytes/s, 0 = unlimited);
     /// progress reports bring the current share as other nodes finish.
@@ -166,7 +167,7 @@ pub struct RootMeta {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TabletPages {
-    pub tablet_id: String,
+    pub tablet_id: TabletId,
     pub start: usize,
     pub end: usize,
     /// Bytes of the tablet's files (for progress).
@@ -200,7 +201,7 @@ pub struct RestoreSpec {
 }
 
 /// The restore driver's notes.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreNotes {
     /// The backup restored (chosen by the driver for a restore to a time).
     #[serde(default)]
@@ -214,7 +215,7 @@ pub struct RestoreNotes {
     /// Per source tablet, what its replay must find (restore to a time).
     #[serde(default)]
     pub replay_tablets: std::collections::BTreeMap<String, crate::archive::TabletReplay>,
-    pub restore_id: String,
+    pub restore_id: RestoreId,
     pub database: String,
     pub restore_ht: u64,
     /// Hidden tables created on the target (dropped again if the restore fails).
@@ -225,7 +226,7 @@ pub struct RestoreNotes {
 /// A source tablet and where it goes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Placement {
-    pub source_tablet: String,
+    pub source_tablet: TabletId,
     pub target: pb::TabletMeta,
     pub node: u32,
 }
@@ -235,8 +236,8 @@ pub struct Placement {
 pub struct DownloadTask {
     pub repo: String,
     pub backup_id: String,
-    pub restore_id: String,
-    pub source_tablet: String,
+    pub restore_id: RestoreId,
+    pub source_tablet: TabletId,
     pub pages: TabletPages,
     #[serde(default)]
     pub rate_limit: u64,
@@ -272,8 +273,9 @@ pub struct DownloadResult {
     pub throttle: ThrottleStats,
 }
 
-/// Where a download task stages a tablet under its node's data directory.
-pub fn staging_dir(node_data_dir: &std::path::Path, restore_id: &str) -> std::path::PathBuf {
+/// Where a download task stages a tablet under its node's data directory. The id is
+/// validated, so the result is always a directory inside `node_data_dir/staging`.
+pub fn staging_dir(node_data_dir: &std::path::Path, restore_id: &RestoreId) -> std::path::PathBuf {
     node_data_dir.join("staging").join(restore_id)
 }
 

@@ -442,12 +442,12 @@ async fn upload(
     lease: &cpb::TaskLease,
 ) -> Result<UploadResult> {
     let meta = pb::TabletMeta {
-        tablet_id: t.tablet_id.clone(),
-        table_id: t.table_id.clone(),
-        database_id: t.database_id.clone(),
+        tablet_id: t.tablet_id.to_string(),
+        table_id: t.table_id.to_string(),
+        database_id: t.database_id.to_string(),
         ..Default::default()
     };
-    let dir = TabletPaths::new(&ctx.node_data, &meta)?.snapshot_dir(&t.snapshot_id);
+    let dir = TabletPaths::new(&ctx.node_data, &meta)?.snapshot_dir(&t.snapshot_id)?;
     let files = list_files(&dir).map_err(|e| match e {
         AgentError::Io { what, source } if source.kind() == std::io::ErrorKind::NotFound => {
             AgentError::invalid(
@@ -468,7 +468,7 @@ async fn upload(
         WriterOptions {
             compression_level: t.compression,
             concurrency: ctx.streams,
-            part: Some(t.tablet_id.clone()),
+            part: Some(t.tablet_id.to_string()),
             ..Default::default()
         },
     )
@@ -479,8 +479,8 @@ async fn upload(
         &TaskFingerprint {
             repo: t.repo.clone(),
             backup_id: t.backup_id.clone(),
-            snapshot_id: t.snapshot_id.clone(),
-            tablet_id: t.tablet_id.clone(),
+            snapshot_id: t.snapshot_id.to_string(),
+            tablet_id: t.tablet_id.to_string(),
         },
     ));
     w.set_observer(journal.clone());

@@ -40,8 +40,8 @@ pub enum CertsCmd {
         #[arg(long)]
         role: String,
         /// Who or what holds it (the certificate's common name, shown in refusals and logs).
-        /// For role agent it is the agent id the certificate may act as (an agent's default id
-        /// is `agent-<node id>`; or start it with `--id NAME`).
+        /// For role agent it must be `agent-<node id>`: the agent id the certificate acts as
+        /// (an agent's default id) and the one database node it may serve.
         #[arg(long)]
         name: String,
         /// Directory to write (created if missing).

@@ -58,6 +58,18 @@ impl AgentService for AgentApi {
         let who = caller(&req);
         let r = req.into_inner();
         let agent = Self::agent_id(&who, &r.agent_id)?;
+        // An agent certificate serves the one node it names (`agent-<node id>`): whoever
+        // holds one node's agent certificate cannot lease another node's tablets.
+        if let Some((cn, Role::Agent)) = &who {
+            if cn.strip_prefix("agent-") != Some(r.node.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "certificate {cn:?} (role agent) may serve only the node it names \
+                     (agent-<node id>), not node {:?}: issue this node's agent a certificate \
+                     with `snapfleet certs issue --role agent --name agent-{}`",
+                    r.node, r.node
+                )));
+            }
+        }
         async move {
             self.0.raft.require_leader()?;
             self.0

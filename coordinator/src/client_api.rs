@@ -67,10 +67,24 @@ impl Coordinator for ClientApi {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<TResponse<pb::JobInfo>, Status> {
+        let caller = crate::tls::caller(&req);
         let r = req.into_inner();
         let span = info_span!("rpc", method = "SubmitJob", kind = %r.kind, tasks = r.tasks.len());
         async move {
             self.0.raft.require_leader()?;
+            // Raw task payloads go to agents as they are: only an admin may write them. An
+            // operator submits driven jobs, whose tasks the leader's driver makes.
+            if !r.tasks.is_empty() {
+                if let Some((who, role)) = &caller {
+                    if *role != crate::tls::Role::Admin {
+                        return Err(Status::permission_denied(format!(
+                            "{who} ({role}) may not submit a job with raw tasks: that needs the \
+                             admin role; use `snapfleet backup create` / `restore`, whose tasks \
+                             the coordinator makes"
+                        )));
+                    }
+                }
+            }
             let kind = JobKind::parse(&r.kind).ok_or_else(|| {
                 Status::invalid_argument(format!(
                     "unknown job kind {:?}: use backup, restore, clone, pitr, verify, gc or copy",

@@ -57,7 +57,48 @@ impl KdfParams {
         }
     }
 
+    /// Bounds on what a repository's config may ask of every client that opens it: the
+    /// config comes from the bucket, so whoever can write the bucket must not be able to make
+    /// every open hang or run out of memory.
+    pub const MAX_M_COST_KIB: u32 = 2 << 20; // 2 GiB
+    pub const MIN_M_COST_KIB: u32 = 8 << 10; // 8 MiB
+    pub const MAX_T_COST: u32 = 16;
+    pub const MAX_P_COST: u32 = 16;
+    /// Memory × passes: 8 GiB·pass (e.g. 1 GiB × 8), about ten seconds on a slow core.
+    pub const MAX_WORK_KIB: u64 = 8 << 20;
+
+    /// Refuses parameters outside the bounds above, naming the bound.
+    pub fn check(&self) -> Result<()> {
+        let bad = |why: String| {
+            Err(Error::InvalidArgument(format!(
+                "the repository's key derivation parameters {self:?} are refused: {why}; the \
+                 config file (snapfleet-repo.json) was changed by someone other than snapfleet"
+            )))
+        };
+        if !(Self::MIN_M_COST_KIB..=Self::MAX_M_COST_KIB).contains(&self.m_cost_kib) {
+            return bad(format!(
+                "memory must be {}-{} KiB",
+                Self::MIN_M_COST_KIB,
+                Self::MAX_M_COST_KIB
+            ));
+        }
+        if !(1..=Self::MAX_T_COST).contains(&self.t_cost) {
+            return bad(format!("passes must be 1-{}", Self::MAX_T_COST));
+        }
+        if !(1..=Self::MAX_P_COST).contains(&self.p_cost) {
+            return bad(format!("lanes must be 1-{}", Self::MAX_P_COST));
+        }
+        if u64::from(self.m_cost_kib) * u64::from(self.t_cost) > Self::MAX_WORK_KIB {
+            return bad(format!(
+                "memory × passes must be at most {} KiB",
+                Self::MAX_WORK_KIB
+            ));
+        }
+        Ok(())
+    }
+
     fn derive(&self, passphrase: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+        self.check()?;
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| Error::InvalidArgument(format!("argon2 parameters {self:?}: {e}")))?;
         let argon =
@@ -286,6 +327,52 @@ mod tests {
             parsed.unlock(b"wrong"),
             Err(Error::WrongPassphrase)
         ));
+    }
+
+    #[test]
+    fn hostile_kdf_parameters_are_refused_at_once() {
+        let master = MasterKey([3; 32]);
+        let cfg = RepoConfig::new(
+            &master,
+            b"secret",
+            KdfParams::minimum(),
+            ChunkerParams::default(),
+        )
+        .unwrap();
+        let good: serde_json::Value = serde_json::from_slice(&cfg.to_json()).unwrap();
+        let text = good.to_string();
+        let min = KdfParams::minimum();
+        for (m, t, p) in [
+            (u32::MAX, 1, 1),                   // 4 TiB of memory
+            (KdfParams::MAX_M_COST_KIB, 16, 1), // 4 GiB × 16 passes
+            (min.m_cost_kib, u32::MAX, 1),      // four billion passes
+            (min.m_cost_kib, 2, 1 << 20),       // a million lanes
+            (1, 1, 1),                          // 1 KiB: below the floor
+        ] {
+            let hostile = text
+                .replace(
+                    &format!("\"m_cost_kib\":{}", min.m_cost_kib),
+                    &format!("\"m_cost_kib\":{m}"),
+                )
+                .replace(
+                    &format!("\"t_cost\":{}", min.t_cost),
+                    &format!("\"t_cost\":{t}"),
+                )
+                .replace(
+                    &format!("\"p_cost\":{}", min.p_cost),
+                    &format!("\"p_cost\":{p}"),
+                );
+            assert_ne!(hostile, text, "the test must change the parameters");
+            let started = std::time::Instant::now();
+            let err = RepoConfig::parse(hostile.as_bytes())
+                .and_then(|c| c.unlock(b"secret").map(|_| ()))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("key derivation parameters"),
+                "{m} {t} {p}: {err}"
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
     }
 
     #[test]

@@ -224,7 +224,7 @@ pub fn tablet_snapshot_dir(
         database_id: table.database_id.clone(),
         ..Default::default()
     };
-    Ok(crate::tablet::TabletPaths::new(node_data_dir, &meta)?.snapshot_dir(&snapshot.snapshot_id))
+    crate::tablet::TabletPaths::new(node_data_dir, &meta)?.snapshot_dir(&snapshot.snapshot_id)
 }
 
 /// The node (first replica) that held `tablet_id` when the snapshot was taken.

@@ -58,9 +58,11 @@ impl TabletPaths {
         })
     }
 
-    /// The directory of one snapshot of this tablet.
-    pub fn snapshot_dir(&self, snapshot_id: &str) -> PathBuf {
-        self.snapshots.join(snapshot_id)
+    /// The directory of one snapshot of this tablet; refuses an id that is not one plain
+    /// path component.
+    pub fn snapshot_dir(&self, snapshot_id: &str) -> Result<PathBuf> {
+        types::check_id("snapshot", snapshot_id)?;
+        Ok(self.snapshots.join(snapshot_id))
     }
 }
 
@@ -638,8 +640,7 @@ impl Tablet {
         t: HybridTime,
         catalog: &serde_json::Value,
     ) -> Result<pb::TabletSnapshot> {
-        types::check_id("snapshot", snapshot_id)?;
-        let dir = self.paths.snapshot_dir(snapshot_id);
+        let dir = self.paths.snapshot_dir(snapshot_id)?;
         let meta_path = dir.join(SNAPSHOT_META_FILE);
         if !meta_path.exists() {
             if dir.exists() {
@@ -961,7 +962,7 @@ mod tests {
         // Stage a copy of the snapshot, as a restore does.
         let staged = db.path().join("staging").join("t1");
         fs::create_dir_all(&staged).unwrap();
-        for e in fs::read_dir(a.paths().snapshot_dir("s1")).unwrap() {
+        for e in fs::read_dir(a.paths().snapshot_dir("s1").unwrap()).unwrap() {
             let e = e.unwrap();
             fs::copy(e.path(), staged.join(e.file_name())).unwrap();
         }

@@ -204,12 +204,33 @@ async fn mutual_tls_with_roles_guards_every_rpc() {
         e.message()
     );
 
-    // operator: submits; may not act as an agent.
+    // operator: submits driven jobs (whose tasks the leader makes), but not raw task
+    // payloads, which agents would run as they are; may not act as an agent.
     let op = leader_with(&addrs, Some(&d.join("ops")));
-    let job = op
+    let e = op
         .call(|ch| async move { CoordinatorClient::new(ch).submit_job(submit(3)).await })
         .await
-        .expect("operator may submit")
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("admin role"), "{e:?}");
+    op.call(|ch| async move {
+        CoordinatorClient::new(ch)
+            .submit_job(pb::SubmitJobRequest {
+                kind: "backup".into(),
+                spec_json: "{}".into(),
+                driven: true,
+                ..Default::default()
+            })
+            .await
+    })
+    .await
+    .expect("an operator may submit a driven job");
+    // admin (the certificate directory `certs init` wrote): may submit raw tasks.
+    let admin = leader_with(&addrs, Some(&certs));
+    let job = admin
+        .call(|ch| async move { CoordinatorClient::new(ch).submit_job(submit(3)).await })
+        .await
+        .expect("admin may submit raw tasks")
         .into_inner();
     let e = op
         .call(|ch| async move {
@@ -230,7 +251,7 @@ async fn mutual_tls_with_roles_guards_every_rpc() {
         AgentServiceClient::new(ch)
             .register(pb::RegisterRequest {
                 agent_id: "agent-1".into(),
-                node: "n1".into(),
+                node: "1".into(),
                 address: "127.0.0.1:1".into(),
                 version: "test".into(),
                 ..Default::default()
@@ -239,6 +260,23 @@ async fn mutual_tls_with_roles_guards_every_rpc() {
     })
     .await
     .expect("agent may register");
+    // ...for the node its certificate names only.
+    let e = ag
+        .call(|ch| async move {
+            AgentServiceClient::new(ch)
+                .register(pb::RegisterRequest {
+                    agent_id: "agent-1".into(),
+                    node: "2".into(),
+                    address: "127.0.0.1:1".into(),
+                    version: "test".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("agent-2"), "{e:?}");
     // ...but only as itself: its certificate names agent-1.
     let e = ag
         .call(|ch| async move {
@@ -291,7 +329,7 @@ async fn mutual_tls_with_roles_guards_every_rpc() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
-    // The job the operator submitted is done, as the read-only auditor sees it through the
+    // The job the admin submitted is done, as the read-only auditor sees it through the
     // CLI with its own certificate directory.
     let id = job.id;
     let out = ok(&snapfleet(&[

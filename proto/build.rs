@@ -1,5 +1,5 @@
 //! Compiles `proto/*.proto` into tonic/prost code (needs `protoc`; `scripts/setup.sh`
-//! installs it).
+//! installs it): the reference database's protocol and the coordinator's.
 fn main() {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
@@ -9,4 +9,7 @@ fn main() {
         .message_attribute(".", "#[serde(default)]")
         .compile_protos(&["proto/tabletdb.proto"], &["proto"])
         .expect("compiling proto/tabletdb.proto (is protoc installed? run scripts/setup.sh)");
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/coordinator.proto"], &["proto"])
+        .expect("compiling proto/coordinator.proto (is protoc installed? run scripts/setup.sh)");
 }

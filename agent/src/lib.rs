@@ -1,31 +1,30 @@
-//! The snapfleet agent and the backup/restore job drivers.
+//! The per-node agent runtime: one agent runs beside each database node.
 //!
-//! - [`worker`]: the per-node agent process (`snapfleet agent`): registers with the
-//!   coordinator, leases tasks, uploads tablet snapshots into the repository and downloads
-//!   them into staging directories, reporting progress as it goes.
-//! - [`drivers`]: the leader-side phases of backup and restore jobs (snapshot, ROOT commit,
-//!   schema creation, activation), plugged into the coordinator.
-//! - [`spec`]: the small JSON documents both sides exchange through the coordinator's log.
+//! - [`worker`]: the agent process (`snapfleet agent`): registers with the coordinator,
+//!   leases tasks, uploads tablet snapshots into the repository and downloads them into
+//!   staging directories, reporting progress as it goes.
+//! - [`archive`]: ships the node's change log into the repository (off-cluster PITR) and
+//!   replays archived records into a staged tablet (restore to a time).
 //! - [`repos`]: repositories opened once per process, with retry and bandwidth layers.
 //! - [`aimd`]: the adaptive send rate that backs off when the object store throttles.
 //! - [`journal`]: the local sled journal of finished files that lets a restarted agent
 //!   resume an upload instead of reading every file again.
+//! - [`local`]: a local fleet (coordinators + agents as child processes) for the demo,
+//!   benches and tests.
 //!
-//! This crate must never put a per-file list into the coordinator's log, never activate a
-//! restore before every tablet is staged, and never read a passphrase from the log.
+//! The task payloads it runs are `snapfleet_api::tasks`; the leader-side drivers that make
+//! them live in the `jobs` crate. This crate depends on neither the coordinator nor the jobs.
+//! It must never hold a per-file list beyond the file being sent, and never read a
+//! passphrase from the coordinator's log.
 
 pub mod aimd;
 pub mod archive;
-pub mod drivers;
 pub mod error;
 pub mod journal;
 pub mod local;
-pub mod pitr;
 pub mod repos;
-pub mod spec;
 pub mod worker;
 
-pub use drivers::TabletdbDrivers;
 pub use error::{AgentError, Result};
 pub use repos::{Passphrase, Repos};
 pub use worker::{run_agent, AgentConfig};

@@ -9,12 +9,12 @@
 use crate::error::{AgentError, Result};
 use crate::journal::{Journal, TaskFingerprint};
 use crate::repos::{Passphrase, Repos};
-use crate::spec::{
+use snapfleet_api::client::Leader;
+use snapfleet_api::pb::agent_service_client::AgentServiceClient;
+use snapfleet_api::pb::{self as cpb};
+use snapfleet_api::tasks::{
     staging_dir, DownloadResult, DownloadTask, ThrottleStats, UploadResult, UploadTask,
 };
-use snapfleet_coordinator::client::Leader;
-use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient;
-use snapfleet_coordinator::pb::{self as cpb};
 use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::layers::FaultConfig;
 use snapfleet_repository::{
@@ -49,7 +49,7 @@ pub struct AgentConfig {
     pub streams: usize,
     pub passphrase: Passphrase,
     /// Mutual TLS towards the coordinator (`--certs DIR`: an agent identity).
-    pub tls: Option<Arc<snapfleet_coordinator::tls::Tls>>,
+    pub tls: Option<Arc<snapfleet_api::tls::Tls>>,
     /// Drills and tests only: object-store faults to inject (see `layers::faults`).
     pub store_faults: Option<FaultConfig>,
 }
@@ -246,7 +246,7 @@ async fn heartbeat(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 
 /// Live counters of one task, reported to the coordinator every second.
 #[derive(Default)]
-pub(crate) struct Counters {
+pub struct Counters {
     pub(crate) bytes_done: AtomicU64,
     pub(crate) bytes_total: AtomicU64,
     pub(crate) items_done: AtomicU64,
@@ -386,7 +386,7 @@ async fn do_work(
             Ok(serde_json::to_value(r).expect("serialisable"))
         }
         "archive" => {
-            let t: crate::archive::ArchiveTask = parse(payload)?;
+            let t: snapfleet_api::tasks::ArchiveTask = parse(payload)?;
             let repo = ctx.repos.get(&t.repo).await?;
             crate::archive::run_archive(repo, &ctx.db_node, &t, &counters).await?;
             Ok(serde_json::json!({}))
@@ -523,7 +523,7 @@ async fn upload(
         journal_files,
         journal_bytes,
         throttle: throttle_stats(ctx),
-        part,
+        part: serde_json::to_value(part).expect("a part summary is JSON"),
     })
 }
 

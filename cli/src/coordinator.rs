@@ -5,10 +5,11 @@
 use crate::fleet::CoordArg;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use snapfleet_agent::{Passphrase, Repos, TabletdbDrivers};
+use snapfleet_agent::{Passphrase, Repos};
 use snapfleet_coordinator::pb;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::{run_coordinator, CancellationToken, Config, Drivers};
+use snapfleet_jobs::TabletdbDrivers;
 use std::path::PathBuf;
 use std::sync::Arc;
 

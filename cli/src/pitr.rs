@@ -9,9 +9,9 @@ use crate::fleet::{list_schedules, put_schedule, schedule_json, CoordArg};
 use crate::util::{human_duration, parse_duration, parse_time};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use snapfleet_agent::spec::{pitr_label, PitrSpec};
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::pb::{self as cpb};
+use snapfleet_jobs::spec::{pitr_label, PitrSpec};
 use snapfleet_tabletdb::{pb, HybridTime};
 use std::time::{Duration, Instant};
 
@@ -589,7 +589,7 @@ async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
             if interval < Duration::from_millis(100) {
                 bail!("--interval must be at least 100ms");
             }
-            let spec = snapfleet_agent::archive::ArchiveSpec {
+            let spec = snapfleet_jobs::archive::ArchiveSpec {
                 master: m.master.clone(),
                 database: db.clone(),
                 repo: r.url()?.to_string(),

@@ -468,12 +468,12 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
             policy.validate()?;
             let repo = open_repo(a).await?;
             // Point-in-time restores inside an archive's window need its base backup.
-            let needs = snapfleet_agent::archive::pitr_needs(&repo).await?;
+            let needs = snapfleet_jobs::archive::pitr_needs(&repo).await?;
             let report = sr::forget(&repo, &policy, dry_run, &needs.protect).await?;
             let pruned = if dry_run {
                 0
             } else {
-                snapfleet_agent::archive::prune_logs(&repo, &needs).await?
+                snapfleet_jobs::archive::prune_logs(&repo, &needs).await?
             };
             if json {
                 let mut v = serde_json::to_value(&report)?;

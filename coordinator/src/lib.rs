@@ -8,11 +8,11 @@
 //! - [`storage`]: `raft::Storage` over sled.
 //! - [`raft_loop`]: the task that owns the `RawNode` (tick, step, ready, apply, advance).
 //! - [`transport`]: Raft messages between replicas over gRPC.
-//! - [`tls`]: mutual TLS, certificates (rcgen) and the role check on every RPC.
+//! - `tls`, `client` (re-exported from `snapfleet-api`, which agents and the CLI share):
+//!   mutual TLS, certificates and the role check on every RPC; the leader-following client.
 //! - [`server`]: `run_coordinator`, the client and agent gRPC services, the leader's scheduler.
 
 mod agent_api;
-pub mod client;
 mod client_api;
 pub mod command;
 pub mod convert;
@@ -27,11 +27,11 @@ pub mod scheduler;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
-pub mod tls;
 pub mod transport;
 
 pub use driver::{DriveFuture, JobCtl, JobDriver};
 pub use error::{CoordinatorError, Result};
 pub use raft_loop::RaftTuning;
 pub use server::{run_coordinator, run_coordinator_on, Config, Drivers, Tuning};
+pub use snapfleet_api::{client, tls};
 pub use tokio_util::sync::CancellationToken;

@@ -1,4 +1,4 @@
-//! Generated gRPC code for `proto/coordinator.proto`. Generated code only: conversions to
-//! domain types live in `convert.rs`.
-#![allow(clippy::all)]
-tonic::include_proto!("snapfleet.coordinator.v1");
+//! The coordinator's generated gRPC code, from `proto/proto/coordinator.proto` (built by the
+//! `snapfleet-proto` crate, which both ends of the wire share). Conversions to domain types
+//! live in `convert.rs`.
+pub use snapfleet_proto::coordinator::*;

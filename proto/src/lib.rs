@@ -5,3 +5,11 @@
 pub mod tabletdb {
     tonic::include_proto!("snapfleet.tabletdb.v1");
 }
+
+/// The coordinator's gRPC surface: Raft transport between replicas, the client API (jobs,
+/// cluster status) and the agent API (register, heartbeat, leases, progress). Payloads the
+/// coordinator does not interpret travel as JSON strings.
+#[allow(clippy::all)]
+pub mod coordinator {
+    tonic::include_proto!("snapfleet.coordinator.v1");
+}

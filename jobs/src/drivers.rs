@@ -15,9 +15,12 @@
 //! tables: the target is left as it was.
 
 use crate::error::{AgentError, Result};
-use crate::repos::Repos;
 use crate::spec::*;
 use serde_json::json;
+use snapfleet_agent::Repos;
+use snapfleet_api::tasks::{
+    staging_dir, DownloadTask, ReplaySpec, TabletPages, ThrottleStats, UploadResult, UploadTask,
+};
 use snapfleet_api::{DatabaseId, RestoreId, SnapshotId, TableId, TabletId};
 use snapfleet_coordinator::command::TaskSpec;
 use snapfleet_coordinator::model::{Affinity, Job, JobKind, Task, TaskState};
@@ -286,7 +289,11 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                                 .and_then(|v| v.as_str())
                                 .unwrap_or_default(),
                         )?;
-                        let n = r.part.pages.len();
+                        let part: PartSummary =
+                            serde_json::from_value(r.part.clone()).map_err(|e| {
+                                AgentError::invalid(format!("part summary of {}", t.id), e)
+                            })?;
+                        let n = part.pages.len();
                         tablet_pages.push(TabletPages {
                             tablet_id: tablet,
                             start: at,
@@ -294,7 +301,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                             bytes: r.tablet_bytes(),
                         });
                         at += n;
-                        parts.push(r.part.clone());
+                        parts.push(part);
                     }
                     let meta = RootMeta {
                         kind: ROOT_KIND.into(),
@@ -336,7 +343,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                 "throttled": throttle.throttled,
                 "throttled_lowest_rate": throttle.throttled_lowest_rate,
             });
-            if let Some(note) = throttle.note() {
+            if let Some(note) = throttle_note(&throttle) {
                 warn!(backup = %id, "{note}");
                 data["stats"]["throttle_note"] = json!(note);
             }
@@ -494,7 +501,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 notes.restore_ht = spec.to_ht;
                 notes.skip_tables = plan.skip_tables;
                 notes.replay_tablets = plan.tablets;
-                notes.replay = Some(crate::spec::ReplaySpec {
+                notes.replay = Some(ReplaySpec {
                     database_id: snap.database_id.clone(),
                     from_ht: snap.hybrid_time,
                     to_ht: spec.to_ht,
@@ -707,7 +714,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 "throttled": throttle.throttled,
                 "throttled_lowest_rate": throttle.throttled_lowest_rate,
             });
-            if let Some(note) = throttle.note() {
+            if let Some(note) = throttle_note(&throttle) {
                 warn!(database = %n.database, "{note}");
                 result["throttle_note"] = json!(note);
             }
@@ -716,4 +723,22 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
         }
         other => Err(AgentError::invalid("restore phase", other)),
     }
+}
+
+/// A line for operators about the object store's throttling, or None when there was none.
+fn throttle_note(s: &ThrottleStats) -> Option<String> {
+    (s.throttled > 0).then(|| {
+        let lowered = if s.throttled_lowest_rate > 0 {
+            format!(
+                "; agents lowered their rate, down to {} at the lowest",
+                snapfleet_agent::aimd::fmt_rate(s.throttled_lowest_rate)
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "the object store throttled {} requests (retried){lowered}",
+            s.throttled
+        )
+    })
 }

@@ -1,11 +1,11 @@
-//! The small JSON documents that travel through the coordinator's log: job specs (what the
-//! operator asked), driver notes (what the leader decided), task payloads and results. They
-//! are small by construction: per-tablet, never per-file.
+//! The leader-side documents of a job in the coordinator's log: job specs (what the operator
+//! asked) and driver notes (what the leader decided), and what a backup's ROOT records. The
+//! task payloads agents run are in `snapfleet_api::tasks`.
 
 use serde::{Deserialize, Serialize};
-use snapfleet_api::{DatabaseId, RestoreId, SnapshotId, TableId, TabletId};
+use snapfleet_api::tasks::{ReplaySpec, TabletPages, TabletReplay};
+use snapfleet_api::{RestoreId, TabletId};
 use snapfleet_proto::tabletdb as pb;
-use snapfleet_repository::PartSummary;
 
 /// `snapfleet backup create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,94 +63,6 @@ pub struct BackupNotes {
     pub snapshot: pb::SnapshotInfo,
 }
 
-/// One tablet to upload, run by the agent beside the node that holds it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UploadTask {
-    pub repo: String,
-    pub backup_id: String,
-    pub snapshot_id: SnapshotId,
-    pub database_id: DatabaseId,
-    pub table_id: TableId,
-    pub tablet_id: TabletId,
-    pub compression: i32,
-    /// This node's initial share of the job's bandwidth budget (bytes/s, 0 = unlimited);
-    /// progress reports bring the current share as other nodes finish.
-    #[serde(default)]
-    pub rate_limit: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UploadResult {
-    pub part: PartSummary,
-    pub files: u64,
-    /// Bytes of the tablet's files (read now, or recorded from the journal).
-    #[serde(default)]
-    pub bytes: u64,
-    /// Bytes this attempt read from disk.
-    pub bytes_read: u64,
-    pub bytes_uploaded: u64,
-    /// Files an earlier, interrupted attempt had finished, recorded from the agent's journal
-    /// without being read again.
-    #[serde(default)]
-    pub journal_files: u64,
-    #[serde(default)]
-    pub journal_bytes: u64,
-    #[serde(default, flatten)]
-    pub throttle: ThrottleStats,
-}
-
-impl UploadResult {
-    /// The tablet's bytes (results of older agents only have `bytes_read`).
-    pub fn tablet_bytes(&self) -> u64 {
-        if self.bytes > 0 {
-            self.bytes
-        } else {
-            self.bytes_read
-        }
-    }
-}
-
-/// What the agent saw of object-store throttling while a task ran.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ThrottleStats {
-    /// Throttling answers (503 SlowDown, 429, timeouts) the agent got and retried.
-    #[serde(default)]
-    pub throttled: u64,
-    /// The lowest rate the agent went down to (bytes/s; 0 = never lowered).
-    #[serde(default)]
-    pub throttled_lowest_rate: u64,
-}
-
-impl ThrottleStats {
-    /// Combines the stats of several tasks.
-    pub fn add(&mut self, o: &ThrottleStats) {
-        self.throttled += o.throttled;
-        self.throttled_lowest_rate = match (self.throttled_lowest_rate, o.throttled_lowest_rate) {
-            (0, b) => b,
-            (a, 0) => a,
-            (a, b) => a.min(b),
-        };
-    }
-
-    /// A line for operators, or None when there was no throttling.
-    pub fn note(&self) -> Option<String> {
-        (self.throttled > 0).then(|| {
-            let lowered = if self.throttled_lowest_rate > 0 {
-                format!(
-                    "; agents lowered their rate, down to {} at the lowest",
-                    crate::aimd::fmt_rate(self.throttled_lowest_rate)
-                )
-            } else {
-                String::new()
-            };
-            format!(
-                "the object store throttled {} requests (retried){lowered}",
-                self.throttled
-            )
-        })
-    }
-}
-
 /// What a backup's ROOT records besides the page list: enough to restore from the
 /// repository alone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,16 +75,6 @@ pub struct RootMeta {
     /// The schedule that made this backup (retention counts its backups only).
     #[serde(default)]
     pub schedule_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TabletPages {
-    pub tablet_id: TabletId,
-    pub start: usize,
-    pub end: usize,
-    /// Bytes of the tablet's files (for progress).
-    #[serde(default)]
-    pub bytes: u64,
 }
 
 pub const ROOT_KIND: &str = "tabletdb-snapshot/v1";
@@ -214,7 +116,7 @@ pub struct RestoreNotes {
     pub replay: Option<ReplaySpec>,
     /// Per source tablet, what its replay must find (restore to a time).
     #[serde(default)]
-    pub replay_tablets: std::collections::BTreeMap<String, crate::archive::TabletReplay>,
+    pub replay_tablets: std::collections::BTreeMap<String, TabletReplay>,
     pub restore_id: RestoreId,
     pub database: String,
     pub restore_ht: u64,
@@ -229,54 +131,6 @@ pub struct Placement {
     pub source_tablet: TabletId,
     pub target: pb::TabletMeta,
     pub node: u32,
-}
-
-/// One tablet to download and verify into the staging directory of its target node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DownloadTask {
-    pub repo: String,
-    pub backup_id: String,
-    pub restore_id: RestoreId,
-    pub source_tablet: TabletId,
-    pub pages: TabletPages,
-    #[serde(default)]
-    pub rate_limit: u64,
-    #[serde(default)]
-    pub replay: Option<ReplaySpec>,
-}
-
-/// Replay the archive's records of the source tablet after the backup's time up to `to_ht`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ReplaySpec {
-    /// The archive (source database id).
-    pub database_id: String,
-    pub from_ht: u64,
-    pub to_ht: u64,
-    /// This task's tablet (filled per task from the notes' plan).
-    #[serde(default)]
-    pub tablet: crate::archive::TabletReplay,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DownloadResult {
-    pub files: u64,
-    pub bytes: u64,
-    /// Change-log records replayed (restore to a time).
-    #[serde(default)]
-    pub replayed: u64,
-    /// Files an earlier, interrupted attempt had staged, verified and kept (not downloaded).
-    #[serde(default)]
-    pub resumed_files: u64,
-    #[serde(default)]
-    pub resumed_bytes: u64,
-    #[serde(default, flatten)]
-    pub throttle: ThrottleStats,
-}
-
-/// Where a download task stages a tablet under its node's data directory. The id is
-/// validated, so the result is always a directory inside `node_data_dir/staging`.
-pub fn staging_dir(node_data_dir: &std::path::Path, restore_id: &RestoreId) -> std::path::PathBuf {
-    node_data_dir.join("staging").join(restore_id)
 }
 
 /// `snapfleet pitr schedule create`: a snapshot every `interval_ms`, kept (with the MVCC

@@ -8,8 +8,8 @@
 //! chain has no hole. Also here: replaying archived records into a staged tablet (a restore
 //! to a time).
 
+use crate::counters::Counters;
 use crate::error::{AgentError, Result};
-use crate::worker::Counters;
 use snapfleet_api::tasks::{ArchiveTask, ReplaySpec};
 use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::pitr::{NodeProgress, Piece, TabletProgress};

@@ -19,6 +19,7 @@
 
 pub mod aimd;
 pub mod archive;
+pub mod counters;
 pub mod error;
 pub mod journal;
 pub mod local;

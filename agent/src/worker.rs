@@ -6,6 +6,7 @@
 //! streams × chunk size whatever the tablet count. Files an upload finished are journaled
 //! (`journal.rs`), so a task re-leased after a crash records them without reading them.
 
+use crate::counters::Counters;
 use crate::error::{AgentError, Result};
 use crate::journal::{Journal, TaskFingerprint};
 use crate::repos::{Passphrase, Repos};
@@ -22,7 +23,7 @@ use snapfleet_repository::{
 };
 use snapfleet_tabletdb::tablet::TabletPaths;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -242,17 +243,6 @@ async fn heartbeat(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             warn!(status = %s.message(), "heartbeat failed");
         }
     }
-}
-
-/// Live counters of one task, reported to the coordinator every second.
-#[derive(Default)]
-pub struct Counters {
-    pub(crate) bytes_done: AtomicU64,
-    pub(crate) bytes_total: AtomicU64,
-    pub(crate) items_done: AtomicU64,
-    pub(crate) items_total: AtomicU64,
-    /// Archive tasks: the node's archived-through hybrid time.
-    pub(crate) checkpoint: AtomicU64,
 }
 
 async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken) {

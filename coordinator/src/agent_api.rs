@@ -10,7 +10,7 @@ use crate::ids::{AgentId, LeaderTime, TaskId};
 use crate::model::{Agent, TaskProgress};
 use crate::pb::agent_service_server::AgentService;
 use crate::pb::{self, Empty};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::tls::{caller, Role};
 use std::sync::Arc;
 use std::time::Duration;

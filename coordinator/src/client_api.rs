@@ -11,7 +11,7 @@ use crate::model::{Affinity, JobKind, Schedule};
 use crate::pb::coordinator_server::Coordinator;
 use crate::pb::{self, Empty};
 use crate::raft_loop::{MemberChange, Membership};
-use crate::server::Shared;
+use crate::shared::Shared;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;

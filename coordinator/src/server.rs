@@ -9,11 +9,12 @@ use crate::agent_api::AgentApi;
 use crate::client_api::ClientApi;
 use crate::driver::JobDriver;
 use crate::error::{CoordinatorError, Result};
-use crate::ids::{AgentId, ReplicaId};
+use crate::ids::ReplicaId;
 use crate::pb::agent_service_server::AgentServiceServer;
 use crate::pb::coordinator_server::CoordinatorServer;
 use crate::pb::raft_transport_server::RaftTransportServer;
-use crate::raft_loop::{self, Bootstrap, RaftHandle, RaftTuning};
+use crate::raft_loop::{self, Bootstrap, RaftHandle};
+use crate::shared::{Shared, Tuning};
 use crate::storage::SledStorage;
 use crate::transport::{GrpcOutbox, TransportService};
 use std::collections::{BTreeMap, HashMap};
@@ -58,26 +59,6 @@ impl std::fmt::Debug for Drivers {
     }
 }
 
-/// Timing knobs; the defaults suit a LAN.
-#[derive(Debug, Clone)]
-pub struct Tuning {
-    pub raft: RaftTuning,
-    /// How often the leader's scheduler looks for expired leases.
-    pub scheduler_interval: Duration,
-    /// Longest AcquireTasks long poll.
-    pub max_poll: Duration,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Self {
-            raft: RaftTuning::default(),
-            scheduler_interval: Duration::from_millis(250),
-            max_poll: Duration::from_secs(30),
-        }
-    }
-}
-
 impl Config {
     pub fn new(
         id: u64,
@@ -97,18 +78,6 @@ impl Config {
             metrics: None,
         }
     }
-}
-
-/// State shared by the gRPC services of one replica.
-pub(crate) struct Shared {
-    pub raft: RaftHandle,
-    /// Agent heartbeats: leader memory only, never in the log (ms since epoch).
-    pub heartbeats: Mutex<HashMap<AgentId, u64>>,
-    pub tuning: Tuning,
-    pub shutdown: CancellationToken,
-    pub drivers: Vec<Arc<dyn JobDriver>>,
-    /// This replica's identity for dialing other replicas (membership checks).
-    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Binds `config.listen` and runs the replica until `shutdown` is cancelled.

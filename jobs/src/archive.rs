@@ -12,6 +12,7 @@
 //! Cancelling the job (`pitr archive disable`) stops archiving; what was archived stays.
 
 use crate::error::{AgentError, Result};
+use crate::step::coord;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use snapfleet_agent::Repos;
@@ -62,10 +63,6 @@ pub struct ArchiveNotes {
 /// most a minute): in practice forever, archiving must outlive outages.
 const ARCHIVE_RETRIES: u32 = 1_000_000;
 
-fn coord(e: snapfleet_coordinator::CoordinatorError) -> AgentError {
-    AgentError::Coordinator(e.to_string())
-}
-
 /// The leader's side: record the archive, start one task per node, then wait (forever,
 /// until cancelled).
 pub(crate) async fn archive_step(
@@ -73,8 +70,8 @@ pub(crate) async fn archive_step(
     repos: &Repos,
     job: &Job,
     _tasks: &[Task],
-) -> Result<crate::drivers::Step> {
-    use crate::drivers::Step;
+) -> Result<crate::step::Step> {
+    use crate::step::Step;
     let spec: ArchiveSpec = serde_json::from_value(job.spec.clone())
         .map_err(|e| AgentError::invalid("archive job spec", e))?;
     if job.aborting.is_some() {
@@ -162,7 +159,7 @@ async fn start_node_tasks(
     ctl: &JobCtl,
     notes: ArchiveNotes,
     specs: Vec<TaskSpec>,
-) -> Result<crate::drivers::Step> {
+) -> Result<crate::step::Step> {
     ctl.advance(
         "archive",
         serde_json::to_value(notes).expect("json"),
@@ -171,7 +168,7 @@ async fn start_node_tasks(
     )
     .await
     .map_err(coord)?;
-    Ok(crate::drivers::Step::Again)
+    Ok(crate::step::Step::Again)
 }
 
 fn node_task(spec: &ArchiveSpec, notes: &ArchiveNotes, node: u32) -> TaskSpec {
@@ -246,7 +243,7 @@ pub(crate) async fn plan_restore_to(
             continue;
         }
         let root = repo.read_root(&id).await?;
-        let Ok(meta) = crate::drivers::root_meta(id.as_str(), &root) else {
+        let Ok(meta) = crate::root::root_meta(id.as_str(), &root) else {
             continue;
         };
         if source.is_empty() || meta.snapshot.database_name == source {
@@ -325,7 +322,7 @@ pub(crate) async fn plan_restore_to(
             ),
         ));
     }
-    let meta = crate::drivers::read_root_meta(repos, &spec.repo, &backup_id).await?;
+    let meta = crate::root::read_root_meta(repos, &spec.repo, &backup_id).await?;
     let mut by_tablet: BTreeMap<&str, (&str, &TabletProgress)> = BTreeMap::new();
     for p in &progress {
         for (t, tp) in &p.tablets {
@@ -472,7 +469,7 @@ pub async fn pitr_needs(repo: &Repository) -> Result<PitrNeeds> {
             Err(snapfleet_repository::Error::BackupNotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        if let Ok(meta) = crate::drivers::root_meta(id.as_str(), &root) {
+        if let Ok(meta) = crate::root::root_meta(id.as_str(), &root) {
             bases.push((
                 meta.snapshot.database_id.clone(),
                 meta.snapshot.hybrid_time,

@@ -15,7 +15,9 @@
 //! tables: the target is left as it was.
 
 use crate::error::{AgentError, Result};
+use crate::root::read_root_meta;
 use crate::spec::*;
+use crate::step::{coord, notes, spec, Step};
 use serde_json::json;
 use snapfleet_agent::Repos;
 use snapfleet_api::tasks::{
@@ -48,15 +50,6 @@ impl TabletdbDrivers {
     pub fn new(repos: Arc<Repos>) -> Arc<Self> {
         Arc::new(Self { repos })
     }
-}
-
-/// What one pass of a driver decided.
-pub(crate) enum Step {
-    /// Look again now (the phase moved on).
-    Again,
-    /// Nothing to do until the job changes.
-    Wait,
-    Done,
 }
 
 impl JobDriver for TabletdbDrivers {
@@ -130,18 +123,6 @@ impl JobDriver for TabletdbDrivers {
 /// After this, a restore only rolls forward.
 fn in_point_of_no_return(job: &Job) -> bool {
     job.kind == JobKind::Restore && job.phase == "activate"
-}
-
-fn spec<T: serde::de::DeserializeOwned>(job: &Job) -> Result<T> {
-    serde_json::from_value(job.spec.clone()).map_err(|e| AgentError::invalid("job spec", e))
-}
-
-fn notes<T: serde::de::DeserializeOwned>(job: &Job) -> Result<T> {
-    serde_json::from_value(job.data.clone()).map_err(|e| AgentError::invalid("job notes", e))
-}
-
-fn coord(e: snapfleet_coordinator::CoordinatorError) -> AgentError {
-    AgentError::Coordinator(e.to_string())
 }
 
 fn all_succeeded(tasks: &[Task]) -> bool {
@@ -419,33 +400,6 @@ async fn drop_hidden(client: &Client, n: &RestoreNotes) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) async fn read_root_meta(repos: &Repos, url: &str, backup_id: &str) -> Result<RootMeta> {
-    let repo = repos.get(url).await?;
-    let root = repo
-        .read_root(&BackupId::new(backup_id.to_string())?)
-        .await?;
-    root_meta(backup_id, &root)
-}
-
-pub(crate) fn root_meta(backup_id: &str, root: &snapfleet_repository::Root) -> Result<RootMeta> {
-    let meta: RootMeta = serde_json::from_value(root.meta.clone()).map_err(|e| {
-        AgentError::invalid(
-            format!("backup {backup_id}"),
-            format!("not a tabletdb backup ({e})"),
-        )
-    })?;
-    if meta.kind != ROOT_KIND {
-        return Err(AgentError::invalid(
-            format!("backup {backup_id}"),
-            format!(
-                "kind {:?}, this snapfleet restores {ROOT_KIND:?}",
-                meta.kind
-            ),
-        ));
-    }
-    Ok(meta)
 }
 
 async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> Result<Step> {

@@ -6,7 +6,8 @@
 //! - [`pitr`]: PITR snapshot schedules that hold the history window.
 //! - [`archive`]: the archive job (one never-ending task per node), restore-to-time
 //!   planning, and what `repo forget` must keep for the PITR windows.
-//! - [`spec`]: job specs, driver notes and ROOT's metadata.
+//! - [`spec`]: job specs, driver notes and ROOT's metadata; `root` reads a ROOT's metadata
+//!   and `step` holds what every step shares (leaf modules: nothing imports back).
 //!
 //! This crate must never put a per-file list into the coordinator's log, never activate a
 //! restore before every tablet is staged, and never read a passphrase from the log.
@@ -15,6 +16,8 @@ pub mod archive;
 pub mod drivers;
 pub mod error;
 pub mod pitr;
+mod root;
 pub mod spec;
+mod step;
 
 pub use drivers::TabletdbDrivers;

@@ -3,9 +3,9 @@
 //! snapshots that fell out of the window (keeping the newest one older than the window
 //! start, which still covers it).
 
-use crate::drivers::Step;
 use crate::error::{AgentError, Result};
 use crate::spec::PitrSpec;
+use crate::step::Step;
 use serde_json::json;
 use snapfleet_coordinator::model::Job;
 use snapfleet_coordinator::JobCtl;

@@ -437,23 +437,10 @@ pub(crate) fn unwrap(kek: &[u8; 32], aad: &[u8], nonce: &[u8; 12], ct: &[u8]) ->
     Some(buf)
 }
 
-pub(crate) fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{hex_decode, hex_encode};
 
     fn keys() -> Keys {
         Keys::derive(&MasterKey([7; 32]))

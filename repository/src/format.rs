@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
-use crate::crypto::{self, hex_decode, hex_encode, MasterKey};
+use crate::crypto::{self, MasterKey};
 use crate::error::{Error, Result};
 use crate::ids::KeyId;
+use crate::ids::{hex_decode, hex_encode};
 
 /// The repository format this build reads and writes.
 pub const FORMAT_VERSION: u64 = 1;

@@ -47,7 +47,7 @@ impl fmt::Debug for ChunkId {
 impl FromStr for ChunkId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bytes = crate::crypto::hex_decode(s)
+        let bytes = hex_decode(s)
             .ok_or_else(|| Error::InvalidArgument(format!("`{s}` is not a hex chunk id")))?;
         let arr: [u8; 32] = bytes
             .try_into()
@@ -148,6 +148,22 @@ impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Lower-case hex of `bytes` (ids, salts and nonces in the format's JSON).
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of a hex string; None unless it is whole bytes of hex digits.
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::format::FORMAT_VERSION;
 use crate::ids::{BackupId, ChunkId};
 use crate::repo::Repository;
+use futures::{StreamExt, TryStreamExt};
 
 /// Default entries per manifest page.
 pub const DEFAULT_PAGE_ENTRIES: usize = 10_000;
@@ -345,6 +346,46 @@ pub async fn read_page(repo: &Repository, backup: &BackupId, page: &PageRef) -> 
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Backups as the repository holds them: a backup exists once its ROOT does.
+impl Repository {
+    /// Committed backups (those with a ROOT), sorted by id.
+    pub async fn list_backups(&self) -> Result<Vec<BackupId>> {
+        let listing = self
+            .store()
+            .list_with_delimiter(Some(&object_store::path::Path::from("backups")))
+            .await
+            .map_err(|e| Error::store("list", "backups/", e))?;
+        let candidates: Vec<BackupId> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|n| BackupId::new(n).ok()))
+            .collect();
+        let mut committed: Vec<BackupId> =
+            futures::stream::iter(candidates)
+                .map(|id| async move {
+                    Ok::<_, Error>(self.head_size(&root_key(&id)).await?.map(|_| id))
+                })
+                .buffer_unordered(16)
+                .try_filter_map(|x| async move { Ok(x) })
+                .try_collect()
+                .await?;
+        committed.sort();
+        Ok(committed)
+    }
+
+    /// Reads and authenticates a backup's ROOT.
+    pub async fn read_root(&self, id: &BackupId) -> Result<Root> {
+        let key = root_key(id);
+        let bytes = match self.get_bytes(&key).await {
+            Err(Error::MissingObject { .. }) => {
+                return Err(Error::BackupNotFound { id: id.to_string() })
+            }
+            r => r?,
+        };
+        Root::open(self.keys(), id, &bytes)
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -19,9 +18,8 @@ use crate::chunker::ChunkerParams;
 use crate::crypto::{Keys, MasterKey, MIN_OBJECT_LEN};
 use crate::error::{Error, Result};
 use crate::format::{KdfParams, KeyInfo, KeySlot, RepoConfig, CONFIG_KEY};
-use crate::ids::{BackupId, ChunkId, KeyId};
+use crate::ids::{ChunkId, KeyId};
 use crate::layers::RetryConfig;
-use crate::manifest::{root_key, Root};
 
 /// Settings for a new repository.
 #[derive(Clone, Debug, Default)]
@@ -378,43 +376,6 @@ impl Repository {
         tokio::task::spawn_blocking(move || open_chunk(&keys, &id, &object))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
-    }
-
-    /// Committed backups (those with a ROOT), sorted by id.
-    pub async fn list_backups(&self) -> Result<Vec<BackupId>> {
-        let listing = self
-            .store
-            .list_with_delimiter(Some(&path("backups")))
-            .await
-            .map_err(|e| Error::store("list", "backups/", e))?;
-        let candidates: Vec<BackupId> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().and_then(|n| BackupId::new(n).ok()))
-            .collect();
-        let mut committed: Vec<BackupId> =
-            futures::stream::iter(candidates)
-                .map(|id| async move {
-                    Ok::<_, Error>(self.head_size(&root_key(&id)).await?.map(|_| id))
-                })
-                .buffer_unordered(16)
-                .try_filter_map(|x| async move { Ok(x) })
-                .try_collect()
-                .await?;
-        committed.sort();
-        Ok(committed)
-    }
-
-    /// Reads and authenticates a backup's ROOT.
-    pub async fn read_root(&self, id: &BackupId) -> Result<Root> {
-        let key = root_key(id);
-        let bytes = match self.get_bytes(&key).await {
-            Err(Error::MissingObject { .. }) => {
-                return Err(Error::BackupNotFound { id: id.to_string() })
-            }
-            r => r?,
-        };
-        Root::open(&self.keys, id, &bytes)
     }
 }
 

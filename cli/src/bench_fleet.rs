@@ -3,7 +3,7 @@
 //! snapshot files, plus an incremental backup after rewriting 5% of the rows and the agents'
 //! peak memory. Prints a Markdown report with ratios; `--json` prints the numbers.
 
-use crate::fleet::{submit, watch};
+use crate::coord::{submit, watch};
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;

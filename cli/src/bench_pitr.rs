@@ -5,7 +5,7 @@
 //! a full restore of a backup of the same final data, and checks both against the source.
 
 use crate::bench_fleet::{dir_usage, job};
-use crate::fleet::submit;
+use crate::coord::submit;
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;

@@ -2,7 +2,7 @@
 //! group), `snapfleet cluster status` (replicas, leader, term, commit index, agents) and
 //! `snapfleet cluster add-replica` / `remove-replica` (membership changes).
 
-use crate::fleet::CoordArg;
+use crate::coord::CoordArg;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use snapfleet_agent::{Passphrase, Repos};
@@ -49,20 +49,12 @@ pub struct CoordinatorArgs {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM (systemd stop, kill).
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        crate::db::shutdown_signal().await;
-        token.cancel();
-    });
-}
-
 #[derive(Subcommand)]
 pub enum ClusterCmd {
     /// Replicas, leader, term, commit index, agents and their last heartbeat.
     Status {
         #[command(flatten)]
-        c: crate::fleet::CoordArg,
+        c: CoordArg,
     },
     /// Add a coordinator replica to the group. Start it first with
     /// `snapfleet coordinator --id ID --listen ADDR --join A,B,C --data DIR`; it becomes a
@@ -117,7 +109,7 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
         bail!("--peers must include this replica (id {})", a.id);
     }
     let token = CancellationToken::new();
-    cancel_on_signal(token.clone());
+    crate::coord::cancel_on_signal(token.clone());
     let mut config = Config::new(a.id, a.listen, peers, a.data);
     config.tls = a
         .certs

@@ -7,7 +7,7 @@
 //! and check-consistency at the backup's hybrid time, and prints a report. Exits non-zero
 //! if any check fails.
 
-use crate::fleet::{submit, watch};
+use crate::coord::{submit, watch};
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;

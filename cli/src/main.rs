@@ -2,20 +2,25 @@
 //! progress go to stderr; `--json` puts one JSON document on stdout. Exit status: 0 success,
 //! 1 the operation failed (the message says why and what to do), 2 usage error.
 
+mod agent;
+mod backup;
 mod bench;
 mod bench_coordinator;
 mod bench_fleet;
 mod bench_pitr;
 mod certs;
 mod clone;
+mod coord;
 mod coordinator;
 mod db;
 mod demo;
 mod export;
-mod fleet;
 mod import;
+mod job;
 mod pitr;
 mod repo;
+mod restore;
+mod schedule;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -42,15 +47,15 @@ enum Cmd {
     /// Run a coordinator replica (Raft-replicated control plane).
     Coordinator(coordinator::CoordinatorArgs),
     /// Run the agent of one database node: uploads and downloads tablets for jobs.
-    Agent(fleet::AgentArgs),
+    Agent(agent::AgentArgs),
     /// Back up databases into a repository; schedules; list, describe and delete backups.
     #[command(subcommand)]
-    Backup(fleet::BackupCmd),
+    Backup(backup::BackupCmd),
     /// Restore a backup into a cluster of any size (from the repository alone).
-    Restore(fleet::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Coordinator jobs: list, watch, cancel.
     #[command(subcommand)]
-    Job(fleet::JobCmd),
+    Job(job::JobCmd),
     /// The coordinator cluster.
     #[command(subcommand)]
     Cluster(coordinator::ClusterCmd),
@@ -105,10 +110,10 @@ fn main() {
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Coordinator(a) => coordinator::run_replica(a).await,
-            Cmd::Agent(a) => fleet::run_agent_cmd(a).await,
-            Cmd::Backup(c) => fleet::run_backup(c, cli.json).await,
-            Cmd::Restore(a) => fleet::run_restore(a, cli.json).await,
-            Cmd::Job(c) => fleet::run_job(c, cli.json).await,
+            Cmd::Agent(a) => agent::run_agent_cmd(a).await,
+            Cmd::Backup(c) => backup::run_backup(c, cli.json).await,
+            Cmd::Restore(a) => restore::run_restore(a, cli.json).await,
+            Cmd::Job(c) => job::run_job(c, cli.json).await,
             Cmd::Cluster(c) => coordinator::run_cluster(c, cli.json).await,
             Cmd::Certs(c) => certs::run(c, cli.json),
             Cmd::Db(c) => db::run(c, cli.json).await,

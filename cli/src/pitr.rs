@@ -4,8 +4,9 @@
 //! `snapfleet pitr schedule create|list|delete`: snapshot schedules kept in the coordinator;
 //! the leader snapshots on time, keeps history for the window and expires old snapshots.
 
+use crate::coord::CoordArg;
 use crate::db::{connect, MasterArg};
-use crate::fleet::{list_schedules, put_schedule, schedule_json, CoordArg};
+use crate::schedule::{list_schedules, put_schedule, schedule_json};
 use crate::util::{human_duration, parse_duration, parse_time};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -599,7 +600,7 @@ async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
             };
             let leader = c.leader()?;
             let job =
-                crate::fleet::submit(&leader, "archive", serde_json::to_value(&spec)?).await?;
+                crate::coord::submit(&leader, "archive", serde_json::to_value(&spec)?).await?;
             // Wait until the archive is recorded and its tasks exist: a base backup taken
             // after this command returns is usable for restores to a time.
             let id = job.id;

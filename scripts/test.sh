@@ -10,6 +10,8 @@ source scripts/env.sh
 
 start=$(date +%s)
 cargo fmt --all -- --check
+# Crate boundaries and no import circles between a crate's files (docs/architecture.md).
+python3 scripts/check-layout.py
 cargo build --workspace --bins --tests
 echo "build: $(( $(date +%s) - start )) s" >&2
 cargo clippy --workspace --all-targets -- -D warnings

@@ -19,6 +19,7 @@ FORBIDDEN = {
     "snapfleet-coordinator": ["snapfleet-agent", "snapfleet-jobs", "snapfleet-repository",
                               "snapfleet-tabletdb"],
     "snapfleet-agent": ["snapfleet-coordinator", "snapfleet-jobs"],
+    "snapfleet-jobs": ["snapfleet-agent"],
     "snapfleet-repository": ["snapfleet-api", "snapfleet-proto", "snapfleet-coordinator",
                              "snapfleet-agent", "snapfleet-jobs", "snapfleet-tabletdb"],
     "snapfleet-tabletdb": ["snapfleet-api", "snapfleet-coordinator", "snapfleet-agent",
@@ -30,7 +31,7 @@ FORBIDDEN = {
 # reported, not failed.
 PENDING = {
     "snapfleet-agent": ["snapfleet-tabletdb"],
-    "snapfleet-jobs": ["snapfleet-tabletdb", "snapfleet-agent"],
+    "snapfleet-jobs": ["snapfleet-tabletdb"],
 }
 
 

@@ -20,8 +20,6 @@ pub enum AgentError {
     },
     #[error("invalid {what}: {why}")]
     Invalid { what: String, why: String },
-    #[error("no passphrase for repository {url}: set SNAPFLEET_PASSWORD_FILE (or SNAPFLEET_PASSWORD) or pass --password-file")]
-    NoPassphrase { url: String },
     #[error("task cancelled: {0}")]
     Cancelled(String),
 }
@@ -44,7 +42,7 @@ impl AgentError {
             ),
             AgentError::Database(e) => e.is_retryable(),
             AgentError::Coordinator(_) | AgentError::Io { .. } | AgentError::Cancelled(_) => true,
-            AgentError::Invalid { .. } | AgentError::NoPassphrase { .. } => false,
+            AgentError::Invalid { .. } => false,
         }
     }
 }

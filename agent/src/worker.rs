@@ -9,7 +9,6 @@
 use crate::counters::Counters;
 use crate::error::{AgentError, Result};
 use crate::journal::{Journal, TaskFingerprint};
-use crate::repos::{Passphrase, Repos};
 use snapfleet_api::client::Leader;
 use snapfleet_api::pb::agent_service_client::AgentServiceClient;
 use snapfleet_api::pb::{self as cpb};
@@ -21,6 +20,7 @@ use snapfleet_repository::layers::FaultConfig;
 use snapfleet_repository::{
     restore_root, BackupId, BackupWriter, FileMeta, RestoreOptions, WriterOptions,
 };
+use snapfleet_repository::{Passphrase, Repos};
 use snapfleet_tabletdb::tablet::TabletPaths;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -140,7 +140,7 @@ pub enum KeyCmd {
 
 /// Reads a passphrase file (first line; the rule agents and coordinators use too).
 fn read_password_file(path: &Path) -> Result<Vec<u8>> {
-    Ok(snapfleet_agent::repos::read_passphrase_file(path)?)
+    Ok(snapfleet_repository::pool::read_passphrase_file(path)?)
 }
 
 fn passphrase(file: Option<&Path>, env: &str, file_flag: &str) -> Result<Vec<u8>> {

@@ -11,16 +11,16 @@
 //! back, and on restart it resumes from its progress object, so the chain has no hole.
 //! Cancelling the job (`pitr archive disable`) stops archiving; what was archived stays.
 
-use crate::error::{AgentError, Result};
+use crate::error::{JobError, Result};
 use crate::step::coord;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use snapfleet_agent::Repos;
 use snapfleet_api::tasks::{ArchiveTask, TabletReplay};
 use snapfleet_coordinator::command::TaskSpec;
 use snapfleet_coordinator::model::{Affinity, Job, Task};
 use snapfleet_coordinator::JobCtl;
 use snapfleet_repository::pitr::{ArchiveInfo, TabletProgress};
+use snapfleet_repository::Repos;
 use snapfleet_repository::Repository;
 use snapfleet_tabletdb::client::Client;
 use std::collections::BTreeMap;
@@ -73,7 +73,7 @@ pub(crate) async fn archive_step(
 ) -> Result<crate::step::Step> {
     use crate::step::Step;
     let spec: ArchiveSpec = serde_json::from_value(job.spec.clone())
-        .map_err(|e| AgentError::invalid("archive job spec", e))?;
+        .map_err(|e| JobError::invalid("archive job spec", e))?;
     if job.aborting.is_some() {
         // Disabled (cancelled) or a task failed for good: stop; the archive stays readable.
         ctl.finish(None, json!({})).await.map_err(coord)?;
@@ -86,7 +86,7 @@ pub(crate) async fn archive_step(
             let catalog = client.refresh().await?;
             let nodes: Vec<u32> = catalog.nodes.iter().map(|n| n.node_id).collect();
             if nodes.is_empty() {
-                return Err(AgentError::invalid(
+                return Err(JobError::invalid(
                     "archive",
                     "the cluster has no tablet servers registered",
                 ));
@@ -125,7 +125,7 @@ pub(crate) async fn archive_step(
                 return Ok(Step::Wait);
             }
             let mut notes: ArchiveNotes = serde_json::from_value(job.data.clone())
-                .map_err(|e| AgentError::invalid("archive job notes", e))?;
+                .map_err(|e| JobError::invalid("archive job notes", e))?;
             // A master that cannot answer now is asked again later: the archive goes on.
             let catalog = match async { Client::connect(&spec.master).await?.refresh().await }.await
             {
@@ -149,7 +149,7 @@ pub(crate) async fn archive_step(
             notes.nodes.extend(&new);
             start_node_tasks(ctl, notes, specs).await
         }
-        other => Err(AgentError::invalid("archive phase", other)),
+        other => Err(JobError::invalid("archive phase", other)),
     }
 }
 
@@ -256,7 +256,7 @@ pub(crate) async fn plan_restore_to(
     }
     bases.sort();
     let Some((base_ht, backup_id, db_id)) = bases.iter().rev().find(|b| b.0 <= to).cloned() else {
-        return Err(AgentError::invalid(
+        return Err(JobError::invalid(
             format!("restore of database {source:?} to {}", at(to)),
             match bases.first() {
                 Some(b) => format!(
@@ -271,7 +271,7 @@ pub(crate) async fn plan_restore_to(
     };
     let what = format!("restore of database {source:?} to {}", at(to));
     let info = repo.read_archive_info(&db_id).await?.ok_or_else(|| {
-        AgentError::invalid(
+        JobError::invalid(
             &what,
             format!(
                 "the repository has no change-log archive of it (database id {db_id}): enable one \
@@ -300,7 +300,7 @@ pub(crate) async fn plan_restore_to(
         at(global)
     );
     if info.pruned_before > base_ht {
-        return Err(AgentError::invalid(
+        return Err(JobError::invalid(
             &what,
             format!(
                 "the newest base backup before that time ({backup_id}, {}) is older than the \
@@ -312,7 +312,7 @@ pub(crate) async fn plan_restore_to(
         ));
     }
     if info.start_ht > base_ht {
-        return Err(AgentError::invalid(
+        return Err(JobError::invalid(
             &what,
             format!(
                 "the newest base backup before that time ({backup_id}, {}) predates the archive \
@@ -339,7 +339,7 @@ pub(crate) async fn plan_restore_to(
         for tablet in &table.tablets {
             in_base.insert(tablet.tablet_id.as_str());
             let Some((node, tp)) = by_tablet.get(tablet.tablet_id.as_str()) else {
-                return Err(AgentError::invalid(
+                return Err(JobError::invalid(
                     &what,
                     format!(
                         "tablet {} of table {:?} is in no archiver's progress (the archive has \
@@ -356,7 +356,7 @@ pub(crate) async fn plan_restore_to(
                     }
                     continue;
                 }
-                return Err(AgentError::invalid(
+                return Err(JobError::invalid(
                     &what,
                     format!(
                         "table {:?} was dropped between {} and {} (its archiver did not look in \
@@ -372,7 +372,7 @@ pub(crate) async fn plan_restore_to(
                 .await?;
             match snapfleet_repository::pitr::tablet_coverage(base_ht, &pieces, tp) {
                 None => {
-                    return Err(AgentError::invalid(
+                    return Err(JobError::invalid(
                         &what,
                         format!(
                             "the archive of table {:?} (tablet {}, node {node}) restarts at {} \
@@ -386,7 +386,7 @@ pub(crate) async fn plan_restore_to(
                     ))
                 }
                 Some(c) if c < to => {
-                    return Err(AgentError::invalid(
+                    return Err(JobError::invalid(
                         &what,
                         format!(
                             "that time is after what the archive holds: table {:?} (tablet {}, \
@@ -420,7 +420,7 @@ pub(crate) async fn plan_restore_to(
         let wanted = spec.tables.is_empty() || spec.tables.contains(&tp.table_name);
         // Not in the base backup yet alive at the target time: created after the base.
         if !in_base.contains(tablet) && existed_at_to && wanted {
-            return Err(AgentError::invalid(
+            return Err(JobError::invalid(
                 &what,
                 format!(
                     "table {:?} (tablet {tablet}) was created after base backup {backup_id} \

@@ -14,12 +14,11 @@
 //! tables in one catalog change. Until `activate` a failure or cancel drops the hidden
 //! tables: the target is left as it was.
 
-use crate::error::{AgentError, Result};
+use crate::error::{JobError, Result};
 use crate::root::read_root_meta;
 use crate::spec::*;
 use crate::step::{coord, notes, spec, Step};
 use serde_json::json;
-use snapfleet_agent::Repos;
 use snapfleet_api::tasks::{
     staging_dir, DownloadTask, ReplaySpec, TabletPages, ThrottleStats, UploadResult, UploadTask,
 };
@@ -28,6 +27,7 @@ use snapfleet_coordinator::command::TaskSpec;
 use snapfleet_coordinator::model::{Affinity, Job, JobKind, Task, TaskState};
 use snapfleet_coordinator::{DriveFuture, JobCtl, JobDriver};
 use snapfleet_proto::tabletdb as pb;
+use snapfleet_repository::Repos;
 use snapfleet_repository::{commit_backup, BackupId, Error as RepoError, PartSummary};
 use snapfleet_tabletdb::client::Client;
 use snapfleet_tabletdb::restore::{create_restoring_table, import_meta, node_data_dirs};
@@ -185,7 +185,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
             let repo = repos.get(&spec.repo).await?;
             let id = BackupId::new(spec.id())?;
             if repo.read_root(&id).await.is_ok() {
-                return Err(AgentError::invalid(
+                return Err(JobError::invalid(
                     format!("backup {id}"),
                     "already exists in the repository; pick another id",
                 ));
@@ -198,7 +198,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                 Ok(s) => s,
                 // A DDL kept racing: a clear, final answer (retrying the step would not help).
                 Err(e @ snapfleet_tabletdb::Error::Aborted(_)) => {
-                    return Err(AgentError::invalid("snapshot", e))
+                    return Err(JobError::invalid("snapshot", e))
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -254,7 +254,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                 let r = t.result.clone().unwrap_or_default();
                 results.push(
                     serde_json::from_value(r)
-                        .map_err(|e| AgentError::invalid(format!("result of {}", t.id), e))?,
+                        .map_err(|e| JobError::invalid(format!("result of {}", t.id), e))?,
                 );
             }
             let root = match repo.read_root(&id).await {
@@ -272,7 +272,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                         )?;
                         let part: PartSummary =
                             serde_json::from_value(r.part.clone()).map_err(|e| {
-                                AgentError::invalid(format!("part summary of {}", t.id), e)
+                                JobError::invalid(format!("part summary of {}", t.id), e)
                             })?;
                         let n = part.pages.len();
                         tablet_pages.push(TabletPages {
@@ -352,7 +352,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
             ctl.finish(None, result).await.map_err(coord)?;
             Ok(Step::Done)
         }
-        other => Err(AgentError::invalid("backup phase", other)),
+        other => Err(JobError::invalid("backup phase", other)),
     }
 }
 
@@ -421,7 +421,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             let snap = &meta.snapshot;
             for t in &spec.tables {
                 if !snap.tables.iter().any(|s| &s.name == t) {
-                    return Err(AgentError::invalid(
+                    return Err(JobError::invalid(
                         format!("table {t:?}"),
                         format!(
                             "not in backup {} (it has: {})",
@@ -503,7 +503,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                         // logged yet): start that table again.
                         client.drop_table(&n.database, &e.name).await?;
                     } else {
-                        return Err(AgentError::invalid(
+                        return Err(JobError::invalid(
                             format!("table {:?} in database {:?}", e.name, n.database),
                             "already exists on the target; restore under another name \
                              (--db NEW) or drop it first",
@@ -525,7 +525,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                             .find(|p| p.tablet_id == s.tablet_id)
                             .cloned()
                             .ok_or_else(|| {
-                                AgentError::invalid(
+                                JobError::invalid(
                                     format!("backup {}", n.backup_id),
                                     format!("ROOT has no pages for tablet {}", s.tablet_id),
                                 )
@@ -562,7 +562,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                         });
                     }
                 }
-                Ok::<(), AgentError>(())
+                Ok::<(), JobError>(())
             }
             .await;
             if let Err(e) = created {
@@ -601,7 +601,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             let dirs = node_data_dirs(&client).await?;
             for p in &n.tablets {
                 let dir = dirs.iter().find(|d| d.0 == p.node).ok_or_else(|| {
-                    AgentError::Database(snapfleet_tabletdb::Error::Unavailable(format!(
+                    JobError::Database(snapfleet_tabletdb::Error::Unavailable(format!(
                         "node {} is not live; the restore will finish when it is back",
                         p.node
                     )))
@@ -675,7 +675,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             ctl.finish(None, result).await.map_err(coord)?;
             Ok(Step::Done)
         }
-        other => Err(AgentError::invalid("restore phase", other)),
+        other => Err(JobError::invalid("restore phase", other)),
     }
 }
 
@@ -685,7 +685,7 @@ fn throttle_note(s: &ThrottleStats) -> Option<String> {
         let lowered = if s.throttled_lowest_rate > 0 {
             format!(
                 "; agents lowered their rate, down to {} at the lowest",
-                snapfleet_agent::aimd::fmt_rate(s.throttled_lowest_rate)
+                snapfleet_repository::layers::fmt_rate(s.throttled_lowest_rate)
             )
         } else {
             String::new()

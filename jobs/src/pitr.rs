@@ -3,7 +3,7 @@
 //! snapshots that fell out of the window (keeping the newest one older than the window
 //! start, which still covers it).
 
-use crate::error::{AgentError, Result};
+use crate::error::{JobError, Result};
 use crate::spec::PitrSpec;
 use crate::step::Step;
 use serde_json::json;
@@ -28,11 +28,11 @@ pub fn expired(mut snaps: Vec<(String, i64)>, window_start_ms: i64) -> Vec<Strin
 
 pub(crate) async fn pitr_step(ctl: &JobCtl, job: &Job) -> Result<Step> {
     let spec: PitrSpec = serde_json::from_value(job.spec.clone())
-        .map_err(|e| AgentError::invalid("pitr job spec", e))?;
+        .map_err(|e| JobError::invalid("pitr job spec", e))?;
     if job.aborting.is_some() {
         ctl.finish(None, json!({}))
             .await
-            .map_err(|e| AgentError::Coordinator(e.to_string()))?;
+            .map_err(|e| JobError::Coordinator(e.to_string()))?;
         return Ok(Step::Done);
     }
     let client = Client::connect(&spec.master).await?;
@@ -53,7 +53,7 @@ pub(crate) async fn pitr_step(ctl: &JobCtl, job: &Job) -> Result<Step> {
     {
         Ok(s) => s,
         Err(e @ snapfleet_tabletdb::Error::NotFound(_)) => {
-            return Err(AgentError::invalid("pitr schedule", e))
+            return Err(JobError::invalid("pitr schedule", e))
         }
         Err(e) => return Err(e.into()),
     };
@@ -87,7 +87,7 @@ pub(crate) async fn pitr_step(ctl: &JobCtl, job: &Job) -> Result<Step> {
         }),
     )
     .await
-    .map_err(|e| AgentError::Coordinator(e.to_string()))?;
+    .map_err(|e| JobError::Coordinator(e.to_string()))?;
     Ok(Step::Done)
 }
 

@@ -1,10 +1,10 @@
 //! Reading a backup's ROOT metadata (what the backup driver committed): the restore driver,
 //! restore-to-time planning and `repo forget` all start here. A leaf module.
 
-use crate::error::{AgentError, Result};
+use crate::error::{JobError, Result};
 use crate::spec::{RootMeta, ROOT_KIND};
-use snapfleet_agent::Repos;
 use snapfleet_repository::BackupId;
+use snapfleet_repository::Repos;
 
 /// Reads and decodes the ROOT of `backup_id` in the repository at `url`.
 pub(crate) async fn read_root_meta(repos: &Repos, url: &str, backup_id: &str) -> Result<RootMeta> {
@@ -18,13 +18,13 @@ pub(crate) async fn read_root_meta(repos: &Repos, url: &str, backup_id: &str) ->
 /// Decodes a ROOT's metadata, refusing a backup of another kind.
 pub(crate) fn root_meta(backup_id: &str, root: &snapfleet_repository::Root) -> Result<RootMeta> {
     let meta: RootMeta = serde_json::from_value(root.meta.clone()).map_err(|e| {
-        AgentError::invalid(
+        JobError::invalid(
             format!("backup {backup_id}"),
             format!("not a tabletdb backup ({e})"),
         )
     })?;
     if meta.kind != ROOT_KIND {
-        return Err(AgentError::invalid(
+        return Err(JobError::invalid(
             format!("backup {backup_id}"),
             format!(
                 "kind {:?}, this snapfleet restores {ROOT_KIND:?}",

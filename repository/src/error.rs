@@ -151,6 +151,13 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// No passphrase configured for an encrypted repository.
+    #[error(
+        "no passphrase for repository {url}: set SNAPFLEET_PASSWORD_FILE (or SNAPFLEET_PASSWORD) \
+         or pass --password-file"
+    )]
+    NoPassphrase { url: String },
+
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),

@@ -35,6 +35,7 @@ pub mod layers;
 pub mod lease;
 pub mod manifest;
 pub mod pitr;
+pub mod pool;
 pub mod reader;
 pub mod repo;
 pub mod store;
@@ -54,6 +55,7 @@ pub use manifest::{
 };
 /// The object store crate, for callers that build or wrap stores.
 pub use object_store;
+pub use pool::{Passphrase, Repos};
 pub use reader::{restore_backup, restore_backup_with, restore_root, RestoreOptions, RestoreStats};
 pub use repo::{InitOptions, Repository};
 pub use store::{open_store, open_store_with_options, with_layers, StoreLayers};

@@ -514,6 +514,13 @@ impl TabletServer for TabletService {
     ) -> Result<Response<pb::ImportTabletResponse>, Status> {
         let req = request.into_inner();
         let meta = req_meta(req.meta)?;
+        // Idempotent: a tablet this node already holds was imported by an earlier attempt
+        // (whose staged directory was moved in and is gone), so a retry succeeds at once.
+        if self.state.tablet(&meta.tablet_id).is_ok() {
+            return Ok(Response::new(pb::ImportTabletResponse {
+                hybrid_time: self.state.hlc.now().0,
+            }));
+        }
         let staged = PathBuf::from(&req.staged_dir);
         if !staged.is_absolute()
             || staged

@@ -558,6 +558,21 @@ async fn bad_input_gets_clear_errors_and_never_a_panic() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // A retried import of a tablet this node already holds (the leader failed over during a
+    // restore's activation, after the first attempt moved the staged files in) succeeds at
+    // once instead of failing on the staged directory that is gone.
+    let info = client.table("b", "kv").await.unwrap().info;
+    let again = node
+        .import_tablet(pb::ImportTabletRequest {
+            meta: Some(snapfleet_tabletdb::restore::import_meta(&info, &tablet)),
+            staged_dir: "/nonexistent/staging/r1/t1".into(),
+            restore_ht: 1,
+        })
+        .await;
+    assert!(
+        again.is_ok(),
+        "a repeated import must be a no-op: {again:?}"
+    );
     let e = node
         .read(pb::ReadRequest {
             tablet_id: tablet.tablet_id.clone(),

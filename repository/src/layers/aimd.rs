@@ -9,7 +9,7 @@
 //! It must never go above the coordinator's budget, never below the floor, and never turn
 //! throttling into a failed task: the retry layer keeps retrying while the rate comes down.
 
-use snapfleet_repository::layers::{Rate, StoreObserver};
+use super::{Rate, StoreObserver};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -339,7 +339,7 @@ impl StoreObserver for AdaptiveRate {
         }
     }
 
-    fn throttled(&self, op: &'static str, error: &snapfleet_repository::object_store::Error) {
+    fn throttled(&self, op: &'static str, error: &crate::object_store::Error) {
         self.unreported.fetch_add(1, Ordering::Relaxed);
         let mut a = self.aimd.lock().expect("aimd lock");
         let change = a.on_throttle(Instant::now());
@@ -479,7 +479,7 @@ mod tests {
         let r = AdaptiveRate::new(cfg());
         r.set_budget(8 * MIB);
         assert_eq!(r.layer_rate().load(Ordering::Relaxed), 8 * MIB);
-        let e = snapfleet_repository::object_store::Error::Generic {
+        let e = crate::object_store::Error::Generic {
             store: "S3",
             source: "503 SlowDown".into(),
         };

@@ -1,12 +1,12 @@
 //! Opening repositories by URL, once per process: the passphrase comes from the process's
 //! own configuration (never from the coordinator's log), and every store gets the retry
 //! layer and a bandwidth budget that can change while tasks run, lowered by the adaptive
-//! rate (`aimd.rs`) while the store throttles.
+//! rate (`layers/aimd.rs`) while the store throttles. Agents and the leader's job drivers
+//! both open repositories through it.
 
-use crate::aimd::{AdaptiveRate, AimdConfig};
-use crate::error::{AgentError, Result};
-use snapfleet_repository::layers::{FaultConfig, FaultStore, RetryConfig};
-use snapfleet_repository::{open_store, with_layers, Repository, StoreLayers};
+use crate::error::{Error, Result};
+use crate::layers::{AdaptiveRate, AimdConfig, FaultConfig, FaultStore, RetryConfig};
+use crate::{open_store, with_layers, Repository, StoreLayers};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ impl Passphrase {
         if let Some(p) = std::env::var_os("SNAPFLEET_PASSWORD") {
             return Ok(p.into_encoded_bytes());
         }
-        Err(AgentError::NoPassphrase {
+        Err(Error::NoPassphrase {
             url: url.to_string(),
         })
     }
@@ -40,20 +40,20 @@ impl Passphrase {
 /// Reads a passphrase file: its first line, without the line ending (the same rule for
 /// `repo init`, the coordinator and the agents, so a file they share unlocks alike).
 pub fn read_passphrase_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|source| AgentError::Io {
-        what: format!(
-            "cannot read the passphrase file {}; check --password-file / SNAPFLEET_PASSWORD_FILE",
+    let raw = std::fs::read(path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read the passphrase file {}: {e}; check --password-file / \
+             SNAPFLEET_PASSWORD_FILE",
             path.display()
-        ),
-        source,
+        ))
     })?;
     let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
-        return Err(AgentError::invalid(
-            format!("passphrase file {}", path.display()),
-            "it is empty",
-        ));
+        return Err(Error::InvalidArgument(format!(
+            "passphrase file {} is empty",
+            path.display()
+        )));
     }
     Ok(line.to_vec())
 }
@@ -121,11 +121,9 @@ impl Repos {
             Ok(pass) => Repository::open(store, &pass).await?,
             // An unencrypted repository needs no passphrase; an encrypted one reports the
             // missing passphrase as before.
-            Err(no_pass @ AgentError::NoPassphrase { .. }) => {
+            Err(no_pass @ Error::NoPassphrase { .. }) => {
                 match Repository::open_without_passphrase(store).await {
-                    Err(snapfleet_repository::Error::PassphraseRequired { .. }) => {
-                        return Err(no_pass)
-                    }
+                    Err(Error::PassphraseRequired { .. }) => return Err(no_pass),
                     r => r?,
                 }
             }

@@ -37,6 +37,9 @@ fn membership(m: Membership) -> pb::MembershipResponse {
     }
 }
 
+/// The longest schedule interval accepted (366 days).
+const MAX_SCHEDULE_INTERVAL_MS: u64 = 366 * 24 * 3_600_000;
+
 type JobStream = Pin<Box<dyn Stream<Item = Result<pb::JobInfo, Status>> + Send>>;
 
 impl ClientApi {
@@ -288,10 +291,16 @@ impl Coordinator for ClientApi {
                     kind.as_str()
                 )));
             }
-            if r.interval_ms < 1_000 {
-                return Err(Status::invalid_argument(
-                    "a schedule's interval must be at least 1s",
-                ));
+            // Checked here, at proposal: whatever is committed is applied by every replica.
+            if !(1_000..=MAX_SCHEDULE_INTERVAL_MS).contains(&r.interval_ms) {
+                return Err(Status::invalid_argument(format!(
+                    "a schedule's interval must be between 1s and 366d, not {} ms",
+                    r.interval_ms
+                )));
+            }
+            if !r.id.is_empty() {
+                snapfleet_api::ids::check("schedule id", &r.id)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
             }
             let now = LeaderTime::now();
             let id = if r.id.is_empty() {

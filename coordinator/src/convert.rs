@@ -70,8 +70,8 @@ pub fn job_with_tasks<'a>(j: &Job, tasks: impl Iterator<Item = &'a Task>) -> pb:
                 node: node.clone(),
                 ..Default::default()
             });
-        n.bytes_done += t.progress.bytes_done;
-        n.bytes_total += t.progress.bytes_total;
+        n.bytes_done = n.bytes_done.saturating_add(t.progress.bytes_done);
+        n.bytes_total = n.bytes_total.saturating_add(t.progress.bytes_total);
         n.tasks_total += 1;
         if t.state == TaskState::Succeeded {
             n.tasks_done += 1;

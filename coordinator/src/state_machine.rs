@@ -353,10 +353,12 @@ impl StateMachine {
         }
         // Missed firings (coordinator down) are not made up: the next one is the first
         // multiple of the interval after now.
+        // Saturating: a committed schedule with an absurd interval must not panic every
+        // replica (on apply and again on every replay of the log).
         let interval = s.interval_ms.max(1);
-        let behind = (now.0 - s.next_due.0) / interval + 1;
+        let behind = (now.0.saturating_sub(s.next_due.0) / interval).saturating_add(1);
         self.schedules.get_mut(&id).expect("exists").next_due =
-            LeaderTime(s.next_due.0 + behind * interval);
+            LeaderTime(s.next_due.0.saturating_add(behind.saturating_mul(interval)));
         Ok(self.submit_job(s.kind, spec, s.repository, vec![], 0, now, true, effects))
     }
 
@@ -727,8 +729,9 @@ impl StateMachine {
                 TaskState::Failed => p.tasks_failed += 1,
                 TaskState::Cancelled => p.tasks_cancelled += 1,
             }
-            p.bytes_done += t.progress.bytes_done;
-            p.bytes_total += t.progress.bytes_total;
+            // Agents report these: saturate, never overflow in the apply path.
+            p.bytes_done = p.bytes_done.saturating_add(t.progress.bytes_done);
+            p.bytes_total = p.bytes_total.saturating_add(t.progress.bytes_total);
         }
         self.jobs.get_mut(&id).expect("exists").progress = p;
     }
@@ -1121,5 +1124,23 @@ mod tests {
             Ok(Response::JobSubmitted(_))
         ));
         assert_eq!(sm.schedules().next().unwrap().next_due, LeaderTime(17_000));
+
+        // A committed schedule with an absurd interval (an older leader did not check it)
+        // fires without overflowing: next_due saturates instead of panicking every replica.
+        sm.apply(Command::PutSchedule(Schedule {
+            id: ScheduleId("huge".into()),
+            kind: JobKind::Backup,
+            spec: json!({"database": "d"}),
+            repository: None,
+            interval_ms: u64::MAX,
+            retention: 0,
+            next_due: LeaderTime(1),
+        }));
+        let due = sm.due_schedule(LeaderTime(u64::MAX - 1)).unwrap();
+        sm.apply(Command::FireSchedule {
+            schedule: due,
+            now: LeaderTime(u64::MAX - 1),
+        });
+        assert!(sm.schedules().any(|s| s.next_due == LeaderTime(u64::MAX)));
     }
 }

@@ -131,3 +131,134 @@ async fn hostile_ids_in_task_payloads_change_nothing_outside_the_agent() {
         );
     }
 }
+
+/// Hostile numbers through the real API: an agent reporting absurd progress on two tasks
+/// (their sum overflows u64) and schedules with absurd intervals or ids. The coordinator
+/// refuses what it can check at proposal, saturates what agents report, and stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_numbers_leave_the_coordinator_running() {
+    use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_url, pass) = init_repo(tmp.path()).await;
+    let f = TestFleet::start(1, &pass);
+    let leader = Leader::new([f.fleet.coordinator_addr.as_str()]);
+
+    // A fake agent on a node no real agent serves, so only it leases these tasks.
+    leader
+        .call(|ch| async move {
+            AgentServiceClient::new(ch)
+                .register(pb::RegisterRequest {
+                    agent_id: "rogue".into(),
+                    node: "nowhere".into(),
+                    address: "127.0.0.1:1".into(),
+                    version: "test".into(),
+                    ..Default::default()
+                })
+                .await
+        })
+        .await
+        .expect("register");
+    let tasks: Vec<pb::TaskSpec> = (0..2)
+        .map(|i| pb::TaskSpec {
+            payload_json: format!(r#"{{"n":{i}}}"#),
+            node: "nowhere".into(),
+            ..Default::default()
+        })
+        .collect();
+    let job = leader
+        .call(|ch| {
+            let tasks = tasks.clone();
+            async move {
+                Ok(CoordinatorClient::new(ch)
+                    .submit_job(pb::SubmitJobRequest {
+                        kind: "verify".into(),
+                        spec_json: "{}".into(),
+                        tasks,
+                        retry_budget: 0,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner())
+            }
+        })
+        .await
+        .expect("submit");
+    let leased = leader
+        .call(|ch| async move {
+            AgentServiceClient::new(ch)
+                .acquire_tasks(pb::AcquireTasksRequest {
+                    agent_id: "rogue".into(),
+                    max: 2,
+                    lease_ms: 60_000,
+                    wait_ms: 5_000,
+                })
+                .await
+        })
+        .await
+        .expect("acquire")
+        .into_inner()
+        .tasks;
+    assert_eq!(leased.len(), 2);
+    for t in &leased {
+        let task_id = t.task_id;
+        leader
+            .call(move |ch| async move {
+                AgentServiceClient::new(ch)
+                    .report_progress(pb::ReportProgressRequest {
+                        agent_id: "rogue".into(),
+                        task_id,
+                        bytes_done: u64::MAX,
+                        bytes_total: u64::MAX,
+                        lease_ms: 60_000,
+                        ..Default::default()
+                    })
+                    .await
+            })
+            .await
+            .expect("progress");
+    }
+    // Still serving, with the sum saturated.
+    let info = leader
+        .call(move |ch| async move {
+            CoordinatorClient::new(ch)
+                .get_job(pb::JobRef { id: job.id })
+                .await
+        })
+        .await
+        .expect("the coordinator still answers")
+        .into_inner();
+    let p = info.progress.unwrap();
+    assert_eq!(p.bytes_done, u64::MAX, "{p:?}");
+    assert_eq!(info.nodes[0].bytes_done, u64::MAX, "{:?}", info.nodes);
+
+    // Schedules: absurd intervals and ids are refused at proposal.
+    for (interval_ms, id) in [
+        (u64::MAX, "s1"),
+        (0, "s2"),
+        (60_000, "../x"),
+        (60_000, "a/b"),
+    ] {
+        let e = leader
+            .call(move |ch| async move {
+                CoordinatorClient::new(ch)
+                    .put_schedule(pb::ScheduleInfo {
+                        id: id.into(),
+                        kind: "backup".into(),
+                        spec_json: "{}".into(),
+                        interval_ms,
+                        ..Default::default()
+                    })
+                    .await
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::InvalidArgument,
+            "{interval_ms} {id}: {e:?}"
+        );
+    }
+    // And the coordinator is still up and leading.
+    let (ok, v, err) = f.snapfleet(&["cluster", "status"]);
+    assert!(ok && v["role"] == "leader", "{v} {err}");
+}

@@ -121,7 +121,7 @@ pub async fn list_leases(repo: &Repository) -> Result<Vec<FoundLease>> {
     let mut out = Vec::new();
     for m in metas {
         let key = m.location.to_string();
-        let bytes = match repo.get_bytes(&key).await {
+        let bytes = match repo.get_bytes(&key, crate::repo::limits::LEASE).await {
             Ok(b) => b,
             Err(Error::MissingObject { .. }) => continue, // released meanwhile
             Err(e) => return Err(e),

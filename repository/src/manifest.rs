@@ -316,7 +316,7 @@ impl ManifestReader {
 /// Downloads, authenticates, re-hashes and parses one page.
 pub async fn read_page(repo: &Repository, backup: &BackupId, page: &PageRef) -> Result<Vec<Entry>> {
     let key = page_key(backup, &page.name);
-    let object = repo.get_bytes(&key).await?;
+    let object = repo.get_bytes(&key, crate::repo::limits::META).await?;
     let keys = repo.keys().clone();
     let id = page.id;
     let expected = page.entries;
@@ -378,7 +378,7 @@ impl Repository {
     /// Reads and authenticates a backup's ROOT.
     pub async fn read_root(&self, id: &BackupId) -> Result<Root> {
         let key = root_key(id);
-        let bytes = match self.get_bytes(&key).await {
+        let bytes = match self.get_bytes(&key, crate::repo::limits::META).await {
             Err(Error::MissingObject { .. }) => {
                 return Err(Error::BackupNotFound { id: id.to_string() })
             }

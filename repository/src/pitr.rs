@@ -161,7 +161,7 @@ impl Repository {
     }
 
     async fn open_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let bytes = match self.get_bytes(key).await {
+        let bytes = match self.get_bytes(key, crate::repo::limits::META).await {
             Err(Error::MissingObject { .. }) => return Ok(None),
             r => r?,
         };
@@ -230,7 +230,7 @@ impl Repository {
     /// Downloads and authenticates one piece: its raw records.
     pub async fn read_log_piece(&self, db: &str, tablet: &str, piece: Piece) -> Result<Vec<u8>> {
         let key = piece_key(db, tablet, piece);
-        let object = self.get_bytes(&key).await?;
+        let object = self.get_bytes(&key, crate::repo::limits::LOG_PIECE).await?;
         let keys = self.keys().clone();
         tokio::task::spawn_blocking(move || {
             keys.open(&key, ObjectKind::ArchiveLog, key.as_bytes(), &object)

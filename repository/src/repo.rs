@@ -56,6 +56,33 @@ fn unencrypted_key_id() -> KeyId {
     KeyId("none".into())
 }
 
+/// The largest object of each kind a reader accepts. Objects come from the bucket, so their
+/// size is checked before it becomes an allocation; each limit is far above what snapfleet
+/// writes and far below what would exhaust a host.
+pub(crate) mod limits {
+    const MIB: u64 = 1 << 20;
+    /// `snapfleet-repo.json`: a few key slots.
+    pub const CONFIG: u64 = MIB;
+    /// A chunk or a pack of small files: the decompression cap (256 MiB) plus the header.
+    pub const CHUNK: u64 = 256 * MIB + MIB;
+    /// ROOT, manifest pages, archive metadata: JSON, sealed.
+    pub const META: u64 = 64 * MIB;
+    /// A writer lease (plain JSON).
+    pub const LEASE: u64 = MIB;
+    /// One archived change-log piece (cut at 8 MiB of records, plus a tablet's last batch).
+    pub const LOG_PIECE: u64 = 256 * MIB + MIB;
+}
+
+fn oversized(key: &str, size: u64, max: u64) -> Error {
+    Error::corrupt(
+        key,
+        format!(
+            "it is {size} bytes, more than the {max} an object of its kind may have (replaced \
+             or damaged in the bucket; nothing was read)"
+        ),
+    )
+}
+
 fn path(key: &str) -> Path {
     Path::from(key)
 }
@@ -183,6 +210,9 @@ impl Repository {
 
     async fn load_config(store: &Arc<dyn ObjectStore>) -> Result<RepoConfig> {
         let bytes = match store.get(&path(CONFIG_KEY)).await {
+            Ok(r) if r.meta.size > limits::CONFIG => {
+                return Err(oversized(CONFIG_KEY, r.meta.size, limits::CONFIG))
+            }
             Ok(r) => r
                 .bytes()
                 .await
@@ -273,15 +303,29 @@ impl Repository {
         Ok(())
     }
 
-    /// Reads a whole object, retrying a body that fails mid-transfer.
-    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Bytes> {
+    /// Reads a whole object of at most `max` bytes, retrying a body that fails mid-transfer.
+    /// The size the store reports is checked before any of the body is read, and the body
+    /// again after: an oversized object in the bucket is a clear error, never an allocation
+    /// of whatever size it claims.
+    pub(crate) async fn get_bytes(&self, key: &str, max: u64) -> Result<Bytes> {
         let p = path(key);
-        self.body_retry
+        let got = self
+            .body_retry
             .run("get", &self.body_retries, || async {
-                self.store.get(&p).await?.bytes().await
+                let r = self.store.get(&p).await?;
+                if r.meta.size > max {
+                    return Ok(Err(r.meta.size));
+                }
+                let bytes = r.bytes().await?;
+                Ok(if bytes.len() as u64 > max {
+                    Err(bytes.len() as u64)
+                } else {
+                    Ok(bytes)
+                })
             })
             .await
-            .map_err(|e| Error::store("get", key, e))
+            .map_err(|e| Error::store("get", key, e))?;
+        got.map_err(|size| oversized(key, size, max))
     }
 
     pub(crate) async fn put_bytes(&self, key: &str, data: Vec<u8>) -> Result<()> {
@@ -370,7 +414,7 @@ impl Repository {
 
     /// Downloads a chunk and checks it (decrypt, decompress, re-hash).
     pub async fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let object = self.get_bytes(&id.object_key()).await?;
+        let object = self.get_bytes(&id.object_key(), limits::CHUNK).await?;
         let keys = self.keys.clone();
         let id = *id;
         tokio::task::spawn_blocking(move || open_chunk(&keys, &id, &object))

@@ -364,3 +364,65 @@ async fn restore_with_few_download_permits() {
         assert_same_tree(&src, &out);
     }
 }
+
+/// Oversized objects in the bucket (here sparse files that claim 64 GiB and cost no disk):
+/// a restore, ROOT, a lease listing and opening the repository each fail with a clear error
+/// at once, before reading any of the body. Before sizes were checked, the first read tried
+/// to allocate the whole object and the process aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_objects_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let repo = new_repo(store.clone()).await;
+    let src = dir.path().join("src");
+    make_tree(&src);
+    put_tree(&repo, &src, "b1").await;
+    let repo_dir = dir.path().join("repo");
+    let inflate = |rel: &str| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(repo_dir.join(rel))
+            .unwrap();
+        f.set_len(64 << 30).unwrap();
+    };
+    let started = std::time::Instant::now();
+
+    // A chunk: the restore stops with the chunk named, and writes nothing.
+    let (victim, _) = largest_chunk(&store).await;
+    inflate(victim.as_ref());
+    let out = dir.path().join("out");
+    let e = restore_backup(&repo, &BackupId::new("b1").unwrap(), &out)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("more than the") && e.to_string().contains(victim.as_ref()),
+        "{e}"
+    );
+
+    // ROOT.
+    inflate("backups/b1/ROOT");
+    let e = repo
+        .read_root(&BackupId::new("b1").unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("more than the"), "{e}");
+
+    // A lease.
+    std::fs::create_dir_all(repo_dir.join("locks")).unwrap();
+    inflate("locks/writer-hostile");
+    let e = list_leases(&repo).await.unwrap_err();
+    assert!(e.to_string().contains("more than the"), "{e}");
+
+    // The config: opening the repository is refused.
+    inflate("snapfleet-repo.json");
+    let e = Repository::open(store.clone(), PASS).await.err().unwrap();
+    assert!(e.to_string().contains("more than the"), "{e}");
+
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "refusals must not read the objects: {:?}",
+        started.elapsed()
+    );
+}

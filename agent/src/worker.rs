@@ -554,6 +554,8 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
         RestoreOptions {
             concurrency: ctx.streams,
             keep_verified: t.replay.is_none(),
+            // Staged files must be durable before the leader activates them.
+            sync: true,
         },
     );
     tokio::pin!(restore);

@@ -15,8 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" != 0 ] || ! command -v unshare >/dev/null; then
-  echo "test-setup: skipped (needs root and unshare for a mount namespace)" >&2
+if [ "$(id -u)" != 0 ] || ! command -v unshare >/dev/null || ! unshare -m true 2>/dev/null; then
+  echo "test-setup: skipped (needs root and a private mount namespace: unshare -m)" >&2
   exit 0
 fi
 

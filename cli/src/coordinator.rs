@@ -47,6 +47,25 @@ pub struct CoordinatorArgs {
     /// each change-log archive's checkpoint and lag (`snapfleet_archive_lag_seconds`).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow serving plaintext without roles (no --certs) on an address other than loopback,
+    /// and /metrics on a non-loopback address. Without it, such a replica refuses to start:
+    /// anyone who reaches it could submit jobs.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// Whether `addr` (HOST:PORT) binds only loopback.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(addr)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Subcommand)]
@@ -107,6 +126,22 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
     let peers = parse_peers(&a.peers)?;
     if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == a.id) {
         bail!("--peers must include this replica (id {})", a.id);
+    }
+    if a.certs.is_none() && !a.insecure && !is_loopback(&a.listen) {
+        bail!(
+            "refusing to serve plaintext without roles on {}: pass --certs DIR (mutual TLS, \
+             `snapfleet certs init`), listen on loopback, or pass --insecure if the network is \
+             private",
+            a.listen
+        );
+    }
+    if let Some(m) = a.metrics_listen {
+        if !a.insecure && !m.ip().is_loopback() {
+            bail!(
+                "refusing to serve unauthenticated /metrics on {m}: use a loopback address (and \
+                 a scraper on the host or a proxy with TLS), or pass --insecure"
+            );
+        }
     }
     let token = CancellationToken::new();
     crate::coord::cancel_on_signal(token.clone());

@@ -47,3 +47,25 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
 }
+
+/// A coordinator without certificates refuses to serve plaintext without roles anywhere but
+/// loopback, and unauthenticated /metrics likewise, unless told `--insecure`.
+#[test]
+fn plaintext_coordinator_only_on_loopback_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [
+        vec!["--listen", "0.0.0.0:0"],
+        vec!["--listen", "127.0.0.1:0", "--metrics-listen", "0.0.0.0:0"],
+    ] {
+        let out = Command::new(snapfleet_bin())
+            .args(["coordinator", "--id", "1", "--data"])
+            .arg(dir.path().join("c"))
+            .args(&extra)
+            .env_remove("SNAPFLEET_CERTS")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--insecure"), "{extra:?}: {err}");
+    }
+}

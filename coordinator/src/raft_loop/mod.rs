@@ -28,6 +28,15 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+// One concept a file: the handle (handle.rs), start-up (bootstrap.rs), membership
+// (membership.rs); this file holds the loop itself (tick, step, ready, apply, advance).
+mod bootstrap;
+mod handle;
+mod membership;
+
+pub use bootstrap::{open, read_state};
+use membership::change_members;
+
 /// Timing and compaction knobs of one replica.
 #[derive(Debug, Clone)]
 pub struct RaftTuning {
@@ -97,13 +106,6 @@ struct ChangeContext {
     members: BTreeMap<u64, String>,
 }
 
-/// The member addresses a committed conf change entry carries (`None` if it carries none).
-fn change_members(cc: &ConfChange) -> Option<BTreeMap<u64, String>> {
-    serde_json::from_slice::<ChangeContext>(&cc.context)
-        .ok()
-        .map(|c| c.members)
-}
-
 /// `RaftStatus::role` of a replica started with `--join` that has not been added yet.
 pub const ROLE_JOINING: &str = "joining";
 /// `RaftStatus::role` of a replica that has applied its own removal.
@@ -156,110 +158,6 @@ pub struct RaftHandle {
     effects: broadcast::Sender<Effect>,
 }
 
-impl RaftHandle {
-    /// The loop's input queue (for the transport's server side).
-    pub fn input(&self) -> InputSender {
-        self.tx.clone()
-    }
-
-    /// Effects of entries applied from now on (lossy: a slow receiver sees `Lagged`).
-    pub fn subscribe_effects(&self) -> broadcast::Receiver<Effect> {
-        self.effects.subscribe()
-    }
-
-    pub fn id(&self) -> ReplicaId {
-        ReplicaId(self.id)
-    }
-
-    pub fn status(&self) -> RaftStatus {
-        self.status.borrow().clone()
-    }
-
-    /// Wakes whenever the status changes (a new entry applied, a new leader, ...).
-    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
-        self.status.clone()
-    }
-
-    /// Every member's address, as this replica knows it now.
-    pub fn peers(&self) -> BTreeMap<u64, String> {
-        self.peers.read().expect("peers lock poisoned").clone()
-    }
-
-    /// The address of replica `id`, if it is a member.
-    pub fn peer_address(&self, id: u64) -> Option<String> {
-        self.peers
-            .read()
-            .expect("peers lock poisoned")
-            .get(&id)
-            .cloned()
-    }
-
-    /// `Ok` if this replica leads; otherwise where the leader is.
-    pub fn require_leader(&self) -> Result<()> {
-        if self.tx.is_closed() {
-            return Err(CoordinatorError::Stopped);
-        }
-        let st = self.status();
-        if st.is_leader() {
-            return Ok(());
-        }
-        if st.role == ROLE_JOINING || st.role == ROLE_REMOVED {
-            return Err(CoordinatorError::NotMember(st.id));
-        }
-        match self.peer_address(st.leader_id) {
-            Some(addr) if st.leader_id != 0 => Err(CoordinatorError::NotLeader {
-                leader: ReplicaId(st.leader_id),
-                address: addr.clone(),
-            }),
-            _ => Err(CoordinatorError::NoLeader),
-        }
-    }
-
-    /// Reads the local state machine (call `read_index` first for a linearizable read).
-    pub fn read<R>(&self, f: impl FnOnce(&StateMachine) -> R) -> R {
-        f(&self.state.read().expect("state machine lock poisoned"))
-    }
-
-    /// Replicates `cmd` and resolves once it has been applied here.
-    pub async fn propose(&self, cmd: Command) -> Result<Response> {
-        let (reply, rx) = oneshot::channel();
-        self.call(Input::Propose { cmd, reply }, rx).await
-    }
-
-    /// Adds or removes one replica; resolves once the change is applied here (leader only).
-    pub async fn change_membership(&self, change: MemberChange) -> Result<Membership> {
-        let (reply, rx) = oneshot::channel();
-        self.call(Input::ChangeMembership { change, reply }, rx)
-            .await
-    }
-
-    /// Asks the leader to hand over leadership to the most up-to-date other voter; returns
-    /// that voter's id (the transfer completes asynchronously).
-    pub async fn transfer_leadership(&self) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        self.call(Input::TransferLeader { reply }, rx).await
-    }
-
-    /// Waits until this replica has applied everything committed before the call, as
-    /// confirmed by a quorum (ReadIndex). Leader only.
-    pub async fn read_index(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.call(Input::ReadIndex { reply }, rx).await
-    }
-
-    async fn call<T>(&self, input: Input, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
-        self.tx
-            .send(input)
-            .await
-            .map_err(|_| CoordinatorError::Stopped)?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Err(_) => Err(CoordinatorError::Timeout(self.timeout)),
-            Ok(Err(_)) => Err(CoordinatorError::Stopped),
-            Ok(Ok(r)) => r,
-        }
-    }
-}
-
 /// The replica: RawNode, its storage, the state machine and the requests in flight.
 pub struct RaftLoop<O: Outbox> {
     raw: RawNode<SledStorage>,
@@ -287,45 +185,6 @@ pub struct RaftLoop<O: Outbox> {
     effects: broadcast::Sender<Effect>,
 }
 
-/// The state machine a stopped replica left in `data_dir`: its latest snapshot plus every
-/// committed entry after it, applied in order. For inspection and benchmarks; never call it
-/// on the directory of a running replica (sled admits one process at a time). After kill -9
-/// the commit index on disk may lag the log (it is re-learnt on restart): stop the replica
-/// gracefully first to see everything it applied.
-pub fn read_state(data_dir: &std::path::Path) -> Result<StateMachine> {
-    use raft::Storage as _;
-    let storage = SledStorage::open(data_dir)?;
-    let mut sm = StateMachine::restore(&storage.snapshot_data()?)
-        .map_err(|e| CoordinatorError::corrupt("state-machine snapshot", e))?;
-    let first = storage.first_index()?;
-    let commit = storage.hard_state()?.commit;
-    if commit >= first {
-        let entries = storage.entries(
-            first,
-            commit + 1,
-            None,
-            raft::GetEntriesContext::empty(false),
-        )?;
-        for entry in entries {
-            if entry.get_entry_type() == EntryType::EntryConfChange {
-                let cc = ConfChange::parse_from_bytes(&entry.data)
-                    .map_err(|e| CoordinatorError::corrupt("membership change", e))?;
-                if let Some(members) = change_members(&cc) {
-                    sm.set_members(members);
-                }
-                continue;
-            }
-            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-                continue;
-            }
-            let cmd: Command = serde_json::from_slice(&entry.data)
-                .map_err(|e| CoordinatorError::corrupt("log entry", e))?;
-            sm.apply(cmd);
-        }
-    }
-    Ok(sm)
-}
-
 /// A sender for the loop's input (the transport's server side uses it).
 pub type InputSender = mpsc::Sender<Input>;
 
@@ -336,101 +195,6 @@ pub enum Bootstrap {
     NewGroup,
     /// Joining an existing group: no voters until the leader adds this replica.
     Join,
-}
-
-/// Opens storage under `data_dir`, restores the state machine from the latest snapshot and
-/// returns the loop (to be run) and its handle. `peers` are the addresses known from the
-/// command line; once a membership change has been applied, the replicated addresses win.
-pub fn open<O: Outbox>(
-    id: u64,
-    peers: BTreeMap<u64, String>,
-    bootstrap: Bootstrap,
-    storage: SledStorage,
-    outbox: impl FnOnce(InputSender, &BTreeMap<u64, String>) -> O,
-    tuning: RaftTuning,
-) -> Result<(RaftLoop<O>, RaftHandle)> {
-    if id == 0 || (bootstrap == Bootstrap::NewGroup && !peers.contains_key(&id)) {
-        return Err(CoordinatorError::Config(format!(
-            "replica id {id} must be non-zero and listed in --peers ({:?})",
-            peers.keys().collect::<Vec<_>>()
-        )));
-    }
-    match bootstrap {
-        Bootstrap::NewGroup => storage.initialize(&peers.keys().copied().collect::<Vec<_>>())?,
-        Bootstrap::Join => storage.initialize(&[])?,
-    }
-    let snap = storage.snapshot_metadata()?;
-    let sm = StateMachine::restore(&storage.snapshot_data()?)
-        .map_err(|e| CoordinatorError::corrupt("state-machine snapshot", e))?;
-    let peers = if sm.members().is_empty() {
-        peers
-    } else {
-        sm.members().clone()
-    };
-    let sole_voter = storage.conf_state()?.voters == [id];
-    let cfg = raft::Config {
-        id,
-        election_tick: tuning.election_tick,
-        heartbeat_tick: tuning.heartbeat_tick,
-        applied: snap.index,
-        check_quorum: true,
-        pre_vote: true,
-        max_size_per_msg: 1 << 20,
-        max_inflight_msgs: 256,
-        ..Default::default()
-    };
-    cfg.validate()?;
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut raw = RawNode::new(&cfg, storage.clone(), &logger)?;
-    if sole_voter {
-        // Single-replica mode: no one to wait for.
-        raw.campaign()?;
-    }
-    let (tx, rx) = mpsc::channel(4096);
-    let (status_tx, status_rx) = watch::channel(RaftStatus {
-        id,
-        ..Default::default()
-    });
-    let (effects_tx, _) = broadcast::channel(1024);
-    let state = Arc::new(RwLock::new(sm));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    let timeout = tuning.request_timeout;
-    let outbox = outbox(tx.clone(), &peers);
-    let peers: Peers = Arc::new(RwLock::new(peers));
-    let lp = RaftLoop {
-        raw,
-        storage,
-        state: state.clone(),
-        outbox,
-        rx,
-        status: status_tx,
-        tuning,
-        next_request: seed,
-        proposals: HashMap::new(),
-        changes: HashMap::new(),
-        deferred_changes: Vec::new(),
-        election_barrier: 0,
-        peers: peers.clone(),
-        reads_unconfirmed: HashMap::new(),
-        reads_confirmed: Vec::new(),
-        applied: snap.index,
-        snapshot_index: snap.index,
-        role: StateRole::Follower,
-        effects: effects_tx.clone(),
-    };
-    let handle = RaftHandle {
-        id,
-        tx,
-        status: status_rx,
-        state,
-        timeout,
-        peers,
-        effects: effects_tx,
-    };
-    Ok((lp, handle))
 }
 
 impl<O: Outbox> RaftLoop<O> {
@@ -538,148 +302,6 @@ impl<O: Outbox> RaftLoop<O> {
                 self.raw.raft.id
             )),
         }
-    }
-
-    /// Validates a membership change against the current configuration and proposes it.
-    fn change_membership(
-        &mut self,
-        change: MemberChange,
-        reply: oneshot::Sender<Result<Membership>>,
-    ) {
-        if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(self.not_leader()));
-            return;
-        }
-        if self.raw.raft.has_pending_conf() {
-            if self.raw.raft.pending_conf_index <= self.election_barrier {
-                // Only this term's first entry is in the way: it applies in a moment.
-                self.deferred_changes.push((change, reply));
-            } else {
-                let _ = reply.send(Err(MembershipRefusal::Pending {
-                    index: self.raw.raft.pending_conf_index,
-                }
-                .into()));
-            }
-            return;
-        }
-        match self.propose_change(&change) {
-            Ok(rid) => {
-                self.changes.insert(rid, reply);
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-
-    fn propose_change(&mut self, change: &MemberChange) -> Result<u64> {
-        let conf = self.raw.raft.prs().conf().to_conf_state();
-        let is_member = |id: &u64| conf.voters.contains(id) || conf.learners.contains(id);
-        let mut members = self.peers.read().expect("peers lock poisoned").clone();
-        members.retain(|id, _| is_member(id));
-        let mut cc = ConfChange::default();
-        match change {
-            MemberChange::Add { id, address } => {
-                if *id == 0 {
-                    return Err(MembershipRefusal::InvalidId.into());
-                }
-                if address.rsplit_once(':').is_none_or(|(h, p)| {
-                    h.is_empty() || p.parse::<u16>().is_err() || address.contains('/')
-                }) {
-                    return Err(MembershipRefusal::InvalidAddress(address.clone()).into());
-                }
-                if is_member(id) {
-                    return Err(MembershipRefusal::AlreadyMember {
-                        id: *id,
-                        address: members.get(id).cloned().unwrap_or_default(),
-                    }
-                    .into());
-                }
-                if let Some((other, _)) = members.iter().find(|(_, a)| *a == address) {
-                    return Err(MembershipRefusal::AddressInUse {
-                        address: address.clone(),
-                        id: *other,
-                    }
-                    .into());
-                }
-                members.insert(*id, address.clone());
-                cc.set_change_type(ConfChangeType::AddNode);
-                cc.node_id = *id;
-            }
-            MemberChange::Remove { id } => {
-                if !is_member(id) {
-                    return Err(MembershipRefusal::NotMember(*id).into());
-                }
-                if conf.voters == [*id] {
-                    return Err(MembershipRefusal::LastVoter(*id).into());
-                }
-                if *id == self.raw.raft.id {
-                    return Err(MembershipRefusal::RemoveLeader.into());
-                }
-                members.remove(id);
-                cc.set_change_type(ConfChangeType::RemoveNode);
-                cc.node_id = *id;
-            }
-        }
-        cc.context = serde_json::to_vec(&ChangeContext { members })
-            .map_err(|e| CoordinatorError::corrupt("membership change", e))?
-            .into();
-        let rid = self.request_id();
-        self.raw
-            .propose_conf_change(rid.to_be_bytes().to_vec(), cc)
-            .map_err(|e| CoordinatorError::ProposalDropped(e.to_string()))?;
-        info!(?change, "membership change proposed");
-        Ok(rid)
-    }
-
-    /// Changes that waited for the leader's first entry: propose them now if it is applied.
-    fn retry_deferred_changes(&mut self) {
-        if self.deferred_changes.is_empty() {
-            return;
-        }
-        let leader = self.raw.raft.state == StateRole::Leader;
-        if leader
-            && self.raw.raft.has_pending_conf()
-            && self.raw.raft.pending_conf_index <= self.election_barrier
-        {
-            return;
-        }
-        for (change, reply) in std::mem::take(&mut self.deferred_changes) {
-            self.change_membership(change, reply);
-        }
-    }
-
-    fn transfer_leader(&mut self) -> Result<u64> {
-        if self.raw.raft.state != StateRole::Leader {
-            return Err(self.not_leader());
-        }
-        if self.raw.raft.has_pending_conf() {
-            return Err(MembershipRefusal::Pending {
-                index: self.raw.raft.pending_conf_index,
-            }
-            .into());
-        }
-        let me = self.raw.raft.id;
-        let conf = self.raw.raft.prs().conf().to_conf_state();
-        let target = conf
-            .voters
-            .iter()
-            .filter(|v| **v != me)
-            .max_by_key(|v| self.raw.raft.prs().get(**v).map(|p| p.matched).unwrap_or(0))
-            .copied()
-            .ok_or(MembershipRefusal::LastVoter(me))?;
-        info!(to = target, "handing leadership over");
-        self.raw.transfer_leader(target);
-        Ok(target)
-    }
-
-    /// Points the transport, the handle and the state machine at a new member set.
-    fn set_peers(&mut self, members: BTreeMap<u64, String>) {
-        if members.is_empty() {
-            return;
-        }
-        self.outbox.set_peers(&members);
-        *self.peers.write().expect("peers lock poisoned") = members;
     }
 
     fn fail_all(&mut self, err: impl Fn() -> CoordinatorError) {
@@ -829,104 +451,6 @@ impl<O: Outbox> RaftLoop<O> {
             if let Some(r) = reply {
                 let _ = r.send(applied.result.map_err(CoordinatorError::from));
             }
-        }
-        Ok(())
-    }
-
-    /// A committed membership change: apply it to raft-rs, persist the configuration and
-    /// the addresses, and point the transport at the new member set.
-    fn apply_change(&mut self, sm: &mut StateMachine, entry: &Entry) -> Result<()> {
-        let rid = u64::from_be_bytes(entry.context[..].try_into().unwrap_or([0; 8]));
-        let reply = self.changes.remove(&rid);
-        let cc = match ConfChange::parse_from_bytes(&entry.data) {
-            Ok(cc) => cc,
-            Err(e) => {
-                error!(index = entry.index, error = %e, "undecodable membership change skipped");
-                if let Some(r) = reply {
-                    let _ = r.send(Err(CoordinatorError::corrupt("membership change", e)));
-                }
-                return Ok(());
-            }
-        };
-        let before = self.raw.raft.prs().conf().to_conf_state();
-        if before.voters.is_empty() && before.learners.is_empty() {
-            // Only a replica that joined and was sent a log without the snapshot holding the
-            // group's configuration gets here; applying would make it a group of its own.
-            return Err(CoordinatorError::Config(format!(
-                "replica {} received membership change at index {} without the group's \
-                 configuration; wipe its data directory and add it again",
-                self.raw.raft.id, entry.index
-            )));
-        }
-        let cs: ConfState = match self.raw.apply_conf_change(&cc) {
-            Ok(cs) => cs,
-            Err(e) => {
-                error!(index = entry.index, error = %e, "membership change not applied");
-                if let Some(r) = reply {
-                    let _ = r.send(Err(e.into()));
-                }
-                return Ok(());
-            }
-        };
-        self.storage.set_conf_state(&cs)?;
-        let members = match change_members(&cc) {
-            Some(m) => m,
-            None => {
-                warn!(
-                    index = entry.index,
-                    "membership change without addresses; keeping the known ones"
-                );
-                let mut m = self.peers.read().expect("peers lock poisoned").clone();
-                m.retain(|id, _| cs.voters.contains(id) || cs.learners.contains(id));
-                m
-            }
-        };
-        info!(
-            index = entry.index,
-            change = ?cc.get_change_type(),
-            replica = cc.node_id,
-            voters = ?cs.voters,
-            "membership changed"
-        );
-        sm.set_members(members.clone());
-        self.set_peers(members.clone());
-        let me = self.raw.raft.id;
-        if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&me) {
-            // A leader that applied its own removal (elected while the removal was pending)
-            // would keep leading a group it is not in: hand over, or at least step down.
-            let target = cs
-                .voters
-                .iter()
-                .max_by_key(|v| self.raw.raft.prs().get(**v).map(|p| p.matched).unwrap_or(0))
-                .copied();
-            match target {
-                Some(t) => {
-                    warn!(
-                        to = t,
-                        "this leader was removed from the group; handing leadership over"
-                    );
-                    self.raw.transfer_leader(t);
-                }
-                None => {
-                    let term = self.raw.raft.term;
-                    self.raw.raft.become_follower(term + 1, raft::INVALID_ID);
-                }
-            }
-        }
-        if cc.get_change_type() == ConfChangeType::AddNode {
-            // raft-rs only installs a snapshot whose configuration names the recipient: every
-            // replica snapshots right at the addition, so whichever leads can catch the new
-            // replica up (its empty log cannot be caught up by entries: they start after the
-            // bootstrap snapshot).
-            self.storage
-                .compact_with_snapshot(entry.index, sm.snapshot())?;
-            self.snapshot_index = entry.index;
-        }
-        if let Some(r) = reply {
-            let _ = r.send(Ok(Membership {
-                index: entry.index,
-                members,
-            }));
         }
         Ok(())
     }

@@ -107,22 +107,6 @@ fn is_already_exists(e: &AdapterError) -> bool {
     matches!(e, AdapterError::AlreadyExists { .. })
 }
 
-/// Polls `f` until it returns `Some`, panicking after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn connect(h: &dyn Harness, c: &ClusterRef) -> Arc<dyn Database> {
     ok(
         h.adapter().connect(&c.address).await,

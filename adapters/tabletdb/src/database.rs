@@ -108,7 +108,7 @@ impl TabletdbDatabase {
     /// Removes a restore's staging areas (best effort; see the module doc).
     fn remove_staging(nodes: &HashMap<u32, NodeState>, restore: &RestoreId) {
         for n in nodes.values() {
-            let dir = staging::restore_dir(&n.data_dir, restore);
+            let dir = snapfleet_api::tasks::staging_dir(&n.data_dir, restore);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     warn!(dir = %dir.display(), error = %e, "cannot remove a restore's staging area");

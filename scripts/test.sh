@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 python3 scripts/check-layout.py
 cargo build --workspace --bins --tests
 echo "build: $(( $(date +%s) - start )) s" >&2
+# The systemd units in deploy/ parse against this binary and pass systemd-analyze verify.
+bash scripts/check-deploy.sh "${CARGO_TARGET_DIR:-target}/debug/snapfleet"
 cargo clippy --workspace --all-targets -- -D warnings
 
 if ! cargo nextest --version >/dev/null 2>&1; then

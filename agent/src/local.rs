@@ -19,6 +19,9 @@ pub struct LocalFleet {
     pub agents: Vec<Option<ChildProcess>>,
     /// Extra arguments for agents started from now on (e.g. drill flags in tests).
     pub agent_args: Vec<String>,
+    /// The cluster's `certs init` directory when it runs mutual TLS: coordinators serve
+    /// with its node identity, each agent gets its own `agent-<node id>` identity.
+    pub certs: Option<PathBuf>,
 }
 
 /// A free loopback port, for replicas that must know each other's address before starting.
@@ -64,6 +67,7 @@ impl LocalFleet {
             replica_addrs,
             agents: Vec::new(),
             agent_args: Vec::new(),
+            certs: cluster.opts.certs.clone(),
         };
         for id in 1..=f.coordinators.len() {
             f.start_coordinator(id)?;
@@ -101,6 +105,10 @@ impl LocalFleet {
             "--password-file".into(),
             self.password_file.display().to_string(),
         ];
+        if let Some(c) = &self.certs {
+            args.push("--certs".into());
+            args.push(c.display().to_string());
+        }
         if !single {
             args.push("--peers".into());
             args.push(
@@ -139,6 +147,26 @@ impl LocalFleet {
             "--password-file".into(),
             self.password_file.display().to_string(),
         ];
+        if let Some(ca) = &self.certs {
+            // The agent's own identity, signed by the cluster's CA: it serves node `id` only.
+            let dir = self.dir.join(format!("certs-agent-{id}"));
+            if !dir.join("client.pem").exists() {
+                let name = format!("agent-{id}");
+                snapfleet_api::tls::issue_into(
+                    ca,
+                    &dir,
+                    snapfleet_api::tls::Role::Agent,
+                    &name,
+                    &[],
+                    30,
+                )
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("issuing {name}'s certificate: {e}"))
+                })?;
+            }
+            args.push("--certs".into());
+            args.push(dir.display().to_string());
+        }
         args.extend(self.agent_args.iter().cloned());
         let child = spawn(&self.bin, &format!("agent {id}"), &args, &log)?;
         let idx = id as usize - 1;

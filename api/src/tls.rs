@@ -1,4 +1,4 @@
-//! Mutual TLS and roles for every coordinator RPC.
+//! Mutual TLS and roles for every RPC of the fleet: coordinators, agents and tabletdb.
 //!
 //! A certificate directory (`--certs DIR`, `$SNAPFLEET_CERTS`) holds `ca.pem` plus the
 //! identities a process may use: `node.pem`/`node.key` to serve (coordinator replicas) and to
@@ -121,6 +121,24 @@ pub fn allowed(path: &str) -> &'static [Role] {
         ("Coordinator", "SubmitJob" | "CancelJob" | "PutSchedule" | "DeleteSchedule") => {
             &[Operator, Admin]
         }
+        // tabletdb's master. Nodes register with their node identity; coordinator replicas
+        // (node identity too) snapshot, restore and clone for the jobs they drive, operators
+        // run DDL, clones and in-place restores; agents read the catalog and the clock.
+        ("Master", "RegisterNode") => &[Node, Admin],
+        ("Master", "GetCatalog" | "Now" | "ListSnapshots") => {
+            &[ReadOnly, Operator, Agent, Node, Admin]
+        }
+        ("Master", _) => &[Operator, Node, Admin],
+        // tabletdb's nodes. The master (node identity) places, snapshots and clones tablets;
+        // agents import restored tablets and read the change log; operators write rows.
+        ("TabletServer", "Read" | "Scan" | "NodeStatus") => {
+            &[ReadOnly, Operator, Agent, Node, Admin]
+        }
+        ("TabletServer", "Write") => &[Operator, Node, Admin],
+        ("TabletServer", "ImportTablet" | "ReadChangeLog" | "CompactTablet") => {
+            &[Agent, Operator, Node, Admin]
+        }
+        ("TabletServer", _) => &[Node, Admin],
         _ => &[Admin],
     }
 }
@@ -677,6 +695,20 @@ mod tests {
             &[Role::Admin]
         );
         assert_eq!(allowed("/x/y"), &[Role::Admin]);
+        // tabletdb: an agent imports tablets but neither writes rows nor runs DDL; a
+        // read-only certificate reads rows only.
+        let ts = |m: &str| allowed(&format!("/snapfleet.tabletdb.v1.TabletServer/{m}"));
+        let ms = |m: &str| allowed(&format!("/snapfleet.tabletdb.v1.Master/{m}"));
+        assert!(ts("ImportTablet").contains(&Role::Agent));
+        assert!(!ts("Write").contains(&Role::Agent));
+        assert!(!ts("Write").contains(&Role::ReadOnly));
+        assert!(ts("Scan").contains(&Role::ReadOnly));
+        assert!(!ts("CreateTablet").contains(&Role::Operator));
+        assert!(!ms("DropTable").contains(&Role::Agent));
+        assert!(!ms("RestoreToTime").contains(&Role::Agent));
+        assert!(!ms("RestoreToTime").contains(&Role::ReadOnly));
+        assert!(ms("RestoreToTime").contains(&Role::Node));
+        assert!(!ms("RegisterNode").contains(&Role::Agent));
     }
 
     #[test]

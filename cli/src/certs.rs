@@ -33,9 +33,6 @@ pub enum CertsCmd {
     /// node (a coordinator replica). Writes ca.pem plus client.pem/client.key (node.pem/node.key
     /// for role node) into --out, ready to pass as `--certs`.
     Issue {
-        /// The `certs init` directory holding ca.pem and ca.key.
-        #[arg(long, env = "SNAPFLEET_CERTS")]
-        certs: PathBuf,
         /// admin, operator, agent, read-only or node.
         #[arg(long)]
         role: String,
@@ -55,14 +52,14 @@ pub enum CertsCmd {
     },
 }
 
-pub fn run(cmd: CertsCmd, json: bool) -> Result<()> {
+/// `certs`: the global `--certs`, for `issue` the `certs init` directory holding the CA.
+pub fn run(cmd: CertsCmd, certs: Option<PathBuf>, json: bool) -> Result<()> {
     let (files, what) = match cmd {
         CertsCmd::Init { out, hosts, days } => (
             tls::init_dir(&out, &hosts, days).context("certs init")?,
             "CA, node identity and admin client identity".to_string(),
         ),
         CertsCmd::Issue {
-            certs,
             role,
             name,
             out,
@@ -70,6 +67,9 @@ pub fn run(cmd: CertsCmd, json: bool) -> Result<()> {
             days,
         } => {
             let role: Role = role.parse()?;
+            let certs = certs.context(
+                "--certs DIR is required: the `certs init` directory holding ca.pem and ca.key",
+            )?;
             (
                 tls::issue_into(&certs, &out, role, &name, &hosts, days).context("certs issue")?,
                 format!("{role} identity {name:?}"),

@@ -22,19 +22,40 @@ pub struct CoordArg {
     /// Coordinator replicas (any; the leader is found): HOST:PORT[,HOST:PORT…].
     #[arg(long, env = "SNAPFLEET_COORDINATOR", default_value = "127.0.0.1:7000")]
     pub coordinator: String,
-    /// Certificate directory for mutual TLS (`snapfleet certs init|issue`); absent = plaintext.
-    #[arg(long, env = "SNAPFLEET_CERTS")]
-    pub certs: Option<PathBuf>,
+}
+
+static CERTS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Records the global `--certs` (once, at start-up).
+pub fn set_certs(certs: Option<PathBuf>) {
+    let _ = CERTS.set(certs);
+}
+
+/// The global `--certs` directory, if given.
+pub fn certs() -> Option<&'static std::path::Path> {
+    CERTS.get().and_then(|c| c.as_deref())
+}
+
+/// The TLS identity of `--certs`, loaded and checked (None without it). tabletdb
+/// connections this process makes from now on use it too: the node identity when
+/// `as_node` (servers), else the client one.
+pub fn load_tls(as_node: bool) -> Result<Option<Arc<Tls>>> {
+    let tls = certs().map(Tls::load).transpose().with_context(|| {
+        format!(
+            "--certs {}",
+            certs().unwrap_or(std::path::Path::new("")).display()
+        )
+    })?;
+    if let Some(t) = &tls {
+        snapfleet_tabletdb::security::use_client_tls(t, as_node);
+    }
+    Ok(tls)
 }
 
 impl CoordArg {
     /// The TLS identity of `--certs`, loaded and checked (None without it).
     pub fn tls(&self) -> Result<Option<Arc<Tls>>> {
-        self.certs
-            .as_deref()
-            .map(Tls::load)
-            .transpose()
-            .context("--certs")
+        load_tls(false)
     }
 
     /// A leader-following client for `--coordinator`, over TLS with `--certs`.

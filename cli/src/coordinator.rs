@@ -38,11 +38,6 @@ pub struct CoordinatorArgs {
     /// restore (also: $SNAPFLEET_PASSWORD_FILE, $SNAPFLEET_PASSWORD).
     #[arg(long)]
     password_file: Option<PathBuf>,
-    /// Certificate directory (`snapfleet certs init|issue`): serve mutual TLS with node.pem and
-    /// enforce each caller's role; replicas talk to each other with the same identity.
-    /// Absent: plaintext, no roles (only for the local demo and tests).
-    #[arg(long, env = "SNAPFLEET_CERTS")]
-    certs: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (`/metrics`): Raft state, active jobs, and
     /// each change-log archive's checkpoint and lag (`snapfleet_archive_lag_seconds`).
     #[arg(long)]
@@ -127,7 +122,7 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
     if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == a.id) {
         bail!("--peers must include this replica (id {})", a.id);
     }
-    if a.certs.is_none() && !a.insecure && !is_loopback(&a.listen) {
+    if crate::coord::certs().is_none() && !a.insecure && !is_loopback(&a.listen) {
         bail!(
             "refusing to serve plaintext without roles on {}: pass --certs DIR (mutual TLS, \
              `snapfleet certs init`), listen on loopback, or pass --insecure if the network is \
@@ -146,12 +141,9 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
     let token = CancellationToken::new();
     crate::coord::cancel_on_signal(token.clone());
     let mut config = Config::new(a.id, a.listen, peers, a.data);
-    config.tls = a
-        .certs
-        .as_deref()
-        .map(snapfleet_coordinator::tls::Tls::load)
-        .transpose()
-        .context("--certs")?;
+    // --certs (global): serve mutual TLS with node.pem and enforce each caller's role;
+    // replicas and the job drivers (towards tabletdb) dial with the same node identity.
+    config.tls = crate::coord::load_tls(true)?;
     config.join = a.join;
     config.metrics = a.metrics_listen;
     let repos = Repos::new(Passphrase {

@@ -46,6 +46,9 @@ pub enum DbCmd {
         /// Tablets per table when CREATE TABLE does not say.
         #[arg(long, default_value_t = 6)]
         default_tablets: u32,
+        /// Serve plaintext without roles (no --certs) on an address other than loopback.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run a tablet server.
     Node {
@@ -64,6 +67,9 @@ pub enum DbCmd {
         /// Keep versions this long for reads in the past (0s = keep all).
         #[arg(long, default_value = "15m")]
         history_retention: String,
+        /// Serve plaintext without roles (no --certs) on an address other than loopback.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run SQL (a small subset): CREATE/DROP, INSERT, SELECT, DELETE, SHOW TABLES.
     Sql {
@@ -210,6 +216,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 pub async fn connect(m: &MasterArg) -> Result<Client> {
+    crate::coord::load_tls(false)?;
     Client::connect(&m.master).await.with_context(|| {
         format!(
             "connecting to the tabletdb master at {} (start one with `snapfleet db up --data DIR`, or pass --master)",
@@ -237,6 +244,7 @@ pub async fn run(cmd: DbCmd, json: bool) -> Result<()> {
                     history_retention,
                     default_tablets,
                     master_listen,
+                    certs: crate::coord::certs().map(|c| c.to_path_buf()),
                 },
             )?;
             let client = cluster.client().await?;
@@ -268,11 +276,14 @@ pub async fn run(cmd: DbCmd, json: bool) -> Result<()> {
             data,
             listen,
             default_tablets,
+            insecure,
         } => Ok(run_master(
             MasterConfig {
                 data_dir: data,
                 listen,
                 default_tablets,
+                tls: crate::coord::load_tls(true)?,
+                insecure,
             },
             shutdown_signal(),
         )
@@ -284,6 +295,7 @@ pub async fn run(cmd: DbCmd, json: bool) -> Result<()> {
             advertise,
             master,
             history_retention,
+            insecure,
         } => {
             if id == 0 {
                 bail!("--id must be a positive number");
@@ -296,6 +308,8 @@ pub async fn run(cmd: DbCmd, json: bool) -> Result<()> {
                     advertise,
                     master,
                     history_retention: parse_duration(&history_retention)?,
+                    tls: crate::coord::load_tls(true)?,
+                    insecure,
                 },
                 shutdown_signal(),
             )

@@ -38,6 +38,12 @@ struct Cli {
     /// Machine-readable output: one JSON document on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Certificate directory for mutual TLS (`snapfleet certs init|issue`): this process's
+    /// identity towards coordinators and tabletdb, and for servers (coordinator, db master,
+    /// db node) the identity they serve with. Absent: plaintext, no roles (loopback only).
+    /// For `certs issue`: the `certs init` directory holding the CA.
+    #[arg(long, global = true, env = "SNAPFLEET_CERTS")]
+    certs: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -107,6 +113,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    coord::set_certs(cli.certs.clone());
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Coordinator(a) => coordinator::run_replica(a).await,
@@ -115,7 +122,7 @@ fn main() {
             Cmd::Restore(a) => restore::run_restore(a, cli.json).await,
             Cmd::Job(c) => job::run_job(c, cli.json).await,
             Cmd::Cluster(c) => coordinator::run_cluster(c, cli.json).await,
-            Cmd::Certs(c) => certs::run(c, cli.json),
+            Cmd::Certs(c) => certs::run(c, cli.certs, cli.json),
             Cmd::Db(c) => db::run(c, cli.json).await,
             Cmd::Demo(a) => demo::run(a, cli.json).await,
             Cmd::Pitr(c) => pitr::run(c, cli.json).await,

@@ -16,15 +16,14 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 fn endpoint(addr: &str) -> Result<Endpoint> {
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(url)
-        .map_err(|e| Error::InvalidArgument(format!("bad address {addr:?}: {e}")))?
+    // TLS when this process was given certificates (`security::use_client_tls`); an idle
+    // connection is probed so a dead peer is noticed in seconds, not at the next timeout.
+    Ok(crate::security::endpoint(addr)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(120))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true))
 }
 

@@ -17,6 +17,7 @@ pub mod local;
 pub mod master;
 pub mod node;
 pub mod restore;
+pub mod security;
 pub mod sql;
 pub mod tablet;
 pub mod types;

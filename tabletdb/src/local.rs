@@ -57,6 +57,9 @@ pub struct LocalOptions {
     pub default_tablets: u32,
     /// Where the master listens (`127.0.0.1:0` = any free port).
     pub master_listen: String,
+    /// A `snapfleet certs init` directory: the master and nodes serve mutual TLS with its
+    /// node identity, and [`LocalCluster::client`] dials with its admin identity.
+    pub certs: Option<PathBuf>,
 }
 
 impl Default for LocalOptions {
@@ -66,6 +69,7 @@ impl Default for LocalOptions {
             history_retention: "15m".into(),
             default_tablets: 6,
             master_listen: "127.0.0.1:0".into(),
+            certs: None,
         }
     }
 }
@@ -184,24 +188,28 @@ impl LocalCluster {
         };
         let _ = std::fs::remove_file(&addr_file);
         let log = self.dir.join("master.log");
-        let mut child = spawn(
-            &self.bin,
-            "master",
-            &[
-                "db".into(),
-                "master".into(),
-                "--data".into(),
-                data.display().to_string(),
-                "--listen".into(),
-                listen,
-                "--default-tablets".into(),
-                self.opts.default_tablets.to_string(),
-            ],
-            &log,
-        )?;
+        let mut args: Vec<String> = vec![
+            "db".into(),
+            "master".into(),
+            "--data".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            listen,
+            "--default-tablets".into(),
+            self.opts.default_tablets.to_string(),
+        ];
+        args.extend(self.certs_args());
+        let mut child = spawn(&self.bin, "master", &args, &log)?;
         self.master_addr = wait_for_file(&addr_file, &mut child, &log)?;
         self.master = Some(child);
         Ok(())
+    }
+
+    fn certs_args(&self) -> Vec<String> {
+        match &self.opts.certs {
+            Some(c) => vec!["--certs".into(), c.display().to_string()],
+            None => Vec::new(),
+        }
     }
 
     /// Starts (or restarts) node `id` (1-based) on a free port.
@@ -211,25 +219,22 @@ impl LocalCluster {
         let addr_file = data.join("node.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = self.dir.join(format!("node-{id}.log"));
-        let mut child = spawn(
-            &self.bin,
-            &format!("node {id}"),
-            &[
-                "db".into(),
-                "node".into(),
-                "--id".into(),
-                id.to_string(),
-                "--data".into(),
-                data.display().to_string(),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--master".into(),
-                self.master_addr.clone(),
-                "--history-retention".into(),
-                self.opts.history_retention.clone(),
-            ],
-            &log,
-        )?;
+        let mut args: Vec<String> = vec![
+            "db".into(),
+            "node".into(),
+            "--id".into(),
+            id.to_string(),
+            "--data".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--master".into(),
+            self.master_addr.clone(),
+            "--history-retention".into(),
+            self.opts.history_retention.clone(),
+        ];
+        args.extend(self.certs_args());
+        let mut child = spawn(&self.bin, &format!("node {id}"), &args, &log)?;
         wait_for_file(&addr_file, &mut child, &log)?;
         let idx = id as usize - 1;
         if self.nodes.len() <= idx {
@@ -255,6 +260,11 @@ impl LocalCluster {
 
     /// Connects a client and waits until every started node has registered and is live.
     pub async fn client(&self) -> Result<Client> {
+        if let Some(dir) = &self.opts.certs {
+            let tls = snapfleet_api::tls::Tls::load(dir)
+                .map_err(|e| Error::InvalidArgument(format!("certificates: {e}")))?;
+            crate::security::use_client_tls(&tls, false);
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         let want: Vec<NodeId> = self
             .nodes

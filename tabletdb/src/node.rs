@@ -30,6 +30,10 @@ pub struct NodeConfig {
     pub master: String,
     /// Versions older than this may be compacted away (0 = keep all).
     pub history_retention: Duration,
+    /// Mutual TLS with roles (`--certs`); None serves plaintext, on loopback only unless
+    /// `insecure`.
+    pub tls: Option<Arc<snapfleet_api::tls::Tls>>,
+    pub insecure: bool,
 }
 
 /// Shared state of a running node.
@@ -832,6 +836,11 @@ async fn housekeeping_loop(state: Arc<NodeState>) {
 
 /// Runs a node until `shutdown` resolves. Writes the bound address to `<data>/node.addr`.
 pub async fn run_node(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    let builder = crate::security::server("node", cfg.listen, cfg.tls.as_deref(), cfg.insecure)?;
+    if let Some(t) = &cfg.tls {
+        // The node dials the master (heartbeats) with its node identity.
+        crate::security::use_client_tls(t, true);
+    }
     let state = Arc::new(NodeState::open(
         cfg.node_id,
         &cfg.data_dir,
@@ -853,7 +862,7 @@ pub async fn run_node(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send
     let hk = tokio::spawn(housekeeping_loop(state.clone()));
     write_addr_file(&cfg.data_dir.join("node.addr"), &advertise)?;
     let node_id = cfg.node_id;
-    let res = tonic::transport::Server::builder()
+    let res = builder
         .trace_fn(move |req| tracing::info_span!("rpc", node = node_id, method = %req.uri().path()))
         .add_service(
             TabletServerServer::new(TabletService::new(state))

@@ -165,6 +165,8 @@ impl CounterWriter {
 pub struct TestFleet {
     pub db: TestCluster,
     pub fleet: snapfleet_agent::local::LocalFleet,
+    /// The CA and admin identity of a `start_tls` fleet (removed after the processes stop).
+    pub certs: Option<tempfile::TempDir>,
 }
 
 /// A repository in `dir/repo` with a passphrase file `dir/pass`: (url, passphrase file).
@@ -196,7 +198,39 @@ impl TestFleet {
 
     /// With `replicas` coordinator replicas.
     pub fn start_with(nodes: u32, password_file: &std::path::Path, replicas: usize) -> Self {
-        let db = TestCluster::start(nodes);
+        Self::start_opts(
+            LocalOptions {
+                nodes,
+                ..Default::default()
+            },
+            password_file,
+            replicas,
+        )
+    }
+
+    /// Every process with `--certs`: a CA made for this fleet (`certs init` in the
+    /// cluster's directory, whose admin identity the tests' CLI calls and clients use).
+    pub fn start_tls(nodes: u32, password_file: &std::path::Path) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("snapfleet-certs-")
+            .tempdir()
+            .expect("temp dir");
+        snapfleet_api::tls::init_dir(dir.path(), &[], 30).expect("certs init");
+        let mut f = Self::start_opts(
+            LocalOptions {
+                nodes,
+                certs: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            },
+            password_file,
+            1,
+        );
+        f.certs = Some(dir);
+        f
+    }
+
+    fn start_opts(opts: LocalOptions, password_file: &std::path::Path, replicas: usize) -> Self {
+        let db = TestCluster::start_with(opts);
         let fleet = snapfleet_agent::local::LocalFleet::start_with(
             &snapfleet_bin(),
             &db.dir.path().join("fleet"),
@@ -205,7 +239,11 @@ impl TestFleet {
             replicas,
         )
         .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
-        Self { db, fleet }
+        Self {
+            db,
+            fleet,
+            certs: None,
+        }
     }
 
     /// The id of the coordinator replica that leads now (polls up to 60 s).
@@ -242,6 +280,7 @@ impl TestFleet {
             .args(args)
             .env("SNAPFLEET_COORDINATOR", &self.fleet.coordinator_addr)
             .env("SNAPFLEET_DB_MASTER", &self.db.master_addr)
+            .envs(self.db.opts.certs.iter().map(|c| ("SNAPFLEET_CERTS", c)))
             .output()
             .expect("running snapfleet");
         let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);

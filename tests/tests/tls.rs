@@ -353,3 +353,156 @@ async fn mutual_tls_with_roles_guards_every_rpc() {
         .clone();
     assert_eq!(listed["state"], "succeeded", "{listed}");
 }
+
+/// `snapfleet --json db sql --db app SQL` as the holder of `certs` (None: no certificate).
+fn db_sql(master: &str, certs: Option<&Path>, sql: &str) -> Output {
+    let mut cmd = Command::new(snapfleet_bin());
+    cmd.args([
+        "--json", "db", "sql", "--master", master, "--db", "app", sql,
+    ])
+    .env_remove("SNAPFLEET_CERTS");
+    if let Some(c) = certs {
+        cmd.arg("--certs").arg(c);
+    }
+    cmd.output().unwrap()
+}
+
+fn err(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// With `--certs`, every process of the fleet talks mutual TLS: the tabletdb master and
+/// nodes, the coordinator, the agents and the CLI. A backup and a restore go through all
+/// of them; tabletdb refuses a caller without a certificate, with a stranger's, or with a
+/// role that may not call the method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_of_the_fleet_talks_mutual_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, pass) = snapfleet_tests::init_repo(tmp.path()).await;
+    let f = snapfleet_tests::TestFleet::start_tls(3, &pass);
+    let ca = f.db.opts.certs.clone().unwrap();
+    let master = f.db.master_addr.clone();
+
+    // The admin identity of `certs init` creates and fills a table over TLS.
+    let client = f.db.client().await.unwrap();
+    client.create_database("app", false).await.unwrap();
+    let admin = db_sql(
+        &master,
+        Some(&ca),
+        "CREATE TABLE kv (k int8 PRIMARY KEY, v text) WITH (tablets = 4); \
+         INSERT INTO kv VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, 'e')",
+    );
+    ok(&admin);
+
+    // Backup and restore under a new name: coordinator → master (node identity), agents →
+    // nodes (agent identities), master → nodes (node identity), all TLS with roles.
+    let v = f.backup_wait("app", &url, pass.to_str().unwrap(), &[]);
+    let at = snapfleet_tabletdb::HybridTime(v["result"]["hybrid_time"].as_u64().unwrap());
+    let id = v["result"]["backup_id"].as_str().unwrap().to_string();
+    let (okr, r, e) = f.snapfleet(&[
+        "restore",
+        "--backup",
+        &id,
+        "--repo",
+        &url,
+        "--password-file",
+        pass.to_str().unwrap(),
+        "--db",
+        "copy",
+        "--wait",
+    ]);
+    assert!(okr, "restore over TLS failed: {e}\n{r}");
+    let a = snapfleet_tabletdb::verify::table_checksum(&client, "app", "kv", Some(at))
+        .await
+        .unwrap();
+    let b = snapfleet_tabletdb::verify::table_checksum(&client, "copy", "kv", None)
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.rows, 5);
+
+    // No certificate: plaintext to a TLS master is refused.
+    let e = err(&db_sql(&master, None, "SELECT * FROM kv"));
+    assert!(e.contains("master"), "{e}");
+    // ...and so is plaintext to a node.
+    let node = std::fs::read_to_string(f.db.node_dir(1).join("node.addr")).unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.trim()))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = ch {
+        let r = snapfleet_tabletdb::pb::tablet_server_client::TabletServerClient::new(ch)
+            .node_status(snapfleet_tabletdb::pb::NodeStatusRequest {})
+            .await;
+        assert!(r.is_err(), "a node answered plaintext: {r:?}");
+    }
+    // A stranger's CA: the handshake fails.
+    let stranger = tmp.path().join("stranger");
+    ok(&snapfleet(&[
+        "certs",
+        "init",
+        "--out",
+        stranger.to_str().unwrap(),
+    ]));
+    err(&db_sql(&master, Some(&stranger), "SELECT * FROM kv"));
+    // read-only reads rows but may not write them; an agent may not drop a table.
+    let issue = |role: &str, name: &str| {
+        let out = tmp.path().join(name);
+        ok(&snapfleet(&[
+            "certs",
+            "issue",
+            "--certs",
+            ca.to_str().unwrap(),
+            "--role",
+            role,
+            "--name",
+            name,
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        out
+    };
+    let auditor = issue("read-only", "auditor");
+    let rows = ok(&db_sql(&master, Some(&auditor), "SELECT * FROM kv"));
+    assert!(rows.contains("\"e\""), "{rows}");
+    let e = err(&db_sql(
+        &master,
+        Some(&auditor),
+        "INSERT INTO kv VALUES (9, 'z')",
+    ));
+    assert!(
+        e.contains("auditor") && e.contains("read-only") && e.contains("Write"),
+        "the refusal names the certificate, its role and the method: {e}"
+    );
+    let agent = issue("agent", "agent-1");
+    let e = err(&db_sql(&master, Some(&agent), "DROP TABLE kv"));
+    assert!(e.contains("agent-1") && e.contains("DropTable"), "{e}");
+    // Without certificates a master or node refuses a non-loopback address.
+    for args in [
+        vec!["db", "master", "--listen", "0.0.0.0:0"],
+        vec!["db", "node", "--id", "1", "--listen", "0.0.0.0:0"],
+    ] {
+        let out = Command::new(snapfleet_bin())
+            .args(&args)
+            .arg("--data")
+            .arg(tmp.path().join("plain"))
+            .env_remove("SNAPFLEET_CERTS")
+            .output()
+            .unwrap();
+        let e = err(&out);
+        assert!(
+            e.contains("refusing to serve") && e.contains("--insecure"),
+            "{e}"
+        );
+    }
+    // Nothing the refused callers tried changed the table.
+    let again = snapfleet_tabletdb::verify::table_checksum(&client, "app", "kv", None)
+        .await
+        .unwrap();
+    assert_eq!(again, a);
+}

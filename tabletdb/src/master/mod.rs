@@ -41,6 +41,10 @@ pub struct MasterConfig {
     pub listen: SocketAddr,
     /// Tablets per table when CREATE TABLE does not say.
     pub default_tablets: u32,
+    /// Mutual TLS with roles (`--certs`); None serves plaintext, on loopback only unless
+    /// `insecure`.
+    pub tls: Option<std::sync::Arc<snapfleet_api::tls::Tls>>,
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -670,6 +674,11 @@ pub async fn run_master(
     cfg: MasterConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
+    let builder = crate::security::server("master", cfg.listen, cfg.tls.as_deref(), cfg.insecure)?;
+    if let Some(t) = &cfg.tls {
+        // The master dials nodes with its node identity.
+        crate::security::use_client_tls(t, true);
+    }
     let svc = MasterService::open(&cfg.data_dir, cfg.default_tablets)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -679,7 +688,7 @@ pub async fn run_master(
         .map_err(|e| Error::io(cfg.listen.to_string(), e))?;
     info!(address = %bound, data = %cfg.data_dir.display(), "master listening");
     crate::node::write_addr_file(&cfg.data_dir.join("master.addr"), &bound.to_string())?;
-    tonic::transport::Server::builder()
+    builder
         .trace_fn(|req| tracing::info_span!("rpc", role = "master", method = %req.uri().path()))
         .add_service(MasterServer::new(svc))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -14,6 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # crate -> snapfleet crates it must never reach (directly or transitively).
 FORBIDDEN = {
+    "snapfleet-tls": ["snapfleet-proto", "snapfleet-api", "snapfleet-coordinator",
+                      "snapfleet-agent", "snapfleet-jobs", "snapfleet-repository",
+                      "snapfleet-tabletdb"],
     "snapfleet-api": ["snapfleet-coordinator", "snapfleet-agent", "snapfleet-jobs",
                       "snapfleet-repository", "snapfleet-tabletdb"],
     "snapfleet-coordinator": ["snapfleet-agent", "snapfleet-jobs", "snapfleet-repository",

@@ -14,7 +14,7 @@
 pub mod client;
 pub mod ids;
 pub mod tasks;
-pub mod tls;
+pub use snapfleet_tls as tls;
 
 /// The coordinator's generated gRPC code (from `proto/proto/coordinator.proto`).
 pub use snapfleet_proto::coordinator as pb;

@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use snapfleet_coordinator::tls::{self, Role};
 use std::path::PathBuf;
+use std::sync::Arc;
+use tls::Tls;
 
 #[derive(Subcommand)]
 pub enum CertsCmd {
@@ -88,4 +90,32 @@ pub fn run(cmd: CertsCmd, certs: Option<PathBuf>, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+static CERTS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Records the global `--certs` (once, at start-up).
+pub fn set_certs(certs: Option<PathBuf>) {
+    let _ = CERTS.set(certs);
+}
+
+/// The global `--certs` directory, if given.
+pub fn certs() -> Option<&'static std::path::Path> {
+    CERTS.get().and_then(|c| c.as_deref())
+}
+
+/// The TLS identity of `--certs`, loaded and checked (None without it). tabletdb
+/// connections this process makes from now on use it too: the node identity when
+/// `as_node` (servers), else the client one.
+pub fn load_tls(as_node: bool) -> Result<Option<Arc<Tls>>> {
+    let tls = certs().map(Tls::load).transpose().with_context(|| {
+        format!(
+            "--certs {}",
+            certs().unwrap_or(std::path::Path::new("")).display()
+        )
+    })?;
+    if let Some(t) = &tls {
+        snapfleet_tabletdb::security::use_client_tls(t, as_node);
+    }
+    Ok(tls)
 }

@@ -4,7 +4,7 @@
 //! of them.
 
 use crate::util::{human_bytes, human_duration};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use snapfleet_coordinator::client::Leader;
@@ -13,7 +13,6 @@ use snapfleet_coordinator::pb::{self as cpb};
 use snapfleet_coordinator::tls::Tls;
 use snapfleet_coordinator::CancellationToken;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,38 +23,10 @@ pub struct CoordArg {
     pub coordinator: String,
 }
 
-static CERTS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-
-/// Records the global `--certs` (once, at start-up).
-pub fn set_certs(certs: Option<PathBuf>) {
-    let _ = CERTS.set(certs);
-}
-
-/// The global `--certs` directory, if given.
-pub fn certs() -> Option<&'static std::path::Path> {
-    CERTS.get().and_then(|c| c.as_deref())
-}
-
-/// The TLS identity of `--certs`, loaded and checked (None without it). tabletdb
-/// connections this process makes from now on use it too: the node identity when
-/// `as_node` (servers), else the client one.
-pub fn load_tls(as_node: bool) -> Result<Option<Arc<Tls>>> {
-    let tls = certs().map(Tls::load).transpose().with_context(|| {
-        format!(
-            "--certs {}",
-            certs().unwrap_or(std::path::Path::new("")).display()
-        )
-    })?;
-    if let Some(t) = &tls {
-        snapfleet_tabletdb::security::use_client_tls(t, as_node);
-    }
-    Ok(tls)
-}
-
 impl CoordArg {
     /// The TLS identity of `--certs`, loaded and checked (None without it).
     pub fn tls(&self) -> Result<Option<Arc<Tls>>> {
-        load_tls(false)
+        crate::certs::load_tls(false)
     }
 
     /// A leader-following client for `--coordinator`, over TLS with `--certs`.

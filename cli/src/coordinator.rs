@@ -122,7 +122,7 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
     if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == a.id) {
         bail!("--peers must include this replica (id {})", a.id);
     }
-    if crate::coord::certs().is_none() && !a.insecure && !is_loopback(&a.listen) {
+    if crate::certs::certs().is_none() && !a.insecure && !is_loopback(&a.listen) {
         bail!(
             "refusing to serve plaintext without roles on {}: pass --certs DIR (mutual TLS, \
              `snapfleet certs init`), listen on loopback, or pass --insecure if the network is \
@@ -143,7 +143,7 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
     let mut config = Config::new(a.id, a.listen, peers, a.data);
     // --certs (global): serve mutual TLS with node.pem and enforce each caller's role;
     // replicas and the job drivers (towards tabletdb) dial with the same node identity.
-    config.tls = crate::coord::load_tls(true)?;
+    config.tls = crate::certs::load_tls(true)?;
     config.join = a.join;
     config.metrics = a.metrics_listen;
     let repos = Repos::new(Passphrase {

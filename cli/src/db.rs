@@ -216,7 +216,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 pub async fn connect(m: &MasterArg) -> Result<Client> {
-    crate::coord::load_tls(false)?;
+    crate::certs::load_tls(false)?;
     Client::connect(&m.master).await.with_context(|| {
         format!(
             "connecting to the tabletdb master at {} (start one with `snapfleet db up --data DIR`, or pass --master)",
@@ -244,7 +244,7 @@ pub async fn run(cmd: DbCmd, json: bool) -> Result<()> {
                     history_retention,
                     default_tablets,
                     master_listen,
-                    certs: crate::coord::certs().map(|c| c.to_path_buf()),
+                    certs: crate::certs::certs().map(|c| c.to_path_buf()),
                 },
             )?;
             let client = cluster.client().await?;
@@ -282,7 +282,7 @@ pub async fn run(cmd: DbCmd, json: bool) -> Result<()> {
                 data_dir: data,
                 listen,
                 default_tablets,
-                tls: crate::coord::load_tls(true)?,
+                tls: crate::certs::load_tls(true)?,
                 insecure,
             },
             shutdown_signal(),
@@ -308,7 +308,7 @@ pub async fn run(cmd: DbCmd, json: bool) -> Result<()> {
                     advertise,
                     master,
                     history_retention: parse_duration(&history_retention)?,
-                    tls: crate::coord::load_tls(true)?,
+                    tls: crate::certs::load_tls(true)?,
                     insecure,
                 },
                 shutdown_signal(),

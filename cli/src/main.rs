@@ -113,7 +113,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    coord::set_certs(cli.certs.clone());
+    certs::set_certs(cli.certs.clone());
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Coordinator(a) => coordinator::run_replica(a).await,

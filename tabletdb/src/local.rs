@@ -261,7 +261,7 @@ impl LocalCluster {
     /// Connects a client and waits until every started node has registered and is live.
     pub async fn client(&self) -> Result<Client> {
         if let Some(dir) = &self.opts.certs {
-            let tls = snapfleet_api::tls::Tls::load(dir)
+            let tls = snapfleet_tls::Tls::load(dir)
                 .map_err(|e| Error::InvalidArgument(format!("certificates: {e}")))?;
             crate::security::use_client_tls(&tls, false);
         }

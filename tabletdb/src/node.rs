@@ -32,7 +32,7 @@ pub struct NodeConfig {
     pub history_retention: Duration,
     /// Mutual TLS with roles (`--certs`); None serves plaintext, on loopback only unless
     /// `insecure`.
-    pub tls: Option<Arc<snapfleet_api::tls::Tls>>,
+    pub tls: Option<Arc<snapfleet_tls::Tls>>,
     pub insecure: bool,
 }
 

@@ -1,19 +1,19 @@
 //! Mutual TLS and roles for tabletdb, with the same `snapfleet certs` CA and roles as the
-//! coordinators ([`snapfleet_api::tls`]).
+//! coordinators ([`snapfleet_tls`]).
 //!
 //! Servers (master, nodes) serve with their node identity, require a client certificate
 //! from the CA and check its role against the called method before any handler runs
-//! ([`snapfleet_api::tls::allowed`] lists who may call what). Without certificates they
+//! ([`snapfleet_tls::allowed`] lists who may call what). Without certificates they
 //! serve plaintext only on a loopback address unless the operator says `--insecure`.
 //!
 //! Clients: a process has one identity (its `--certs` directory), so the identity tabletdb
-//! connections dial with is set once per process by [`use_client_tls`]; every
-//! [`crate::client`] connection made after that is TLS with it. (Passing it through every
+//! connections dial with is set once per process by [`use_client_tls`]; every client
+//! connection made after that is TLS with it. (Passing it through every
 //! call would thread one value through the client, the master's fan-out, the nodes'
 //! heartbeats, the agents and the job drivers for no gain: there is never a second one.)
 
 use crate::error::{Error, Result};
-use snapfleet_api::tls::{AuthLayer, Tls};
+use snapfleet_tls::{AuthLayer, Tls};
 use std::net::SocketAddr;
 use std::sync::RwLock;
 use tonic::transport::{ClientTlsConfig, Endpoint, Server};

@@ -43,7 +43,7 @@ pub struct MasterConfig {
     pub default_tablets: u32,
     /// Mutual TLS with roles (`--certs`); None serves plaintext, on loopback only unless
     /// `insecure`.
-    pub tls: Option<std::sync::Arc<snapfleet_api::tls::Tls>>,
+    pub tls: Option<std::sync::Arc<snapfleet_tls::Tls>>,
     pub insecure: bool,
 }
 

@@ -28,7 +28,9 @@ use snapfleet_coordinator::model::{Affinity, Job, JobKind, Task, TaskState};
 use snapfleet_coordinator::{DriveFuture, JobCtl, JobDriver};
 use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::Repos;
-use snapfleet_repository::{commit_backup, BackupId, Error as RepoError, PartSummary};
+use snapfleet_repository::{
+    commit_backup, BackupId, Error as RepoError, Lease, LeaseKind, PartSummary,
+};
 use snapfleet_tabletdb::client::Client;
 use snapfleet_tabletdb::restore::{create_restoring_table, import_meta, node_data_dirs};
 use std::sync::Arc;
@@ -64,6 +66,9 @@ impl JobDriver for TabletdbDrivers {
         let repos = self.repos.clone();
         Box::pin(async move {
             let mut transient = 0u32;
+            // A backup's writer lease, held by this leader from before the snapshot to ROOT;
+            // dropped (and its object deleted) with this future when leadership moves.
+            let mut lease: Option<Lease> = None;
             loop {
                 let Some((job, tasks)) = ctl.job() else {
                     return;
@@ -72,7 +77,7 @@ impl JobDriver for TabletdbDrivers {
                     return;
                 }
                 let r = match job.kind {
-                    JobKind::Backup => backup_step(&ctl, &repos, &job, &tasks).await,
+                    JobKind::Backup => backup_step(&ctl, &repos, &job, &tasks, &mut lease).await,
                     JobKind::Restore => restore_step(&ctl, &repos, &job, &tasks).await,
                     JobKind::Pitr => crate::pitr::pitr_step(&ctl, &job).await,
                     JobKind::Archive => {
@@ -172,7 +177,30 @@ async fn delete_snapshot(master: &str, id: &str) -> Result<()> {
 
 // ---------------------------------------------------------------- backup
 
-async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> Result<Step> {
+/// Holds the job's writer lease (acquiring it on the first step this leader runs): from
+/// before the snapshot to ROOT no gc can run, so no chunk an agent found and reused can be
+/// swept before the commit names it. A leader that takes over mid-job acquires its own;
+/// the gap between the two is covered by gc's grace period (see the lease protocol in
+/// `snapfleet_repository::lease`).
+async fn hold_lease(
+    slot: &mut Option<Lease>,
+    repo: &Arc<snapfleet_repository::repo::Repository>,
+    id: &BackupId,
+) -> Result<()> {
+    if slot.is_none() {
+        let purpose = format!("backup {id} (commit, coordinator)");
+        *slot = Some(Lease::acquire(repo, LeaseKind::Writer, &purpose).await?);
+    }
+    Ok(())
+}
+
+async fn backup_step(
+    ctl: &JobCtl,
+    repos: &Repos,
+    job: &Job,
+    tasks: &[Task],
+    lease: &mut Option<Lease>,
+) -> Result<Step> {
     let spec: BackupSpec = spec(job)?;
     if job.aborting.is_some() {
         cleanup(repos, job).await?;
@@ -190,6 +218,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                     "already exists in the repository; pick another id",
                 ));
             }
+            hold_lease(lease, &repo, &id).await?;
             let client = Client::connect(&spec.master).await?;
             let snap = match client
                 .create_snapshot(&spec.database, None, spec.ddl_retries)
@@ -249,6 +278,7 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
             let n: BackupNotes = notes(job)?;
             let repo = repos.get(&spec.repo).await?;
             let id = BackupId::new(spec.id())?;
+            hold_lease(lease, &repo, &id).await?;
             let mut results: Vec<UploadResult> = Vec::with_capacity(tasks.len());
             for t in tasks {
                 let r = t.result.clone().unwrap_or_default();
@@ -292,6 +322,11 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
                         schedule_id: spec.schedule_id.clone(),
                     };
                     let meta = serde_json::to_value(meta).expect("json");
+                    // A lapse of the lease at any time since it was taken means a gc may
+                    // have swept chunks the parts reuse: refuse to commit (final).
+                    if let Some(l) = lease.as_ref() {
+                        l.check()?;
+                    }
                     commit_backup(&repo, &id, meta, parts).await?
                 }
                 Err(e) => return Err(e.into()),
@@ -331,6 +366,11 @@ async fn backup_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> 
             ctl.advance("release", data, vec![], 0)
                 .await
                 .map_err(coord)?;
+            if let Some(l) = lease.take() {
+                if let Err(e) = l.release().await {
+                    warn!(error = %e, "could not release the backup's lease; it will expire");
+                }
+            }
             Ok(Step::Again)
         }
         "release" => {

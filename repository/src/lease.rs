@@ -30,6 +30,15 @@
 //!    yet. A committer that outlives its writers (the coordinator) should hold a writer lease
 //!    of its own from the first task until `commit_backup` ([`Lease::acquire`]).
 //!
+//! 6. **Lapses are remembered.** A lease that once went unrenewed past the margin stays
+//!    lost ([`Lease::check`]) even when renewals succeed again: a gc may have run during the
+//!    gap. Committing is refused, and the process's dedup cache is dropped.
+//! 7. **The dedup cache lives inside a lease.** A [`Repository`] remembers which chunks
+//!    exist only while this process holds a writer lease continuously (counted from the
+//!    first writer lease to the last): between leases a gc may delete anything, so the
+//!    cache is emptied when the first writer lease of a new period is acquired, and not
+//!    consulted while none is held.
+//!
 //! Lease objects are plain JSON (kind, holder host and pid, purpose, TTL): they must never
 //! contain anything secret. Expired leases are removed by gc.
 
@@ -143,6 +152,23 @@ struct Health {
     last_ok: Instant,
     /// Store-clock time of that write.
     store_time: DateTime<Utc>,
+    /// The longest time without a successful renewal seen so far, once it exceeded the
+    /// fencing margin: remembered for the life of the lease, because a gc may have run while
+    /// it lasted even if renewals succeed again afterwards.
+    lapsed: Option<Duration>,
+}
+
+impl Health {
+    /// Records a successful write issued at `issued`; a gap since the previous one longer
+    /// than `margin` is a lapse, remembered.
+    fn renewed(&mut self, issued: Instant, store_time: DateTime<Utc>, margin: Duration) {
+        let gap = issued.saturating_duration_since(self.last_ok);
+        if gap > margin {
+            self.lapsed = Some(self.lapsed.map_or(gap, |l| l.max(gap)));
+        }
+        self.last_ok = issued;
+        self.store_time = store_time;
+    }
 }
 
 /// A held lease: renewed in the background until released or dropped.
@@ -152,6 +178,14 @@ pub struct Lease {
     ttl: Duration,
     health: Arc<Mutex<Health>>,
     renewer: Option<tokio::task::JoinHandle<()>>,
+    /// A writer lease counted in the repository's dedup-cache scope.
+    writer: bool,
+}
+
+/// How long without a successful renewal before others may think the lease expired: two
+/// thirds of the TTL (one renewal period of margin).
+fn fence_margin(ttl: Duration) -> Duration {
+    ttl * 2 / 3
 }
 
 impl std::fmt::Debug for Lease {
@@ -214,6 +248,7 @@ impl Lease {
         let health = Arc::new(Mutex::new(Health {
             last_ok: issued,
             store_time,
+            lapsed: None,
         }));
         let renewer = {
             let (repo, key, health) = (repo.clone(), key.clone(), health.clone());
@@ -223,9 +258,11 @@ impl Lease {
                     let issued = Instant::now();
                     match write_lease(&repo, &key, &body).await {
                         Ok(t) => {
-                            *health.lock().expect("lease health") = Health {
-                                last_ok: issued,
-                                store_time: t,
+                            let mut h = health.lock().expect("lease health");
+                            h.renewed(issued, t, fence_margin(ttl));
+                            if h.lapsed.is_some() && kind == LeaseKind::Writer {
+                                // What this process remembers of the store may be stale.
+                                repo.forget_known_chunks();
                             }
                         }
                         Err(e) => tracing::warn!(%key, error = %e, "lease renewal failed"),
@@ -233,15 +270,20 @@ impl Lease {
                 }
             })
         };
-        let lease = Lease {
+        let mut lease = Lease {
             repo: repo.clone(),
             key,
             ttl,
             health,
             renewer: Some(renewer),
+            writer: false,
         };
         if kind == LeaseKind::Writer {
             lease.wait_for_gc().await?;
+            // From here until the last writer lease of this process goes, no gc can run
+            // unnoticed: the dedup cache may be trusted, and only then.
+            repo.writer_lease_acquired();
+            lease.writer = true;
         }
         tracing::debug!(key = %lease.key, "lease acquired");
         Ok(lease)
@@ -258,14 +300,20 @@ impl Lease {
         self.health.lock().expect("lease health").store_time
     }
 
-    /// Fails with [`Error::LeaseLost`] when the lease may have expired in others' eyes: no
-    /// successful renewal for two thirds of the TTL (one renewal period of margin).
+    /// Fails with [`Error::LeaseLost`] when the lease may have expired in others' eyes at
+    /// any time since it was acquired: no successful renewal for two thirds of the TTL (one
+    /// renewal period of margin), now or in a lapse that renewals have since ended.
     pub fn check(&self) -> Result<()> {
-        let since = self.health.lock().expect("lease health").last_ok.elapsed();
-        if since > self.ttl * 2 / 3 {
+        let mut h = self.health.lock().expect("lease health");
+        let since = h.last_ok.elapsed();
+        let margin = fence_margin(self.ttl);
+        if since > margin {
+            h.lapsed = Some(h.lapsed.map_or(since, |l| l.max(since)));
+        }
+        if let Some(gap) = h.lapsed {
             return Err(Error::LeaseLost {
                 key: self.key.clone(),
-                secs: since.as_secs(),
+                secs: gap.as_secs(),
                 ttl: self.ttl.as_secs(),
             });
         }
@@ -304,6 +352,9 @@ impl Lease {
             r.abort();
             let _ = r.await;
         }
+        if std::mem::take(&mut self.writer) {
+            self.repo.writer_lease_released();
+        }
         let key = std::mem::take(&mut self.key);
         self.repo.delete_object(&key).await
     }
@@ -313,6 +364,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(r) = self.renewer.take() {
             r.abort();
+        }
+        if std::mem::take(&mut self.writer) {
+            self.repo.writer_lease_released();
         }
         if self.key.is_empty() {
             return; // released

@@ -6,7 +6,7 @@
 //! keys change (key slots wrap the master key; data is encrypted under keys derived from it).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -35,8 +35,11 @@ pub struct Repository {
     key_id: KeyId,
     master: MasterKey,
     keys: Keys,
-    /// Chunk ids known to exist, with their stored size: the writer's dedup cache.
+    /// Chunk ids known to exist, with their stored size: the writers' dedup cache. Trusted
+    /// only while this process holds a writer lease (`writer_leases` > 0): see `lease.rs`.
     known: Mutex<HashMap<ChunkId, u64>>,
+    /// Writer leases this process holds on this repository now.
+    writer_leases: std::sync::atomic::AtomicUsize,
     /// Re-reads an object whose body failed mid-transfer (the retry layer covers requests).
     body_retry: RetryConfig,
     body_retries: AtomicU64,
@@ -71,6 +74,9 @@ pub(crate) mod limits {
     pub const LEASE: u64 = MIB;
     /// One archived change-log piece (cut at 8 MiB of records, plus a tablet's last batch).
     pub const LOG_PIECE: u64 = 256 * MIB + MIB;
+    /// Chunk ids a process's dedup cache holds at most (~40 MiB): beyond it, existence is
+    /// asked of the store (a HEAD per chunk) instead of growing without bound.
+    pub const KNOWN_CHUNKS: usize = 1 << 20;
 }
 
 fn oversized(key: &str, size: u64, max: u64) -> Error {
@@ -203,6 +209,7 @@ impl Repository {
             key_id,
             master,
             known: Mutex::new(HashMap::new()),
+            writer_leases: std::sync::atomic::AtomicUsize::new(0),
             body_retry: RetryConfig::default(),
             body_retries: AtomicU64::new(0),
         }
@@ -378,8 +385,10 @@ impl Repository {
     /// Whether a chunk is known to exist (cache first, then a HEAD); its stored size if so.
     /// An object too small to be a sealed chunk counts as absent, so it gets rewritten.
     pub(crate) async fn chunk_exists(&self, id: &ChunkId) -> Result<Option<u64>> {
-        if let Some(size) = self.known.lock().expect("cache lock").get(id) {
-            return Ok(Some(*size));
+        if self.writer_leases.load(Ordering::Acquire) > 0 {
+            if let Some(size) = self.known.lock().expect("cache lock").get(id) {
+                return Ok(Some(*size));
+            }
         }
         match self.head_size(&id.object_key()).await? {
             Some(size) if size >= MIN_OBJECT_LEN as u64 => {
@@ -390,8 +399,39 @@ impl Repository {
         }
     }
 
+    /// Remembers that chunk `id` exists (while a writer lease is held; bounded).
     pub(crate) fn remember_chunk(&self, id: ChunkId, stored: u64) {
-        self.known.lock().expect("cache lock").insert(id, stored);
+        if self.writer_leases.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut known = self.known.lock().expect("cache lock");
+        if known.len() < limits::KNOWN_CHUNKS {
+            known.insert(id, stored);
+        }
+    }
+
+    /// Forgets every chunk this process believed to exist (a writer lease lapsed).
+    pub(crate) fn forget_known_chunks(&self) {
+        self.known.lock().expect("cache lock").clear();
+    }
+
+    /// A writer lease of this process is now established (after waiting out any gc). The
+    /// first one of a period starts a new dedup cache: a gc may have run since the last one.
+    pub(crate) fn writer_lease_acquired(&self) {
+        let mut known = self.known.lock().expect("cache lock");
+        if self.writer_leases.fetch_add(1, Ordering::AcqRel) == 0 {
+            known.clear();
+        }
+    }
+
+    pub(crate) fn writer_lease_released(&self) {
+        let _known = self.known.lock().expect("cache lock");
+        self.writer_leases.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Chunks in the dedup cache now (for tests and metrics).
+    pub fn known_chunks(&self) -> usize {
+        self.known.lock().expect("cache lock").len()
     }
 
     /// Seals and uploads a chunk (no existence check); returns its stored size.

@@ -55,6 +55,8 @@ pub struct WriterOptions {
     pub page_entries: usize,
     /// Name of this writer's manifest part; random if `None`.
     pub part: Option<String>,
+    /// TTL of the writer's lease (renewed every third of it).
+    pub lease_ttl: std::time::Duration,
 }
 
 impl Default for WriterOptions {
@@ -68,6 +70,7 @@ impl Default for WriterOptions {
             pack_max: 8 << 20,
             page_entries: crate::manifest::DEFAULT_PAGE_ENTRIES,
             part: None,
+            lease_ttl: crate::lease::DEFAULT_TTL,
         }
     }
 }
@@ -347,7 +350,13 @@ impl BackupWriter {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
         let manifest = ManifestWriter::new(repo.clone(), backup.clone(), &part, opts.page_entries)?;
-        let lease = Lease::acquire(&repo, LeaseKind::Writer, &format!("backup {backup}")).await?;
+        let lease = Lease::acquire_with_ttl(
+            &repo,
+            LeaseKind::Writer,
+            &format!("backup {backup}"),
+            opts.lease_ttl,
+        )
+        .await?;
         Ok(BackupWriter {
             s: Arc::new(Shared {
                 uploads: Arc::new(Semaphore::new(opts.concurrency)),

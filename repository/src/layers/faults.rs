@@ -65,6 +65,8 @@ pub struct FaultStore {
     config: FaultConfig,
     injected: AtomicU64,
     capacity: Mutex<Capacity>,
+    /// Keys under this prefix are unreachable (every request fails) until healed.
+    partition: Mutex<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,30 @@ impl FaultStore {
                 tokens: config.capacity as f64,
                 last: Instant::now(),
             }),
+            partition: Mutex::new(None),
+        }
+    }
+
+    /// Cuts off every key under `prefix` (a network partition for those requests, e.g. a
+    /// paused writer's lease renewals under `locks/`); `None` heals.
+    pub fn set_partition(&self, prefix: Option<&str>) {
+        *self.partition.lock().expect("partition lock") = prefix.map(str::to_string);
+    }
+
+    fn partitioned(&self, location: &Path) -> Result<()> {
+        let p = self.partition.lock().expect("partition lock");
+        match p.as_deref() {
+            Some(prefix) if location.as_ref().starts_with(prefix) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                Err(object_store::Error::Generic {
+                    store: "faults",
+                    source: Box::new(HttpError::new(
+                        HttpErrorKind::Connect,
+                        InjectedFault("partitioned: connection refused"),
+                    )),
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -184,6 +210,7 @@ impl ObjectStore for FaultStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
+        self.partitioned(location)?;
         let len = payload.content_length() as u64;
         self.wrap_sized(len, self.inner.put_opts(location, payload, opts), |_| 0)
             .await
@@ -199,6 +226,7 @@ impl ObjectStore for FaultStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.partitioned(location)?;
         let head = options.head;
         self.wrap_sized(0, self.inner.get_opts(location, options), |g| {
             if head {

@@ -20,6 +20,7 @@
 pub mod archive;
 pub mod counters;
 pub mod error;
+pub mod janitor;
 pub mod journal;
 pub mod local;
 pub mod worker;

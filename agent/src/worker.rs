@@ -93,6 +93,16 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         register(&ctx, &cfg, true, &shutdown).await?;
         info!(node_data = %ctx.node_data.display(), "agent registered");
         let hb = tokio::spawn(heartbeat(ctx.clone(), shutdown.clone()).in_current_span());
+        let janitor = {
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            tokio::spawn(
+                async move {
+                    let staging = snapfleet_api::tasks::staging_root(&ctx.node_data);
+                    crate::janitor::run(&ctx.leader, &staging, shutdown).await
+                }
+                .in_current_span(),
+            )
+        };
         let slots = Arc::new(Semaphore::new(cfg.max_tasks.max(1)));
         let mut running = tokio::task::JoinSet::new();
         while !shutdown.is_cancelled() {
@@ -155,6 +165,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         }
         running.shutdown().await;
         hb.abort();
+        janitor.abort();
         info!("agent stopped");
         Ok(())
     }

@@ -133,7 +133,12 @@ pub struct DownloadResult {
 /// Where a download task stages a tablet under its node's data directory. The id is
 /// validated, so the result is always a directory inside `node_data_dir/staging`.
 pub fn staging_dir(node_data_dir: &std::path::Path, restore_id: &RestoreId) -> std::path::PathBuf {
-    node_data_dir.join("staging").join(restore_id)
+    staging_root(node_data_dir).join(restore_id)
+}
+
+/// Where every staged restore of a node lives (the agent's janitor empties it of ended jobs).
+pub fn staging_root(node_data_dir: &std::path::Path) -> std::path::PathBuf {
+    node_data_dir.join("staging")
 }
 
 /// One node's archiving, run by the agent beside it.

@@ -89,9 +89,12 @@ impl JobDriver for TabletdbDrivers {
                     Ok(Step::Again) => {}
                     Ok(Step::Wait) => ctl.changed(Duration::from_secs(2)).await,
                     Ok(Step::Done) => return,
+                    // Past the point of no return a restore rolls forward through any number
+                    // of transient failures (a node down for an hour), but a permanent one
+                    // (a table dropped under it, a refused import) ends the job.
                     Err(e)
-                        if in_point_of_no_return(&job)
-                            || (e.is_retryable() && transient < STEP_RETRIES) =>
+                        if e.is_retryable()
+                            && (in_point_of_no_return(&job) || transient < STEP_RETRIES) =>
                     {
                         transient += 1;
                         warn!(error = %e, phase = %job.phase, transient, "job step failed; retrying");
@@ -161,10 +164,9 @@ async fn cleanup(_repos: &Repos, job: &Job) -> Result<()> {
             let spec: RestoreSpec = spec(job)?;
             let n: RestoreNotes = notes(job)?;
             let client = Client::connect(&spec.master).await?;
+            // The staged files are on the nodes' hosts: each agent's janitor removes them
+            // once this job has ended (agent/src/janitor.rs).
             drop_hidden(&client, &n).await?;
-            for dir in node_data_dirs(&client).await.unwrap_or_default() {
-                let _ = std::fs::remove_dir_all(staging_dir(&dir.1, &n.restore_id));
-            }
             Ok(())
         }
         _ => Ok(()),
@@ -666,9 +668,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 })
                 .await
                 .map_err(|s| snapfleet_tabletdb::error::from_status("master", s))?;
-            for d in &dirs {
-                let _ = std::fs::remove_dir_all(staging_dir(&d.1, &n.restore_id));
-            }
+            // The staging directories are left to each agent's janitor, on its own host.
             let bytes: u64 = tasks
                 .iter()
                 .filter_map(|t| t.result.as_ref())

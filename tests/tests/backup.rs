@@ -105,6 +105,7 @@ async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
         assert_eq!(r["result"]["restore_ht"].as_u64(), Some(at.0), "{r}");
         let dclient = dst.db.client().await.unwrap();
         let rows = assert_same(&client, &dclient, DB, at).await;
+        assert_no_staging(&dst).await;
         assert!(rows > 20_000, "{rows}");
         let rep = verify::check_consistency(
             &dclient,
@@ -207,15 +208,25 @@ async fn backed_up(
     (tmp, url, pass, src, client, id)
 }
 
-/// Nothing is left in the target nodes' staging directories.
-fn assert_no_staging(dst: &TestFleet) {
-    for (i, _) in dst.db.nodes.iter().enumerate() {
-        let staging = dst.db.node_dir(i as u32 + 1).join("staging");
-        let left: Vec<_> = std::fs::read_dir(&staging)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "staging left behind: {left:?}");
-    }
+/// Nothing is left in the target nodes' staging directories: each agent's janitor removes
+/// the staging of an ended restore on its own host within a few seconds.
+async fn assert_no_staging(dst: &TestFleet) {
+    let staged = || -> Vec<std::path::PathBuf> {
+        (0..dst.db.nodes.len())
+            .flat_map(|i| {
+                let staging = dst.db.node_dir(i as u32 + 1).join("staging");
+                std::fs::read_dir(&staging)
+                    .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    snapfleet_tests::eventually(
+        std::time::Duration::from_secs(30),
+        "the agents to remove the staging of the ended restore",
+        || async { staged().is_empty().then_some(()) },
+    )
+    .await;
 }
 
 /// Flips one byte in the middle of every chunk object larger than 4 KiB.
@@ -274,7 +285,7 @@ async fn corrupt_chunk_fails_restore_before_activate_and_target_is_untouched() {
     };
     assert_eq!(names(&before), names(&after));
     // Nothing is left in the target nodes' staging directories.
-    assert_no_staging(&dst);
+    assert_no_staging(&dst).await;
 }
 
 /// The first in-flight job's progress on `node` as (bytes_done, bytes_total), via the CLI.
@@ -825,5 +836,53 @@ async fn cancelled_restore_leaves_the_target_as_it_was() {
         "tables left behind: {:?}",
         cat.tables
     );
-    assert_no_staging(&dst);
+    assert_no_staging(&dst).await;
+}
+
+/// Past its point of no return a restore rolls forward through transient failures, but a
+/// permanent one ends it: here an operator drops the hidden table a restore is filling, and
+/// the activation, which can never succeed, fails the job with the reason instead of
+/// retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permanent_error_at_activation_ends_the_restore() {
+    let (_tmp, url, pass, _src, _client, id) = backed_up(20_000).await;
+    let dst = TestFleet::start(2, &pass);
+    let child = spawn_snapfleet(
+        &dst,
+        &[
+            "restore",
+            "--backup",
+            &id,
+            "--repo",
+            &url,
+            "--password-file",
+            pass.to_str().unwrap(),
+            "--rate-limit",
+            "2MiB/s",
+            "--wait",
+        ],
+    );
+    wait_progress(&dst, "1", 0.05);
+    // The restoring (hidden) tables, dropped under the running restore.
+    let dclient = dst.db.client().await.unwrap();
+    let hidden: Vec<String> = dclient
+        .refresh()
+        .await
+        .unwrap()
+        .tables
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    assert!(!hidden.is_empty());
+    for t in &hidden {
+        dclient.drop_table(DB, t).await.unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the restore reported success");
+    assert!(err.contains("not found"), "the failure says why: {err}");
+    let (_, jobs, _) = dst.snapfleet(&["job", "list", "--all"]);
+    assert_eq!(jobs[0]["state"], "failed", "{jobs}");
+    assert!(dclient.refresh().await.unwrap().tables.is_empty());
+    assert_no_staging(&dst).await;
 }

@@ -115,9 +115,9 @@ pub fn allowed(path: &str) -> &'static [Role] {
         ("AgentService", _) => &[Agent, Admin],
         // A replica joining a group asks an existing one for the member list.
         ("Coordinator", "ClusterStatus") => &[ReadOnly, Operator, Admin, Node],
-        ("Coordinator", "GetJob" | "ListJobs" | "WatchJob" | "ListSchedules") => {
-            &[ReadOnly, Operator, Admin]
-        }
+        // Agents ask whether the restores they staged have ended (the staging janitor).
+        ("Coordinator", "GetJob") => &[ReadOnly, Operator, Agent, Admin],
+        ("Coordinator", "ListJobs" | "WatchJob" | "ListSchedules") => &[ReadOnly, Operator, Admin],
         ("Coordinator", "SubmitJob" | "CancelJob" | "PutSchedule" | "DeleteSchedule") => {
             &[Operator, Admin]
         }

@@ -104,6 +104,12 @@ impl Leader {
         let ch = crate::tls::endpoint(addr, self.tls.as_deref(), false)
             .map_err(|e| Status::invalid_argument(format!("coordinator address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
+            // A request (until its response headers: a watch stream is not cut) may take a
+            // minute at most; a dead connection is noticed by HTTP/2 pings in ~30 s.
+            .timeout(Duration::from_secs(60))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true)
             .connect_lazy();
         map.insert(addr.to_string(), ch.clone());

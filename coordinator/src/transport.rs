@@ -128,6 +128,9 @@ async fn connect(
     let ep = crate::tls::endpoint(addr, tls, true)?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     Ok(RaftTransportClient::new(ep.connect().await?))
 }

@@ -314,25 +314,39 @@ impl Repository {
     /// The size the store reports is checked before any of the body is read, and the body
     /// again after: an oversized object in the bucket is a clear error, never an allocation
     /// of whatever size it claims.
+    ///
+    /// One budget per operation: the request itself is retried by the store's retry layer
+    /// only (the S3 client's own retries are off, see `store.rs`), so a failed request is
+    /// final here; only a body that breaks after a successful request is read again.
     pub(crate) async fn get_bytes(&self, key: &str, max: u64) -> Result<Bytes> {
+        enum Final {
+            Oversized(u64),
+            Request(object_store::Error),
+        }
         let p = path(key);
         let got = self
             .body_retry
-            .run("get", &self.body_retries, || async {
-                let r = self.store.get(&p).await?;
+            .run("get body", &self.body_retries, || async {
+                let r = match self.store.get(&p).await {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(Final::Request(e))),
+                };
                 if r.meta.size > max {
-                    return Ok(Err(r.meta.size));
+                    return Ok(Err(Final::Oversized(r.meta.size)));
                 }
                 let bytes = r.bytes().await?;
                 Ok(if bytes.len() as u64 > max {
-                    Err(bytes.len() as u64)
+                    Err(Final::Oversized(bytes.len() as u64))
                 } else {
                     Ok(bytes)
                 })
             })
             .await
             .map_err(|e| Error::store("get", key, e))?;
-        got.map_err(|size| oversized(key, size, max))
+        got.map_err(|f| match f {
+            Final::Oversized(size) => oversized(key, size, max),
+            Final::Request(e) => Error::store("get", key, e),
+        })
     }
 
     pub(crate) async fn put_bytes(&self, key: &str, data: Vec<u8>) -> Result<()> {

@@ -72,7 +72,11 @@ where
             let fs = LocalFileSystem::new_with_prefix(&path)
                 .map_err(|e| Error::store("open", path.display(), e))?
                 .with_automatic_cleanup(true);
-            Ok(Arc::new(fs))
+            // fsync every object (and the rename into its directory) before a write returns.
+            Ok(Arc::new(crate::layers::DurableLocal::new(
+                Arc::new(fs),
+                path,
+            )))
         }
         "memory" => Ok(Arc::new(InMemory::new())),
         "s3" => {
@@ -105,6 +109,13 @@ where
                 }
                 builder = builder.with_config(key, v);
             }
+            // One retry policy: `RetryStore` (layers/retry.rs) retries every request with
+            // its budget and paces it through the rate limiter; the S3 client's own retries
+            // would multiply with it (10 × 10 attempts per object under throttling).
+            builder = builder.with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            });
             let s3 = builder.build().map_err(|e| bad(&e.to_string()))?;
             let prefix = parsed.path().trim_matches('/');
             if prefix.is_empty() {

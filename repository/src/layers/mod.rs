@@ -6,12 +6,14 @@
 //! Layers must never change what a successful call returns; they only delay, repeat or fail.
 
 pub mod aimd;
+pub mod durable;
 pub mod faults;
 pub mod observe;
 pub mod ratelimit;
 pub mod retry;
 
 pub use aimd::{fmt_rate, AdaptiveRate, AimdConfig};
+pub use durable::DurableLocal;
 pub use faults::{FaultConfig, FaultStore};
 pub use observe::{ObserveStore, StoreObserver};
 pub use ratelimit::{Rate, RateLimitStore};

@@ -109,6 +109,85 @@ impl RetryStore {
     }
 }
 
+/// The state of a listing that resumes after a transient failure.
+struct Listing {
+    inner: Arc<dyn ObjectStore>,
+    config: RetryConfig,
+    retries: Arc<AtomicU64>,
+    prefix: Option<Path>,
+    /// The last key returned (or the caller's offset): a resumed listing starts after it.
+    last: Option<Path>,
+    current: Option<BoxStream<'static, Result<ObjectMeta>>>,
+    /// Retries since the last key that came through, and when that run of failures began.
+    retry: u32,
+    failing_since: Option<Instant>,
+    done: bool,
+}
+
+impl RetryStore {
+    /// A listing (a stream of pages) that survives a throttled or failed page: it is
+    /// resumed after the last key returned, with the same backoff and budget as any other
+    /// request (the budget counts failures in a row, so a listing of millions of keys with
+    /// an occasional 503 completes, and one that keeps failing stops).
+    fn resumable_list(
+        &self,
+        prefix: Option<&Path>,
+        offset: Option<&Path>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let st = Listing {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            retries: self.retries.clone(),
+            prefix: prefix.cloned(),
+            last: offset.cloned(),
+            current: None,
+            retry: 0,
+            failing_since: None,
+            done: false,
+        };
+        futures::stream::unfold(st, |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                let stream = st.current.get_or_insert_with(|| match &st.last {
+                    Some(after) => st.inner.list_with_offset(st.prefix.as_ref(), after),
+                    None => st.inner.list(st.prefix.as_ref()),
+                });
+                match stream.next().await {
+                    None => return None,
+                    Some(Ok(meta)) => {
+                        st.last = Some(meta.location.clone());
+                        st.retry = 0;
+                        st.failing_since = None;
+                        return Some((Ok(meta), st));
+                    }
+                    Some(Err(e))
+                        if store_error_is_retryable(&e)
+                            && st.retry < st.config.max_retries
+                            && st
+                                .failing_since
+                                .is_none_or(|t| t.elapsed() < st.config.deadline) =>
+                    {
+                        st.retry += 1;
+                        st.failing_since.get_or_insert_with(Instant::now);
+                        st.retries.fetch_add(1, Ordering::Relaxed);
+                        let sleep = st.config.backoff(st.retry);
+                        tracing::debug!(retry = st.retry, ?sleep, error = %e, "resuming a listing");
+                        st.current = None;
+                        tokio::time::sleep(sleep).await;
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
 impl std::fmt::Display for RetryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Retry({})", self.inner)
@@ -180,7 +259,7 @@ impl ObjectStore for RetryStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        self.resumable_list(prefix, None)
     }
 
     fn list_with_offset(
@@ -188,7 +267,7 @@ impl ObjectStore for RetryStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
+        self.resumable_list(prefix, Some(offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {

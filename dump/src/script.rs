@@ -388,3 +388,51 @@ mod tests {
         assert!(e.message.contains("never closed"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! `snapfleet import` reads scripts a user hands it (or a bucket holds): any text must
+    //! split into statements or fail with a line number, never panic or loop.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sqlish() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("'"),
+                Just("\""),
+                Just("$$"),
+                Just("$tag$"),
+                Just(";"),
+                Just("("),
+                Just(")"),
+                Just("\n"),
+                Just("--"),
+                Just("/*"),
+                Just("*/"),
+                Just("\\."),
+                Just("COPY t FROM stdin;\n"),
+                Just("E'\\''"),
+                Just("SELECT 1"),
+                Just(" "),
+                Just("x"),
+            ],
+            0..64,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_script_splits_or_fails_cleanly(text in sqlish()) {
+            let n = ScriptReader::new(std::io::Cursor::new(text.clone())).take(10_000).count();
+            // At most one item per byte plus one: no statement is produced from nothing.
+            prop_assert!(n <= text.len() + 1, "{n} items from {} bytes", text.len());
+        }
+
+        #[test]
+        fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = ScriptReader::new(std::io::Cursor::new(bytes)).take(10_000).count();
+        }
+    }
+}

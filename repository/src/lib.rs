@@ -42,6 +42,9 @@ pub mod store;
 pub mod verify;
 pub mod writer;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use chunker::ChunkerParams;
 pub use copy::{copy_backup, copy_backups, CopiedBackup, CopyOptions, CopyReport};
 pub use error::{store_error_is_retryable, store_error_is_throttling, Error, Result};

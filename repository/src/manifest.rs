@@ -313,6 +313,38 @@ impl ManifestReader {
     }
 }
 
+/// Authenticates, re-hashes and parses the object of one page (`expected` entries).
+pub(crate) fn parse_page(
+    keys: &Keys,
+    key: &str,
+    id: &ChunkId,
+    object: &[u8],
+    expected: u64,
+) -> Result<Vec<Entry>> {
+    let plain = keys.open(key, ObjectKind::ManifestPage, &id.0, object)?;
+    if keys.chunk_id(&plain) != *id {
+        return Err(Error::corrupt(
+            key,
+            "page content does not hash to the id in ROOT",
+        ));
+    }
+    let entries = plain
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<Entry>(l)
+                .map_err(|e| Error::corrupt(key, format!("entry: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if entries.len() as u64 != expected {
+        return Err(Error::corrupt(
+            key,
+            format!("{} entries where ROOT says {expected}", entries.len()),
+        ));
+    }
+    Ok(entries)
+}
+
 /// Downloads, authenticates, re-hashes and parses one page.
 pub async fn read_page(repo: &Repository, backup: &BackupId, page: &PageRef) -> Result<Vec<Entry>> {
     let key = page_key(backup, &page.name);
@@ -320,32 +352,9 @@ pub async fn read_page(repo: &Repository, backup: &BackupId, page: &PageRef) -> 
     let keys = repo.keys().clone();
     let id = page.id;
     let expected = page.entries;
-    tokio::task::spawn_blocking(move || {
-        let plain = keys.open(&key, ObjectKind::ManifestPage, &id.0, &object)?;
-        if keys.chunk_id(&plain) != id {
-            return Err(Error::corrupt(
-                &key,
-                "page content does not hash to the id in ROOT",
-            ));
-        }
-        let entries = plain
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                serde_json::from_slice::<Entry>(l)
-                    .map_err(|e| Error::corrupt(&key, format!("entry: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if entries.len() as u64 != expected {
-            return Err(Error::corrupt(
-                &key,
-                format!("{} entries where ROOT says {expected}", entries.len()),
-            ));
-        }
-        Ok(entries)
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))?
+    tokio::task::spawn_blocking(move || parse_page(&keys, &key, &id, &object, expected))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
 }
 
 /// Backups as the repository holds them: a backup exists once its ROOT does.

@@ -886,3 +886,63 @@ async fn a_permanent_error_at_activation_ends_the_restore() {
     assert!(dclient.refresh().await.unwrap().tables.is_empty());
     assert_no_staging(&dst).await;
 }
+
+/// gc racing a running backup through the real fleet: while the backup runs, `repo gc`
+/// refuses and names the backup's leases, the coordinator's own among them (it holds one
+/// from before the snapshot to ROOT, so even the gap between the agents' last part and the
+/// commit is covered); the backup commits, a gc with no grace period afterwards removes
+/// nothing it needs, and the backup restores exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_racing_a_backup_is_refused_and_the_backup_stays_whole() {
+    let (_tmp, url, pass, src, client) = loaded_source(2, 20_000).await;
+    let pass_s = pass.to_str().unwrap();
+    let child = spawn_snapfleet(
+        &src,
+        &[
+            "backup",
+            "create",
+            "--db",
+            DB,
+            "--repo",
+            &url,
+            "--password-file",
+            pass_s,
+            "--compression",
+            "0",
+            "--rate-limit",
+            "2MiB/s",
+            "--wait",
+        ],
+    );
+    wait_progress(&src, "1", 0.05);
+    let gc = |grace: &str| {
+        std::process::Command::new(snapfleet_tests::snapfleet_bin())
+            .args(["--json", "repo", "gc", "--grace", grace, "--repo", &url])
+            .args(["--password-file", pass_s])
+            .output()
+            .unwrap()
+    };
+    let refused = gc("0s");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "gc ran during a backup");
+    assert!(
+        err.contains("(commit, coordinator)") && err.contains("backup "),
+        "the refusal names the backup's leases, the coordinator's included: {err}"
+    );
+    let v = finish(child);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let at = HybridTime(v["result"]["hybrid_time"].as_u64().unwrap());
+    let id = v["result"]["backup_id"].as_str().unwrap().to_string();
+    // Every lease is gone with the job: gc runs, with no grace period at all.
+    let ran = gc("0s");
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let dst = TestFleet::start(2, &pass);
+    let (ok, r, err) = restore(&dst, &url, &pass, &id, &[]);
+    assert!(ok, "restore after gc failed: {err}\n{r}");
+    let dclient = dst.db.client().await.unwrap();
+    assert!(assert_same(&client, &dclient, DB, at).await >= 20_000);
+}

@@ -587,3 +587,60 @@ fn an_unencrypted_repository_needs_no_passphrase_and_has_no_keys() {
         stderr(&refused)
     );
 }
+
+/// A full disk under a `file://` repository: the backup fails at once naming the object and
+/// the cause, commits nothing, and the repository still verifies. The disk is a 3 MiB tmpfs
+/// mounted in a private mount namespace (`unshare -m`, as root: CI runs as root).
+#[test]
+fn a_full_disk_fails_the_backup_cleanly_and_commits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), random_bytes(8 << 20, 5)).unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let pass = tmp.path().join("pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    let bin = snapfleet_bin();
+    let url = format!("file://{}", repo.display());
+    let p = pass.display().to_string();
+    let script = format!(
+        "set -e; mount -t tmpfs -o size=3m tmpfs {repo}; \
+         {bin} repo init --repo {url} --password-file {p} {kdf} >/dev/null; \
+         if {bin} repo put {src} --repo {url} --password-file {p} 2>{tmp}/put.err; then exit 10; fi; \
+         {bin} --json repo list --repo {url} --password-file {p} >{tmp}/list.json; \
+         {bin} --json repo verify --repo {url} --password-file {p} >{tmp}/verify.json",
+        repo = repo.display(),
+        bin = bin.display(),
+        src = src.display(),
+        tmp = tmp.path().display(),
+        kdf = KDF.join(" "),
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) is needed for this test");
+    assert!(
+        out.status.success(),
+        "exit {:?} (10: the backup succeeded on a full disk): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = std::fs::read_to_string(tmp.path().join("put.err")).unwrap();
+    assert!(
+        err.contains("No space left on device") && err.contains("chunks/"),
+        "the error names the object and the cause: {err}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("list.json")).unwrap())
+            .unwrap();
+    assert_eq!(list.as_array().map(|a| a.len()), Some(0), "{list}");
+    let verify: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("verify.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        verify["damaged"].as_array().map(|a| a.len()),
+        Some(0),
+        "{verify}"
+    );
+}

@@ -2,7 +2,9 @@
 //! can be changed while running (an `Arc<AtomicU64>` shared with whoever sets the budget).
 //!
 //! It must never reorder, split or alter requests; it only delays them. A rate of 0 means
-//! unlimited. Large requests go into debt and later callers wait it off, so no request can
+//! unlimited. Every request also costs [`REQUEST_COST`] bytes of budget, so requests without
+//! a body (HEAD, LIST pages, DELETE) are paced too: when the agents lower their rate after
+//! a 503 SlowDown, a flood of existence checks slows down with the uploads. Large requests go into debt and later callers wait it off, so no request can
 //! starve and the long-run rate stays at the budget.
 
 use std::ops::Range;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -21,6 +24,13 @@ use object_store::{
 
 /// Shared, runtime-changeable rate in bytes per second (0 = unlimited).
 pub type Rate = Arc<AtomicU64>;
+
+/// What one request costs beyond its body, in bytes of budget (a LIST page of up to 1,000
+/// keys counts as one request). At a 1 MiB/s budget that is at most 64 requests a second.
+pub const REQUEST_COST: u64 = 16 << 10;
+
+/// Keys per LIST page (S3's maximum, what object_store asks for).
+const LIST_PAGE: u64 = 1000;
 
 #[derive(Debug)]
 struct Bucket {
@@ -81,7 +91,7 @@ impl TokenBucket {
 #[derive(Debug)]
 pub struct RateLimitStore {
     inner: Arc<dyn ObjectStore>,
-    bucket: TokenBucket,
+    bucket: Arc<TokenBucket>,
 }
 
 impl RateLimitStore {
@@ -89,7 +99,7 @@ impl RateLimitStore {
     pub fn new(inner: Arc<dyn ObjectStore>, rate: Rate) -> Self {
         RateLimitStore {
             inner,
-            bucket: TokenBucket::new(rate),
+            bucket: Arc::new(TokenBucket::new(rate)),
         }
     }
 }
@@ -108,7 +118,9 @@ impl ObjectStore for RateLimitStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.bucket.acquire(payload.content_length() as u64).await;
+        self.bucket
+            .acquire(REQUEST_COST + payload.content_length() as u64)
+            .await;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -117,10 +129,12 @@ impl ObjectStore for RateLimitStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
+        self.bucket.acquire(REQUEST_COST).await;
         self.inner.put_multipart_opts(location, opts).await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.bucket.acquire(REQUEST_COST).await;
         let head = options.head;
         let result = self.inner.get_opts(location, options).await?;
         if !head {
@@ -133,7 +147,7 @@ impl ObjectStore for RateLimitStore {
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.bucket
-            .acquire(ranges.iter().map(|r| r.end - r.start).sum())
+            .acquire(REQUEST_COST + ranges.iter().map(|r| r.end - r.start).sum::<u64>())
             .await;
         self.inner.get_ranges(location, ranges).await
     }
@@ -142,11 +156,21 @@ impl ObjectStore for RateLimitStore {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        let bucket = self.bucket.clone();
+        let paced = locations
+            .then(move |l| {
+                let bucket = bucket.clone();
+                async move {
+                    bucket.acquire(REQUEST_COST).await;
+                    l
+                }
+            })
+            .boxed();
+        self.inner.delete_stream(paced)
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        paced_listing(self.bucket.clone(), self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -154,20 +178,47 @@ impl ObjectStore for RateLimitStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
+        paced_listing(
+            self.bucket.clone(),
+            self.inner.list_with_offset(prefix, offset),
+        )
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.bucket.acquire(REQUEST_COST).await;
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.bucket.acquire(REQUEST_COST).await;
         self.inner.copy_opts(from, to, options).await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.bucket.acquire(REQUEST_COST).await;
         self.inner.rename_opts(from, to, options).await
     }
+}
+
+/// A listing that pays one request's cost per page of keys (the first page up front).
+fn paced_listing(
+    bucket: Arc<TokenBucket>,
+    inner: BoxStream<'static, Result<ObjectMeta>>,
+) -> BoxStream<'static, Result<ObjectMeta>> {
+    let mut seen = 0u64;
+    inner
+        .then(move |item| {
+            let bucket = bucket.clone();
+            let page_start = seen % LIST_PAGE == 0;
+            seen += 1;
+            async move {
+                if page_start {
+                    bucket.acquire(REQUEST_COST).await;
+                }
+                item
+            }
+        })
+        .boxed()
 }
 
 #[cfg(test)]
@@ -219,5 +270,23 @@ mod tests {
             start.elapsed() < Duration::from_millis(400),
             "unlimited after the change"
         );
+    }
+
+    #[tokio::test]
+    async fn requests_without_a_body_are_paced_too() {
+        // 20 HEADs at a budget of 5 requests' cost a second: one second of burst, then
+        // about three more seconds.
+        let rate = Arc::new(AtomicU64::new(5 * REQUEST_COST));
+        let store = RateLimitStore::new(Arc::new(InMemory::new()), rate.clone());
+        store
+            .put(&Path::from("o"), PutPayload::from(vec![0u8; 10]))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        for _ in 0..20 {
+            store.head(&Path::from("o")).await.unwrap();
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(2500), "{took:?}");
     }
 }

@@ -209,7 +209,7 @@ fn paced_listing(
     inner
         .then(move |item| {
             let bucket = bucket.clone();
-            let page_start = seen % LIST_PAGE == 0;
+            let page_start = seen.is_multiple_of(LIST_PAGE);
             seen += 1;
             async move {
                 if page_start {

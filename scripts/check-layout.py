@@ -22,7 +22,7 @@ FORBIDDEN = {
     "snapfleet-coordinator": ["snapfleet-agent", "snapfleet-jobs", "snapfleet-repository",
                               "snapfleet-tabletdb"],
     "snapfleet-agent": ["snapfleet-coordinator", "snapfleet-jobs"],
-    "snapfleet-jobs": ["snapfleet-agent"],
+    "snapfleet-jobs": ["snapfleet-agent", "snapfleet-tabletdb"],
     "snapfleet-repository": ["snapfleet-api", "snapfleet-proto", "snapfleet-coordinator",
                              "snapfleet-agent", "snapfleet-jobs", "snapfleet-tabletdb"],
     "snapfleet-tabletdb": ["snapfleet-api", "snapfleet-coordinator", "snapfleet-agent",
@@ -30,11 +30,10 @@ FORBIDDEN = {
     "snapfleet-adapter": ["snapfleet-tabletdb", "snapfleet-coordinator", "snapfleet-agent",
                           "snapfleet-jobs"],
 }
-# Not yet true (the agent and the drivers still call tabletdb directly, issue 16 item 3):
+# Not yet true (the agent still calls tabletdb directly, issue 16 item 3):
 # reported, not failed.
 PENDING = {
     "snapfleet-agent": ["snapfleet-tabletdb"],
-    "snapfleet-jobs": ["snapfleet-tabletdb"],
 }
 
 

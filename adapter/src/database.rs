@@ -50,8 +50,8 @@ pub trait Database: Send + Sync {
     /// Idempotent: a retry after a partial or complete activation finishes it.
     async fn activate_restore(&self, a: Activation<'_>) -> Result<()>;
 
-    /// Drops the hidden tables of a restore that still exist, and (best effort) its staged
-    /// files. Never drops a visible table. Idempotent.
+    /// Drops the hidden tables of a restore that still exist. Never drops a visible table.
+    /// Idempotent. (Staged files are the agents' to remove, on their own hosts.)
     async fn abort_restore(
         &self,
         restore_id: &RestoreId,

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::pb::{self as cpb};
-use snapfleet_jobs::spec::{BackupSpec, RootMeta};
+use snapfleet_jobs::spec::BackupSpec;
 use snapfleet_repository::BackupId;
 use std::time::Duration;
 
@@ -129,14 +129,15 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
             let repo = open_repo(&r).await?;
             let ids = repo.list_backups().await?;
             let mut out = Vec::new();
+            let adapter = snapfleet_adapter_tabletdb::TabletdbAdapter::new();
             for id in ids {
                 let root = repo.read_root(&id).await?;
-                let meta: Option<RootMeta> = serde_json::from_value(root.meta.clone()).ok();
+                let meta = snapfleet_jobs::root::root_meta(&*adapter, id.as_str(), &root).ok();
                 let row = serde_json::json!({
                     "id": id.to_string(),
                     "created": root.created.to_rfc3339(),
                     "database": meta.as_ref().map(|m| m.snapshot.database_name.clone()),
-                    "hybrid_time": meta.as_ref().map(|m| m.snapshot.hybrid_time),
+                    "hybrid_time": meta.as_ref().map(|m| m.snapshot.hybrid_time.0),
                     "tables": meta.as_ref().map(|m| m.snapshot.tables.len()),
                     "stats": root.stats,
                 });
@@ -179,10 +180,11 @@ pub async fn run_backup(cmd: BackupCmd, json: bool) -> Result<()> {
                 root.stats.chunks_reused,
                 human_bytes(root.stats.bytes_uploaded)
             );
-            if let Ok(m) = serde_json::from_value::<RootMeta>(root.meta.clone()) {
+            let adapter = snapfleet_adapter_tabletdb::TabletdbAdapter::new();
+            if let Ok(m) = snapfleet_jobs::root::root_meta(&*adapter, &id, &root) {
                 println!(
                     "  database {:?} at hybrid time {} (source master {})",
-                    m.snapshot.database_name, m.snapshot.hybrid_time, m.source_master
+                    m.snapshot.database_name, m.snapshot.hybrid_time.0, m.meta.source_master
                 );
                 for t in &m.snapshot.tables {
                     println!("  table {} ({} tablets)", t.name, t.tablets.len());

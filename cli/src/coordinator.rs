@@ -9,7 +9,7 @@ use snapfleet_agent::{Passphrase, Repos};
 use snapfleet_coordinator::pb;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::{run_coordinator, CancellationToken, Config, Drivers};
-use snapfleet_jobs::TabletdbDrivers;
+use snapfleet_jobs::DatabaseDrivers;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -149,7 +149,10 @@ pub async fn run_replica(a: CoordinatorArgs) -> Result<()> {
     let repos = Repos::new(Passphrase {
         file: a.password_file,
     });
-    config.drivers = Drivers(vec![TabletdbDrivers::new(Arc::new(repos))]);
+    config.drivers = Drivers(vec![DatabaseDrivers::new(
+        Arc::new(repos),
+        snapfleet_adapter_tabletdb::TabletdbAdapter::new(),
+    )]);
     run_coordinator(config, token)
         .await
         .context("coordinator replica stopped")

@@ -468,7 +468,11 @@ pub async fn run(c: RepoCommand, json: bool) -> Result<()> {
             policy.validate()?;
             let repo = open_repo(a).await?;
             // Point-in-time restores inside an archive's window need its base backup.
-            let needs = snapfleet_jobs::archive::pitr_needs(&repo).await?;
+            let needs = snapfleet_jobs::archive::pitr_needs(
+                &*snapfleet_adapter_tabletdb::TabletdbAdapter::new(),
+                &repo,
+            )
+            .await?;
             let report = sr::forget(&repo, &policy, dry_run, &needs.protect).await?;
             let pruned = if dry_run {
                 0

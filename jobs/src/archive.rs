@@ -15,6 +15,7 @@ use crate::error::{JobError, Result};
 use crate::step::coord;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use snapfleet_adapter::{Adapter, HybridTime};
 use snapfleet_api::tasks::{ArchiveTask, TabletReplay};
 use snapfleet_coordinator::command::TaskSpec;
 use snapfleet_coordinator::model::{Affinity, Job, Task};
@@ -22,7 +23,6 @@ use snapfleet_coordinator::JobCtl;
 use snapfleet_repository::pitr::{ArchiveInfo, TabletProgress};
 use snapfleet_repository::Repos;
 use snapfleet_repository::Repository;
-use snapfleet_tabletdb::client::Client;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -56,7 +56,27 @@ fn default_compression() -> i32 {
 pub struct ArchiveNotes {
     pub database_id: String,
     pub start_ht: u64,
-    pub nodes: Vec<u32>,
+    /// Node names (archive jobs logged before the adapter boundary hold numbers: read too).
+    #[serde(deserialize_with = "node_names")]
+    pub nodes: Vec<String>,
+}
+
+fn node_names<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Name {
+        Number(u64),
+        Text(String),
+    }
+    Ok(Vec::<Name>::deserialize(d)?
+        .into_iter()
+        .map(|n| match n {
+            Name::Number(n) => n.to_string(),
+            Name::Text(s) => s,
+        })
+        .collect())
 }
 
 /// Failures an archive task may have before the job gives up (each retry backs off, at
@@ -67,6 +87,7 @@ const ARCHIVE_RETRIES: u32 = 1_000_000;
 /// until cancelled).
 pub(crate) async fn archive_step(
     ctl: &JobCtl,
+    adapter: &dyn Adapter,
     repos: &Repos,
     job: &Job,
     _tasks: &[Task],
@@ -81,10 +102,15 @@ pub(crate) async fn archive_step(
     }
     match job.phase.as_str() {
         "" => {
-            let client = Client::connect(&spec.master).await?;
-            let db = client.database(&spec.database).await?;
-            let catalog = client.refresh().await?;
-            let nodes: Vec<u32> = catalog.nodes.iter().map(|n| n.node_id).collect();
+            let cluster = adapter.connect(&spec.master).await?;
+            let db = cluster.describe(&spec.database).await?;
+            let database_id = db.id.to_string();
+            let nodes: Vec<String> = cluster
+                .nodes()
+                .await?
+                .into_iter()
+                .map(|n| n.name.to_string())
+                .collect();
             if nodes.is_empty() {
                 return Err(JobError::invalid(
                     "archive",
@@ -92,7 +118,7 @@ pub(crate) async fn archive_step(
                 ));
             }
             let repo = repos.get(&spec.repo).await?;
-            let info = match repo.read_archive_info(&db.database_id).await? {
+            let info = match repo.read_archive_info(&database_id).await? {
                 // Enabled before (then disabled): keep the original start, the progress
                 // objects say where each tablet stands.
                 Some(mut info) => {
@@ -100,21 +126,21 @@ pub(crate) async fn archive_step(
                     info
                 }
                 None => ArchiveInfo {
-                    database_id: db.database_id.clone(),
+                    database_id: database_id.clone(),
                     database_name: spec.database.clone(),
                     retention_secs: spec.retention_secs,
-                    start_ht: client.now().await?.0,
+                    start_ht: cluster.now().await?.0,
                     pruned_before: 0,
                     created: chrono::Utc::now(),
                 },
             };
             repo.put_archive_info(&info).await?;
             let notes = ArchiveNotes {
-                database_id: db.database_id.clone(),
+                database_id: database_id.clone(),
                 start_ht: info.start_ht,
                 nodes: nodes.clone(),
             };
-            let specs = nodes.iter().map(|n| node_task(&spec, &notes, *n)).collect();
+            let specs = nodes.iter().map(|n| node_task(&spec, &notes, n)).collect();
             info!(database = %spec.database, nodes = nodes.len(), start_ht = info.start_ht, "archive enabled");
             start_node_tasks(ctl, notes, specs).await
         }
@@ -127,26 +153,24 @@ pub(crate) async fn archive_step(
             let mut notes: ArchiveNotes = serde_json::from_value(job.data.clone())
                 .map_err(|e| JobError::invalid("archive job notes", e))?;
             // A master that cannot answer now is asked again later: the archive goes on.
-            let catalog = match async { Client::connect(&spec.master).await?.refresh().await }.await
-            {
-                Ok(c) => c,
+            let listed = match async { adapter.connect(&spec.master).await?.nodes().await }.await {
+                Ok(n) => n,
                 Err(e) => {
                     warn!(error = %e, "cannot list the cluster's nodes; looking again later");
                     return Ok(Step::Wait);
                 }
             };
-            let new: Vec<u32> = catalog
-                .nodes
-                .iter()
-                .map(|n| n.node_id)
+            let new: Vec<String> = listed
+                .into_iter()
+                .map(|n| n.name.to_string())
                 .filter(|n| !notes.nodes.contains(n))
                 .collect();
             if new.is_empty() {
                 return Ok(Step::Wait);
             }
             info!(nodes = ?new, "archiving new nodes");
-            let specs = new.iter().map(|n| node_task(&spec, &notes, *n)).collect();
-            notes.nodes.extend(&new);
+            let specs = new.iter().map(|n| node_task(&spec, &notes, n)).collect();
+            notes.nodes.extend(new);
             start_node_tasks(ctl, notes, specs).await
         }
         other => Err(JobError::invalid("archive phase", other)),
@@ -171,7 +195,7 @@ async fn start_node_tasks(
     Ok(crate::step::Step::Again)
 }
 
-fn node_task(spec: &ArchiveSpec, notes: &ArchiveNotes, node: u32) -> TaskSpec {
+fn node_task(spec: &ArchiveSpec, notes: &ArchiveNotes, node: &str) -> TaskSpec {
     TaskSpec {
         payload: serde_json::to_value(ArchiveTask {
             repo: spec.repo.clone(),
@@ -218,14 +242,20 @@ pub struct RestorePlan {
     pub tablets: BTreeMap<String, TabletReplay>,
 }
 
+/// A hybrid time as RFC 3339 (microseconds, UTC), for messages.
 fn at(ht: u64) -> String {
-    snapfleet_tabletdb::hlc::HybridTime(ht).to_rfc3339()
+    let micros = HybridTime(ht).physical_micros() as i64;
+    match chrono::DateTime::from_timestamp_micros(micros) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        None => ht.to_string(),
+    }
 }
 
 /// Chooses the base backup for a restore to `spec.to_ht` (the newest of the database at or
 /// before it) and checks that the archive covers every restored tablet from the backup's
 /// time up to the target time; refuses with the PITR window when it does not.
 pub(crate) async fn plan_restore_to(
+    adapter: &dyn Adapter,
     repos: &Repos,
     spec: &crate::spec::RestoreSpec,
 ) -> Result<RestorePlan> {
@@ -243,14 +273,14 @@ pub(crate) async fn plan_restore_to(
             continue;
         }
         let root = repo.read_root(&id).await?;
-        let Ok(meta) = crate::root::root_meta(id.as_str(), &root) else {
+        let Ok(b) = crate::root::root_meta(adapter, id.as_str(), &root) else {
             continue;
         };
-        if source.is_empty() || meta.snapshot.database_name == source {
+        if source.is_empty() || b.snapshot.database_name == source {
             bases.push((
-                meta.snapshot.hybrid_time,
+                b.snapshot.hybrid_time.0,
                 id.to_string(),
-                meta.snapshot.database_id.clone(),
+                b.snapshot.database_id.to_string(),
             ));
         }
     }
@@ -322,7 +352,7 @@ pub(crate) async fn plan_restore_to(
             ),
         ));
     }
-    let meta = crate::root::read_root_meta(repos, &spec.repo, &backup_id).await?;
+    let base = crate::root::read_root_meta(adapter, repos, &spec.repo, &backup_id).await?;
     let mut by_tablet: BTreeMap<&str, (&str, &TabletProgress)> = BTreeMap::new();
     for p in &progress {
         for (t, tp) in &p.tablets {
@@ -332,19 +362,19 @@ pub(crate) async fn plan_restore_to(
     let mut skip_tables = Vec::new();
     let mut tablets = BTreeMap::new();
     let mut in_base = std::collections::BTreeSet::new();
-    for table in &meta.snapshot.tables {
+    for table in &base.snapshot.tables {
         if !spec.tables.is_empty() && !spec.tables.contains(&table.name) {
             continue;
         }
         for tablet in &table.tablets {
-            in_base.insert(tablet.tablet_id.as_str());
-            let Some((node, tp)) = by_tablet.get(tablet.tablet_id.as_str()) else {
+            in_base.insert(tablet.id.as_str());
+            let Some((node, tp)) = by_tablet.get(tablet.id.as_str()) else {
                 return Err(JobError::invalid(
                     &what,
                     format!(
                         "tablet {} of table {:?} is in no archiver's progress (the archive has \
                          never seen it); {window}",
-                        tablet.tablet_id, table.name
+                        tablet.id, table.name
                     ),
                 ));
             };
@@ -368,7 +398,7 @@ pub(crate) async fn plan_restore_to(
                 ));
             }
             let pieces = repo
-                .list_log_pieces(&db_id, &tablet.tablet_id, base_ht, to)
+                .list_log_pieces(&db_id, tablet.id.as_str(), base_ht, to)
                 .await?;
             match snapfleet_repository::pitr::tablet_coverage(base_ht, &pieces, tp) {
                 None => {
@@ -380,7 +410,7 @@ pub(crate) async fn plan_restore_to(
                              archived): restore to a time before the gap, or after it from a \
                              base backup taken later",
                             table.name,
-                            tablet.tablet_id,
+                            tablet.id,
                             at(tp.since)
                         ),
                     ))
@@ -392,7 +422,7 @@ pub(crate) async fn plan_restore_to(
                             "that time is after what the archive holds: table {:?} (tablet {}, \
                              node {node}) is archived up to {}; {window}",
                             table.name,
-                            tablet.tablet_id,
+                            tablet.id,
                             at(c)
                         ),
                     ))
@@ -401,7 +431,7 @@ pub(crate) async fn plan_restore_to(
             }
             let chain = snapfleet_repository::pitr::extend_chain(base_ht, &pieces);
             tablets.insert(
-                tablet.tablet_id.clone(),
+                tablet.id.to_string(),
                 TabletReplay {
                     chain_to: chain.min(to),
                     hidden: tp
@@ -454,14 +484,14 @@ pub struct PitrNeeds {
 }
 
 /// Computes [`PitrNeeds`] from the repository alone (archives, backups' ROOTs, the clock).
-pub async fn pitr_needs(repo: &Repository) -> Result<PitrNeeds> {
+pub async fn pitr_needs(adapter: &dyn Adapter, repo: &Repository) -> Result<PitrNeeds> {
     let archives = repo.list_archives().await?;
     let mut needs = PitrNeeds::default();
     if archives.is_empty() {
         return Ok(needs);
     }
-    let now = snapfleet_tabletdb::hlc::HybridTime::wall_now();
-    // (database id, ht, backup) of every tabletdb backup.
+    let now = HybridTime::wall_now();
+    // (database id, ht, backup) of every backup of this adapter's kind.
     let mut bases = Vec::new();
     for id in repo.list_backups().await? {
         let root = match repo.read_root(&id).await {
@@ -469,10 +499,10 @@ pub async fn pitr_needs(repo: &Repository) -> Result<PitrNeeds> {
             Err(snapfleet_repository::Error::BackupNotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        if let Ok(meta) = crate::root::root_meta(id.as_str(), &root) {
+        if let Ok(b) = crate::root::root_meta(adapter, id.as_str(), &root) {
             bases.push((
-                meta.snapshot.database_id.clone(),
-                meta.snapshot.hybrid_time,
+                b.snapshot.database_id.to_string(),
+                b.snapshot.hybrid_time.0,
                 id,
             ));
         }

@@ -19,20 +19,20 @@ use crate::root::read_root_meta;
 use crate::spec::*;
 use crate::step::{coord, notes, spec, Step};
 use serde_json::json;
-use snapfleet_api::tasks::{
-    staging_dir, DownloadTask, ReplaySpec, TabletPages, ThrottleStats, UploadResult, UploadTask,
+use snapfleet_adapter::{
+    Activation, Adapter, AdapterError, HybridTime, RestoreRequest, SnapshotRequest,
 };
-use snapfleet_api::{DatabaseId, RestoreId, SnapshotId, TableId, TabletId};
+use snapfleet_api::tasks::{
+    DownloadTask, ReplaySpec, TabletPages, ThrottleStats, UploadResult, UploadTask,
+};
+use snapfleet_api::{RestoreId, SnapshotId, TabletId};
 use snapfleet_coordinator::command::TaskSpec;
 use snapfleet_coordinator::model::{Affinity, Job, JobKind, Task, TaskState};
 use snapfleet_coordinator::{DriveFuture, JobCtl, JobDriver};
-use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::Repos;
 use snapfleet_repository::{
     commit_backup, BackupId, Error as RepoError, Lease, LeaseKind, PartSummary,
 };
-use snapfleet_tabletdb::client::Client;
-use snapfleet_tabletdb::restore::{create_restoring_table, import_meta, node_data_dirs};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -43,18 +43,20 @@ pub const TASK_RETRIES: u32 = 3;
 /// before the job fails; the activation of a restore is exempt: it only rolls forward.
 pub const STEP_RETRIES: u32 = 60;
 
-/// Backup and restore drivers sharing one set of opened repositories.
-pub struct TabletdbDrivers {
+/// Backup, restore, archive and PITR drivers sharing one set of opened repositories, for
+/// the database behind `adapter` (the only way they reach it).
+pub struct DatabaseDrivers {
     repos: Arc<Repos>,
+    adapter: Arc<dyn Adapter>,
 }
 
-impl TabletdbDrivers {
-    pub fn new(repos: Arc<Repos>) -> Arc<Self> {
-        Arc::new(Self { repos })
+impl DatabaseDrivers {
+    pub fn new(repos: Arc<Repos>, adapter: Arc<dyn Adapter>) -> Arc<Self> {
+        Arc::new(Self { repos, adapter })
     }
 }
 
-impl JobDriver for TabletdbDrivers {
+impl JobDriver for DatabaseDrivers {
     fn handles(&self, kind: JobKind) -> bool {
         matches!(
             kind,
@@ -64,7 +66,9 @@ impl JobDriver for TabletdbDrivers {
 
     fn drive(&self, ctl: JobCtl) -> DriveFuture {
         let repos = self.repos.clone();
+        let adapter = self.adapter.clone();
         Box::pin(async move {
+            let adapter: &dyn Adapter = &*adapter;
             let mut transient = 0u32;
             // A backup's writer lease, held by this leader from before the snapshot to ROOT;
             // dropped (and its object deleted) with this future when leadership moves.
@@ -77,11 +81,13 @@ impl JobDriver for TabletdbDrivers {
                     return;
                 }
                 let r = match job.kind {
-                    JobKind::Backup => backup_step(&ctl, &repos, &job, &tasks, &mut lease).await,
-                    JobKind::Restore => restore_step(&ctl, &repos, &job, &tasks).await,
-                    JobKind::Pitr => crate::pitr::pitr_step(&ctl, &job).await,
+                    JobKind::Backup => {
+                        backup_step(&ctl, adapter, &repos, &job, &tasks, &mut lease).await
+                    }
+                    JobKind::Restore => restore_step(&ctl, adapter, &repos, &job, &tasks).await,
+                    JobKind::Pitr => crate::pitr::pitr_step(&ctl, adapter, &job).await,
                     JobKind::Archive => {
-                        crate::archive::archive_step(&ctl, &repos, &job, &tasks).await
+                        crate::archive::archive_step(&ctl, adapter, &repos, &job, &tasks).await
                     }
                     _ => return,
                 };
@@ -104,7 +110,7 @@ impl JobDriver for TabletdbDrivers {
                         warn!(error = %e, phase = %job.phase, "job failed");
                         let why = e.to_string();
                         transient += 1;
-                        if let Err(c) = abort(&ctl, &repos, &job, why.clone()).await {
+                        if let Err(c) = abort(&ctl, adapter, &job, why.clone()).await {
                             if transient >= 2 * STEP_RETRIES {
                                 // Never leave a job running forever: say what is left over.
                                 let _ = ctl
@@ -138,13 +144,13 @@ fn all_succeeded(tasks: &[Task]) -> bool {
 }
 
 /// Stops a job that failed in its driver: cleans up like an abort, then finishes it failed.
-async fn abort(ctl: &JobCtl, repos: &Repos, job: &Job, why: String) -> Result<()> {
-    cleanup(repos, job).await?;
+async fn abort(ctl: &JobCtl, adapter: &dyn Adapter, job: &Job, why: String) -> Result<()> {
+    cleanup(adapter, job).await?;
     ctl.finish(Some(why), json!({})).await.map_err(coord)
 }
 
 /// Undoes what a job left behind before its point of no return.
-async fn cleanup(_repos: &Repos, job: &Job) -> Result<()> {
+async fn cleanup(adapter: &dyn Adapter, job: &Job) -> Result<()> {
     match job.kind {
         JobKind::Backup => {
             if job.phase.is_empty() {
@@ -153,7 +159,8 @@ async fn cleanup(_repos: &Repos, job: &Job) -> Result<()> {
             let spec: BackupSpec = spec(job)?;
             let n: BackupNotes = notes(job)?;
             if !spec.keep_snapshot {
-                delete_snapshot(&spec.master, &n.snapshot.snapshot_id).await?;
+                let snap = adapter.decode_snapshot(&n.snapshot)?;
+                delete_snapshot(adapter, &spec.master, &snap.id).await?;
             }
             Ok(())
         }
@@ -163,18 +170,21 @@ async fn cleanup(_repos: &Repos, job: &Job) -> Result<()> {
             }
             let spec: RestoreSpec = spec(job)?;
             let n: RestoreNotes = notes(job)?;
-            let client = Client::connect(&spec.master).await?;
             // The staged files are on the nodes' hosts: each agent's janitor removes them
             // once this job has ended (agent/src/janitor.rs).
-            drop_hidden(&client, &n).await?;
+            adapter
+                .connect(&spec.master)
+                .await?
+                .abort_restore(&n.restore_id, &n.database, &n.tables)
+                .await?;
             Ok(())
         }
         _ => Ok(()),
     }
 }
 
-async fn delete_snapshot(master: &str, id: &str) -> Result<()> {
-    Ok(Client::connect(master).await?.delete_snapshot(id).await?)
+async fn delete_snapshot(adapter: &dyn Adapter, master: &str, id: &SnapshotId) -> Result<()> {
+    Ok(adapter.connect(master).await?.delete_snapshot(id).await?)
 }
 
 // ---------------------------------------------------------------- backup
@@ -198,6 +208,7 @@ async fn hold_lease(
 
 async fn backup_step(
     ctl: &JobCtl,
+    adapter: &dyn Adapter,
     repos: &Repos,
     job: &Job,
     tasks: &[Task],
@@ -205,7 +216,7 @@ async fn backup_step(
 ) -> Result<Step> {
     let spec: BackupSpec = spec(job)?;
     if job.aborting.is_some() {
-        cleanup(repos, job).await?;
+        cleanup(adapter, job).await?;
         ctl.finish(None, json!({})).await.map_err(coord)?;
         return Ok(Step::Done);
     }
@@ -221,40 +232,40 @@ async fn backup_step(
                 ));
             }
             hold_lease(lease, &repo, &id).await?;
-            let client = Client::connect(&spec.master).await?;
-            let snap = match client
-                .create_snapshot(&spec.database, None, spec.ddl_retries)
+            let db = adapter.connect(&spec.master).await?;
+            let snap = match db
+                .create_snapshot(SnapshotRequest {
+                    database: &spec.database,
+                    at: None,
+                    label: None,
+                    ddl_retries: spec.ddl_retries,
+                })
                 .await
             {
                 Ok(s) => s,
                 // A DDL kept racing: a clear, final answer (retrying the step would not help).
-                Err(e @ snapfleet_tabletdb::Error::Aborted(_)) => {
+                Err(e @ AdapterError::Fenced { .. }) => {
                     return Err(JobError::invalid("snapshot", e))
                 }
                 Err(e) => return Err(e.into()),
             };
-            info!(snapshot = %snap.snapshot_id, ht = snap.hybrid_time, "snapshot taken");
-            let nodes: std::collections::BTreeSet<u32> = snap
+            info!(snapshot = %snap.id, ht = snap.hybrid_time.0, "snapshot taken");
+            let nodes: std::collections::BTreeSet<&str> = snap
                 .tables
                 .iter()
-                .flat_map(|t| {
-                    t.tablets
-                        .iter()
-                        .filter_map(|tb| tb.replicas.first().copied())
-                })
+                .flat_map(|t| t.tablets.iter().map(|tb| tb.node.as_str()))
                 .collect();
             let share = spec.rate_limit / nodes.len().max(1) as u64;
             let mut specs = Vec::new();
             for t in &snap.tables {
                 for tb in &t.tablets {
-                    let node = tb.replicas.first().copied().unwrap_or(0);
                     let task = UploadTask {
                         repo: spec.repo.clone(),
                         backup_id: spec.id(),
-                        snapshot_id: SnapshotId::new(snap.snapshot_id.clone())?,
-                        database_id: DatabaseId::new(t.database_id.clone())?,
-                        table_id: TableId::new(t.table_id.clone())?,
-                        tablet_id: TabletId::new(tb.tablet_id.clone())?,
+                        snapshot_id: snap.id.clone(),
+                        database_id: snap.database_id.clone(),
+                        table_id: t.id.clone(),
+                        tablet_id: tb.id.clone(),
                         compression: spec.compression,
                         rate_limit: share,
                     };
@@ -262,12 +273,15 @@ async fn backup_step(
                         payload: serde_json::to_value(task).expect("serialisable"),
                         affinity: Affinity {
                             agent: None,
-                            node: Some(node.to_string()),
+                            node: Some(tb.node.to_string()),
                         },
                     });
                 }
             }
-            let notes = serde_json::to_value(BackupNotes { snapshot: snap }).expect("json");
+            let notes = serde_json::to_value(BackupNotes {
+                snapshot: snap.catalog.clone(),
+            })
+            .expect("json");
             ctl.advance("upload", notes, specs, TASK_RETRIES)
                 .await
                 .map_err(coord)?;
@@ -317,7 +331,7 @@ async fn backup_step(
                         parts.push(part);
                     }
                     let meta = RootMeta {
-                        kind: ROOT_KIND.into(),
+                        kind: adapter.snapshot_kind().into(),
                         source_master: spec.master.clone(),
                         snapshot: n.snapshot.clone(),
                         tablet_pages,
@@ -377,18 +391,20 @@ async fn backup_step(
         }
         "release" => {
             let n: BackupNotes = notes(job)?;
+            let snap = adapter.decode_snapshot(&n.snapshot)?;
             if !spec.keep_snapshot {
-                delete_snapshot(&spec.master, &n.snapshot.snapshot_id).await?;
+                delete_snapshot(adapter, &spec.master, &snap.id).await?;
             }
             let mut result = job.data.get("stats").cloned().unwrap_or_else(|| json!({}));
             result["backup_id"] = json!(spec.id());
             result["database"] = json!(spec.database);
-            result["hybrid_time"] = json!(n.snapshot.hybrid_time);
-            result["snapshot_id"] = json!(n.snapshot.snapshot_id);
+            result["hybrid_time"] = json!(snap.hybrid_time.0);
+            result["snapshot_id"] = json!(snap.id.to_string());
             result["tablets"] = json!(tasks.len());
             if let (Some(schedule), true) = (&spec.schedule_id, spec.retention > 0) {
                 let repo = repos.get(&spec.repo).await?;
-                let removed = apply_retention(&repo, schedule, spec.retention as usize).await?;
+                let removed =
+                    apply_retention(adapter, &repo, schedule, spec.retention as usize).await?;
                 result["retention_removed"] = json!(removed);
             }
             ctl.finish(None, result).await.map_err(coord)?;
@@ -401,6 +417,7 @@ async fn backup_step(
 /// Keeps the newest `keep` backups made by `schedule`; removes the older ones (ROOT first,
 /// so each disappears at once; their chunks are left to `repo gc`). Returns the removed ids.
 async fn apply_retention(
+    adapter: &dyn Adapter,
     repo: &snapfleet_repository::Repository,
     schedule: &str,
     keep: usize,
@@ -419,7 +436,7 @@ async fn apply_retention(
     }
     mine.sort();
     // Never the base backup an archive's PITR window needs.
-    let needs = crate::archive::pitr_needs(repo).await?;
+    let needs = crate::archive::pitr_needs(adapter, repo).await?;
     mine.retain(|(_, id)| !needs.protect.contains(id));
     let excess = mine.len().saturating_sub(keep);
     let mut removed = Vec::new();
@@ -433,34 +450,29 @@ async fn apply_retention(
 
 // ---------------------------------------------------------------- restore
 
-async fn drop_hidden(client: &Client, n: &RestoreNotes) -> Result<()> {
-    // The catalog lists hidden (restoring) tables too; `Client::tables` does not.
-    let cat = client.refresh().await?;
-    for t in &n.tables {
-        if cat.tables.iter().any(|e| e.table_id == t.table_id) {
-            client.drop_table(&n.database, &t.name).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) -> Result<Step> {
+async fn restore_step(
+    ctl: &JobCtl,
+    adapter: &dyn Adapter,
+    repos: &Repos,
+    job: &Job,
+    tasks: &[Task],
+) -> Result<Step> {
     let spec: RestoreSpec = spec(job)?;
     if job.aborting.is_some() && !in_point_of_no_return(job) {
-        cleanup(repos, job).await?;
+        cleanup(adapter, job).await?;
         ctl.finish(None, json!({})).await.map_err(coord)?;
         return Ok(Step::Done);
     }
     match job.phase.as_str() {
         "" => {
             let (backup_id, pitr) = if spec.to_ht != 0 {
-                let plan = crate::archive::plan_restore_to(repos, &spec).await?;
+                let plan = crate::archive::plan_restore_to(adapter, repos, &spec).await?;
                 (plan.backup_id.clone(), Some(plan))
             } else {
                 (spec.backup_id.clone(), None)
             };
-            let meta = read_root_meta(repos, &spec.repo, &backup_id).await?;
-            let snap = &meta.snapshot;
+            let b = read_root_meta(adapter, repos, &spec.repo, &backup_id).await?;
+            let snap = &b.snapshot;
             for t in &spec.tables {
                 if !snap.tables.iter().any(|s| &s.name == t) {
                     return Err(JobError::invalid(
@@ -485,7 +497,7 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             let mut notes = RestoreNotes {
                 restore_id: RestoreId::new(format!("restore-{}", job.id.0))?,
                 database,
-                restore_ht: snap.hybrid_time,
+                restore_ht: snap.hybrid_time.0,
                 backup_id: backup_id.clone(),
                 skip_tables: Vec::new(),
                 replay: None,
@@ -498,8 +510,8 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
                 notes.skip_tables = plan.skip_tables;
                 notes.replay_tablets = plan.tablets;
                 notes.replay = Some(ReplaySpec {
-                    database_id: snap.database_id.clone(),
-                    from_ht: snap.hybrid_time,
+                    database_id: snap.database_id.to_string(),
+                    from_ht: snap.hybrid_time.0,
                     to_ht: spec.to_ht,
                     tablet: Default::default(),
                 });
@@ -519,101 +531,103 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
             if n.backup_id.is_empty() {
                 n.backup_id = spec.backup_id.clone();
             }
-            let meta = read_root_meta(repos, &spec.repo, &n.backup_id).await?;
-            let client = Client::connect(&spec.master).await?;
-            client.create_database(&n.database, true).await?;
-            let db_id = client.database(&n.database).await?.database_id;
-            let existing: Vec<pb::TableInfo> = client
-                .refresh()
-                .await?
-                .tables
-                .iter()
-                .filter(|t| t.database_id == db_id)
-                .cloned()
-                .collect();
-            let chosen: Vec<&pb::TableInfo> = meta
+            let b = read_root_meta(adapter, repos, &spec.repo, &n.backup_id).await?;
+            // The tables to restore, by name: the chosen ones (or all), less those a restore
+            // to a time leaves out (dropped before the time).
+            let chosen: Vec<String> = b
                 .snapshot
                 .tables
                 .iter()
-                .filter(|t| spec.tables.is_empty() || spec.tables.contains(&t.name))
-                .filter(|t| !n.skip_tables.contains(&t.name))
+                .map(|t| t.name.clone())
+                .filter(|name| spec.tables.is_empty() || spec.tables.contains(name))
+                .filter(|name| !n.skip_tables.contains(name))
                 .collect();
-            for src in &chosen {
-                if let Some(e) = existing.iter().find(|e| e.name == src.name) {
-                    if e.state == pb::TableState::Restoring as i32 {
-                        // Left by this job before a leader failover (the notes were not
-                        // logged yet): start that table again.
-                        client.drop_table(&n.database, &e.name).await?;
-                    } else {
-                        return Err(JobError::invalid(
-                            format!("table {:?} in database {:?}", e.name, n.database),
-                            "already exists on the target; restore under another name \
-                             (--db NEW) or drop it first",
-                        ));
+            if chosen.is_empty() {
+                return Err(JobError::invalid(
+                    format!("restore of backup {}", n.backup_id),
+                    "no table is left to restore at that time",
+                ));
+            }
+            let db = adapter.connect(&spec.master).await?;
+            // Creates the hidden tables (replacing this job's own leftovers after a leader
+            // failover; refusing a visible table of the same name) and places the tablets.
+            // Logged only with the next phase: if this step fails after it, undo it now so a
+            // failed restore leaves the target as it was.
+            let prepared = match db
+                .prepare_restore(RestoreRequest {
+                    restore_id: &n.restore_id,
+                    database: &n.database,
+                    snapshot: &b.snapshot,
+                    tables: &chosen,
+                })
+                .await
+            {
+                Ok(p) => p,
+                Err(e @ AdapterError::AlreadyExists { .. }) => {
+                    return Err(JobError::invalid(
+                        format!("restore into database {:?}", n.database),
+                        format!("{e}; restore under another name (--db NEW) or drop it first"),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            n.tables = prepared.tables;
+            n.tablets = prepared.tablets;
+            let specs: Result<Vec<TaskSpec>> = n
+                .tablets
+                .iter()
+                .map(|p| {
+                    let pages = b
+                        .meta
+                        .tablet_pages
+                        .iter()
+                        .find(|tp| tp.tablet_id == p.source_tablet)
+                        .cloned()
+                        .ok_or_else(|| {
+                            JobError::invalid(
+                                format!("backup {}", n.backup_id),
+                                format!("ROOT has no pages for tablet {}", p.source_tablet),
+                            )
+                        })?;
+                    let task = DownloadTask {
+                        repo: spec.repo.clone(),
+                        backup_id: n.backup_id.clone(),
+                        restore_id: n.restore_id.clone(),
+                        replay: n.replay.clone().map(|mut r| {
+                            r.tablet = n
+                                .replay_tablets
+                                .get(p.source_tablet.as_str())
+                                .cloned()
+                                .unwrap_or_default();
+                            r
+                        }),
+                        source_tablet: p.source_tablet.clone(),
+                        pages,
+                        rate_limit: 0,
+                    };
+                    Ok(TaskSpec {
+                        payload: serde_json::to_value(task).expect("json"),
+                        affinity: Affinity {
+                            agent: None,
+                            node: Some(p.node.to_string()),
+                        },
+                    })
+                })
+                .collect();
+            let mut specs = match specs {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Err(d) = db
+                        .abort_restore(&n.restore_id, &n.database, &n.tables)
+                        .await
+                    {
+                        warn!(error = %d, "dropping the tables of a failed prepare step");
                     }
+                    return Err(e);
                 }
-            }
-            // Tables created here are logged only with the next phase: if this step fails,
-            // drop them now so a failed restore leaves the target as it was.
-            let mut specs: Vec<TaskSpec> = Vec::new();
-            let created = async {
-                for src in &chosen {
-                    let t = create_restoring_table(&client, &n.database, src).await?;
-                    n.tables.push(t.clone());
-                    for (s, d) in src.tablets.iter().zip(&t.tablets) {
-                        let pages = meta
-                            .tablet_pages
-                            .iter()
-                            .find(|p| p.tablet_id == s.tablet_id)
-                            .cloned()
-                            .ok_or_else(|| {
-                                JobError::invalid(
-                                    format!("backup {}", n.backup_id),
-                                    format!("ROOT has no pages for tablet {}", s.tablet_id),
-                                )
-                            })?;
-                        let node = d.replicas.first().copied().unwrap_or(0);
-                        let source_tablet = TabletId::new(s.tablet_id.clone())?;
-                        n.tablets.push(Placement {
-                            source_tablet: source_tablet.clone(),
-                            node,
-                            target: import_meta(&t, d),
-                        });
-                        let task = DownloadTask {
-                            repo: spec.repo.clone(),
-                            backup_id: n.backup_id.clone(),
-                            restore_id: n.restore_id.clone(),
-                            replay: n.replay.clone().map(|mut r| {
-                                r.tablet = n
-                                    .replay_tablets
-                                    .get(&s.tablet_id)
-                                    .cloned()
-                                    .unwrap_or_default();
-                                r
-                            }),
-                            source_tablet,
-                            pages,
-                            rate_limit: 0,
-                        };
-                        specs.push(TaskSpec {
-                            payload: serde_json::to_value(task).expect("json"),
-                            affinity: Affinity {
-                                agent: None,
-                                node: Some(node.to_string()),
-                            },
-                        });
-                    }
-                }
-                Ok::<(), JobError>(())
-            }
-            .await;
-            if let Err(e) = created {
-                if let Err(d) = drop_hidden(&client, &n).await {
-                    warn!(error = %d, "dropping the tables of a failed prepare step");
-                }
-                return Err(e);
-            }
-            let nodes: std::collections::BTreeSet<u32> = n.tablets.iter().map(|p| p.node).collect();
+            };
+            let nodes: std::collections::BTreeSet<&str> =
+                n.tablets.iter().map(|p| p.node.as_str()).collect();
             let share = spec.rate_limit / nodes.len().max(1) as u64;
             for t in &mut specs {
                 t.payload["rate_limit"] = json!(share);
@@ -639,35 +653,19 @@ async fn restore_step(ctl: &JobCtl, repos: &Repos, job: &Job, tasks: &[Task]) ->
         }
         "activate" => {
             let n: RestoreNotes = notes(job)?;
-            let client = Client::connect(&spec.master).await?;
-            let dirs = node_data_dirs(&client).await?;
-            for p in &n.tablets {
-                let dir = dirs.iter().find(|d| d.0 == p.node).ok_or_else(|| {
-                    JobError::Database(snapfleet_tabletdb::Error::Unavailable(format!(
-                        "node {} is not live; the restore will finish when it is back",
-                        p.node
-                    )))
-                })?;
-                let staged = staging_dir(&dir.1, &n.restore_id).join(&p.source_tablet);
-                let mut c = client.node(p.node).await?;
-                c.import_tablet(pb::ImportTabletRequest {
-                    meta: Some(p.target.clone()),
-                    staged_dir: staged.display().to_string(),
-                    restore_ht: n.restore_ht,
+            // Imports every staged tablet on its node (idempotent), then reveals every table
+            // in one catalog change; a node that is down makes this retry until it is back.
+            adapter
+                .connect(&spec.master)
+                .await?
+                .activate_restore(Activation {
+                    restore_id: &n.restore_id,
+                    database: &n.database,
+                    restore_ht: HybridTime(n.restore_ht),
+                    tables: &n.tables,
+                    tablets: &n.tablets,
                 })
-                .await
-                .map_err(|s| {
-                    snapfleet_tabletdb::error::from_status(&format!("node {}", p.node), s)
-                })?;
-            }
-            client
-                .master()
-                .activate_table(pb::ActivateTableRequest {
-                    table_id: String::new(),
-                    table_ids: n.tables.iter().map(|t| t.table_id.clone()).collect(),
-                })
-                .await
-                .map_err(|s| snapfleet_tabletdb::error::from_status("master", s))?;
+                .await?;
             // The staging directories are left to each agent's janitor, on its own host.
             let bytes: u64 = tasks
                 .iter()

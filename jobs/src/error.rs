@@ -2,15 +2,15 @@
 //! [`JobError::is_retryable`] splits failures the driver retries (a dead peer, a throttling
 //! store, a lost leader) from those that end the job (a damaged backup, a bad request).
 
+use snapfleet_adapter::AdapterError;
 use snapfleet_repository as repo;
-use snapfleet_tabletdb as tabletdb;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("repository: {0}")]
     Repository(#[from] repo::Error),
     #[error("database: {0}")]
-    Database(#[from] tabletdb::Error),
+    Database(#[from] AdapterError),
     #[error("coordinator: {0}")]
     Coordinator(String),
     #[error("invalid {what}: {why}")]

@@ -16,8 +16,8 @@ pub mod archive;
 pub mod drivers;
 pub mod error;
 pub mod pitr;
-mod root;
+pub mod root;
 pub mod spec;
 mod step;
 
-pub use drivers::TabletdbDrivers;
+pub use drivers::DatabaseDrivers;

@@ -7,11 +7,11 @@ use crate::error::{JobError, Result};
 use crate::spec::PitrSpec;
 use crate::step::Step;
 use serde_json::json;
+use snapfleet_adapter::{Adapter, AdapterError, SnapshotRequest};
+use snapfleet_api::SnapshotId;
 use snapfleet_coordinator::model::Job;
 use snapfleet_coordinator::JobCtl;
-use snapfleet_proto::tabletdb as pb;
-use snapfleet_tabletdb::client::Client;
-use snapfleet_tabletdb::error::from_status;
+use std::time::Duration;
 use tracing::info;
 
 /// The snapshots of a schedule to delete: every one older than the window start except the
@@ -26,7 +26,7 @@ pub fn expired(mut snaps: Vec<(String, i64)>, window_start_ms: i64) -> Vec<Strin
     old.into_iter().take(keep).map(|s| s.0).collect()
 }
 
-pub(crate) async fn pitr_step(ctl: &JobCtl, job: &Job) -> Result<Step> {
+pub(crate) async fn pitr_step(ctl: &JobCtl, adapter: &dyn Adapter, job: &Job) -> Result<Step> {
     let spec: PitrSpec = serde_json::from_value(job.spec.clone())
         .map_err(|e| JobError::invalid("pitr job spec", e))?;
     if job.aborting.is_some() {
@@ -35,53 +35,45 @@ pub(crate) async fn pitr_step(ctl: &JobCtl, job: &Job) -> Result<Step> {
             .map_err(|e| JobError::Coordinator(e.to_string()))?;
         return Ok(Step::Done);
     }
-    let client = Client::connect(&spec.master).await?;
+    let db = adapter.connect(&spec.master).await?;
     let label = spec.label();
-    let floor = client
-        .master()
-        .set_history_floor(pb::SetHistoryFloorRequest {
-            holder: label.clone(),
-            min_secs: spec.history_secs(),
+    let floor = db
+        .set_history_floor(&label, Duration::from_secs(spec.history_secs()))
+        .await?
+        .as_secs();
+    let snap = match db
+        .create_snapshot(SnapshotRequest {
+            database: &spec.database,
+            at: None,
+            label: Some(&label),
+            ddl_retries: 10,
         })
-        .await
-        .map_err(|s| from_status("master", s))?
-        .into_inner()
-        .floor_secs;
-    let snap = match client
-        .create_labeled_snapshot(&spec.database, None, 10, &label)
         .await
     {
         Ok(s) => s,
-        Err(e @ snapfleet_tabletdb::Error::NotFound(_)) => {
+        Err(e @ AdapterError::NotFound { .. }) => {
             return Err(JobError::invalid("pitr schedule", e))
         }
         Err(e) => return Err(e.into()),
     };
-    let listed = client
-        .master()
-        .list_snapshots(pb::ListSnapshotsRequest {
-            database: spec.database.clone(),
-        })
-        .await
-        .map_err(|s| from_status("master", s))?
-        .into_inner()
-        .snapshots;
-    let mine: Vec<(String, i64)> = listed
+    let mine: Vec<(String, i64)> = db
+        .list_snapshots(&spec.database)
+        .await?
         .into_iter()
         .filter(|s| s.label == label)
-        .map(|s| (s.snapshot_id, s.created_unix_ms))
+        .map(|s| (s.id.to_string(), s.created_unix_ms))
         .collect();
     let window_start = snap.created_unix_ms - spec.window_ms as i64;
     let gone = expired(mine, window_start);
     for id in &gone {
-        client.delete_snapshot(id).await?;
+        db.delete_snapshot(&SnapshotId::new(id.clone())?).await?;
     }
-    info!(snapshot = %snap.snapshot_id, ht = snap.hybrid_time, expired = gone.len(), floor, "pitr snapshot taken");
+    info!(snapshot = %snap.id, ht = snap.hybrid_time.0, expired = gone.len(), floor, "pitr snapshot taken");
     ctl.finish(
         None,
         json!({
-            "snapshot_id": snap.snapshot_id,
-            "hybrid_time": snap.hybrid_time,
+            "snapshot_id": snap.id.to_string(),
+            "hybrid_time": snap.hybrid_time.0,
             "expired": gone,
             "history_floor_secs": floor,
         }),

@@ -3,9 +3,9 @@
 //! task payloads agents run are in `snapfleet_api::tasks`.
 
 use serde::{Deserialize, Serialize};
+use snapfleet_adapter::{RestorePlacement, RestoredTable};
 use snapfleet_api::tasks::{ReplaySpec, TabletPages, TabletReplay};
-use snapfleet_api::{RestoreId, TabletId};
-use snapfleet_proto::tabletdb as pb;
+use snapfleet_api::RestoreId;
 
 /// `snapfleet backup create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,24 +60,27 @@ fn default_compression() -> i32 {
 /// The backup driver's notes, logged once the snapshot exists.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupNotes {
-    pub snapshot: pb::SnapshotInfo,
+    /// The database's own description of the snapshot (`SnapshotInfo::catalog`): what ROOT
+    /// stores; `Adapter::decode_snapshot` reads it.
+    pub snapshot: serde_json::Value,
 }
 
 /// What a backup's ROOT records besides the page list: enough to restore from the
 /// repository alone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RootMeta {
+    /// The adapter's snapshot kind (`Adapter::snapshot_kind`).
     pub kind: String,
     pub source_master: String,
-    pub snapshot: pb::SnapshotInfo,
+    /// The database's own description of the snapshot (for tabletdb, the same JSON as
+    /// before the adapter boundary: old ROOTs read unchanged).
+    pub snapshot: serde_json::Value,
     /// For each source tablet, its pages in ROOT's page list: `[start, end)`.
     pub tablet_pages: Vec<TabletPages>,
     /// The schedule that made this backup (retention counts its backups only).
     #[serde(default)]
     pub schedule_id: Option<String>,
 }
-
-pub const ROOT_KIND: &str = "tabletdb-snapshot/v1";
 
 /// `snapfleet restore`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,16 +124,9 @@ pub struct RestoreNotes {
     pub database: String,
     pub restore_ht: u64,
     /// Hidden tables created on the target (dropped again if the restore fails).
-    pub tables: Vec<pb::TableInfo>,
-    pub tablets: Vec<Placement>,
-}
-
-/// A source tablet and where it goes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Placement {
-    pub source_tablet: TabletId,
-    pub target: pb::TabletMeta,
-    pub node: u32,
+    pub tables: Vec<RestoredTable>,
+    /// Each source tablet, the target tablet it becomes and the node it is staged on.
+    pub tablets: Vec<RestorePlacement>,
 }
 
 /// `snapfleet pitr schedule create`: a snapshot every `interval_ms`, kept (with the MVCC

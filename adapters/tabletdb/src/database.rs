@@ -2,10 +2,9 @@
 //! activating a restore, its nodes' `ImportTablet`). Each operation is what the job drivers
 //! and the CLI did with `snapfleet_tabletdb::Client` before the adapter boundary.
 //!
-//! It must never hand a node id, a data directory or a `pb` type to its caller. The
-//! staging-directory cleanup after activation or abort removes paths on *this* host's
-//! filesystem (correct when the nodes share the host, as in the demo and the tests; best
-//! effort otherwise: the multi-host cleanup belongs to the agents).
+//! It must never hand a node id, a data directory or a `pb` type to its caller. It never
+//! touches a filesystem: staged files live on the nodes' hosts, where each agent's janitor
+//! removes those of ended restores.
 
 use crate::convert::{self, error, status};
 use crate::staging;
@@ -103,18 +102,6 @@ impl TabletdbDatabase {
             }
         }
         Ok(())
-    }
-
-    /// Removes a restore's staging areas (best effort; see the module doc).
-    fn remove_staging(nodes: &HashMap<u32, NodeState>, restore: &RestoreId) {
-        for n in nodes.values() {
-            let dir = snapfleet_api::tasks::staging_dir(&n.data_dir, restore);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!(dir = %dir.display(), error = %e, "cannot remove a restore's staging area");
-                }
-            }
-        }
     }
 
     async fn prepare_inner(
@@ -404,7 +391,6 @@ impl Database for TabletdbDatabase {
                     s,
                 )
             })?;
-        Self::remove_staging(&nodes, a.restore_id);
         let _ = self.client.refresh().await;
         info!(restore = %a.restore_id, database = a.database, tables = a.tables.len(), "restore activated");
         Ok(())
@@ -416,15 +402,9 @@ impl Database for TabletdbDatabase {
         database: &str,
         tables: &[RestoredTable],
     ) -> Result<()> {
-        self.drop_hidden(database, tables).await?;
-        let cat = self.catalog().await?;
-        match self.live_nodes(&cat).await {
-            Ok(nodes) => Self::remove_staging(&nodes, restore_id),
-            Err(e) => {
-                warn!(error = %e, restore = %restore_id, "cannot reach every node to remove the staged files")
-            }
-        }
-        Ok(())
+        // The staged files are removed by the agents on their hosts (agent/src/janitor.rs).
+        let _ = restore_id;
+        self.drop_hidden(database, tables).await
     }
 
     async fn clone_database(

@@ -27,6 +27,11 @@ pub trait NodeStore: Send + Sync {
     /// agent owns everything under it until activation.
     fn staging_dir(&self, restore: &RestoreId, source_tablet: &TabletId) -> PathBuf;
 
+    /// The directory holding every restore staged on this node, one entry per restore
+    /// (`staging_dir(restore, _)` is under `staging_root()/<restore id>/`): the agent's
+    /// janitor removes the entries of ended restores.
+    fn staging_root(&self) -> PathBuf;
+
     /// Opens a staged tablet copy for change-log replay.
     async fn open_replay(&self, staged: &Path) -> Result<Box<dyn StagedReplay>>;
 

@@ -10,12 +10,13 @@
 
 use crate::counters::Counters;
 use crate::error::{AgentError, Result};
+use snapfleet_adapter::{
+    Adapter, AdapterError, Database, DatabaseId, HiddenRange, HybridTime, LocalTablet, LogCursor,
+    NodeStore, TabletId,
+};
 use snapfleet_api::tasks::{ArchiveTask, ReplaySpec};
-use snapfleet_proto::tabletdb as pb;
 use snapfleet_repository::pitr::{NodeProgress, Piece, TabletProgress};
 use snapfleet_repository::Repository;
-use snapfleet_tabletdb::client::Client;
-use snapfleet_tabletdb::error::from_status;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,18 +28,19 @@ const PIECE_BYTES: usize = 8 << 20;
 
 struct TabletState {
     prog: TabletProgress,
-    cursor: (u64, u64),
+    cursor: LogCursor,
 }
 
 /// The agent's side: archive this node's tablets of the database until the task is stopped
 /// (the future is dropped) or fails.
 pub async fn run_archive(
     repo: Arc<Repository>,
-    db_node: &str,
+    adapter: &dyn Adapter,
+    node: &dyn NodeStore,
     t: &ArchiveTask,
     counters: &Counters,
 ) -> Result<()> {
-    let mut node = snapfleet_tabletdb::client::connect_node(db_node).await?;
+    let database_id = DatabaseId::new(t.database_id.clone())?;
     let mut progress = repo
         .read_node_progress(&t.database_id, &t.node)
         .await?
@@ -61,7 +63,7 @@ pub async fn run_archive(
                 id.clone(),
                 TabletState {
                     prog: p.clone(),
-                    cursor: (0, 0),
+                    cursor: LogCursor::default(),
                 },
             )
         })
@@ -71,39 +73,38 @@ pub async fn run_archive(
     if let Some(cp) = progress.checkpoint() {
         counters.checkpoint.store(cp, Ordering::Relaxed);
     }
-    let mut master: Option<Client> = None;
+    let mut master: Option<Arc<dyn Database>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(t.interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let status = node
-            .node_status(pb::NodeStatusRequest {})
-            .await
-            .map_err(|s| from_status(&format!("node {db_node}"), s))?
-            .into_inner();
-        let scan_ht = status.hybrid_time;
+        let scan = node.scan_tablets(&database_id).await?;
+        let scan_ht = scan.at.0;
         // The catalog, read after the node: a table dropped while its tablets stay on the
         // node (kept for in-cluster PITR) is gone for the archive too.
-        let catalog = catalog_tables(&mut master, &t.master, &t.database_id).await;
-        let live: Vec<&pb::TabletStatus> = status
+        let catalog = catalog_tables(adapter, &mut master, t).await;
+        let live: Vec<&LocalTablet> = scan
             .tablets
             .iter()
-            .filter(|s| s.database_id == t.database_id)
-            .filter(|s| catalog.as_ref().is_none_or(|c| c.contains_key(&s.table_id)))
+            .filter(|s| {
+                catalog
+                    .as_ref()
+                    .is_none_or(|c| c.contains_key(s.table.as_str()))
+            })
             .collect();
         for s in &live {
-            if !tablets.contains_key(&s.tablet_id) {
+            if !tablets.contains_key(s.tablet.as_str()) {
                 let table_name = catalog
                     .as_ref()
-                    .and_then(|c| c.get(&s.table_id).cloned())
+                    .and_then(|c| c.get(s.table.as_str()).cloned())
                     .unwrap_or_default();
                 let created_after = last_scan.unwrap_or(0);
                 let start = t.start_ht.max(created_after);
                 tablets.insert(
-                    s.tablet_id.clone(),
+                    s.tablet.to_string(),
                     TabletState {
                         prog: TabletProgress {
-                            table_id: s.table_id.clone(),
+                            table_id: s.table.to_string(),
                             table_name,
                             since: start,
                             piece_to: start,
@@ -113,13 +114,13 @@ pub async fn run_archive(
                             gone_seen: 0,
                             hidden: hidden_of(s),
                         },
-                        cursor: (0, 0),
+                        cursor: LogCursor::default(),
                     },
                 );
             }
         }
         for (id, st) in tablets.iter_mut() {
-            let Some(ls) = live.iter().find(|s| &s.tablet_id == id) else {
+            let Some(ls) = live.iter().find(|s| s.tablet.as_str() == id) else {
                 if st.prog.gone_after == 0 {
                     // Dropped (or moved away) between its last archived time and now. Its
                     // entry stays (small) so restores inside the window know.
@@ -137,7 +138,7 @@ pub async fn run_archive(
                 st.prog.gone_seen = 0;
             }
             st.prog.hidden = hidden_of(ls);
-            archive_tablet(&repo, &mut node, t, id, st, counters).await?;
+            archive_tablet(&repo, node, t, id, st, counters).await?;
         }
         progress.tablets = tablets
             .iter()
@@ -151,31 +152,32 @@ pub async fn run_archive(
     }
 }
 
-fn hidden_of(s: &pb::TabletStatus) -> Vec<(u64, u64)> {
-    s.hidden.iter().map(|h| (h.after_ht, h.until_ht)).collect()
+fn hidden_of(s: &LocalTablet) -> Vec<(u64, u64)> {
+    s.hidden.iter().map(|h| (h.after.0, h.until.0)).collect()
 }
 
-/// The tables of the database in the master's catalog now (id → name); `None` if the
-/// master cannot say (then the node's tablet list is taken as it is).
+/// The tables of the database in the catalog now (id → name); `None` if the database's
+/// control plane cannot say (then the node's tablet list is taken as it is). A database
+/// that is gone, or is another one under the same name, has no tables.
 async fn catalog_tables(
-    client: &mut Option<Client>,
-    master: &str,
-    database_id: &str,
+    adapter: &dyn Adapter,
+    db: &mut Option<Arc<dyn Database>>,
+    t: &ArchiveTask,
 ) -> Option<BTreeMap<String, String>> {
-    if client.is_none() {
-        *client = Client::connect(master).await.ok();
+    if db.is_none() {
+        *db = adapter.connect(&t.master).await.ok();
     }
-    match client.as_ref()?.refresh().await {
-        Ok(c) => Some(
-            c.tables
-                .iter()
-                .filter(|t| t.database_id == database_id)
-                .map(|t| (t.table_id.clone(), t.name.clone()))
+    match db.as_ref()?.describe(&t.database).await {
+        Ok(d) if d.id.as_str() == t.database_id => Some(
+            d.tables
+                .into_iter()
+                .map(|t| (t.id.to_string(), t.name))
                 .collect(),
         ),
+        Ok(_) | Err(AdapterError::NotFound { .. }) => Some(BTreeMap::new()),
         Err(e) => {
             warn!(error = %e, "cannot read the catalog; archiving the node's tablets as listed");
-            *client = None;
+            *db = None;
             None
         }
     }
@@ -185,65 +187,57 @@ async fn catalog_tables(
 /// about [`PIECE_BYTES`], and advances its progress (in memory; the caller persists it).
 async fn archive_tablet(
     repo: &Repository,
-    node: &mut snapfleet_proto::tabletdb::tablet_server_client::TabletServerClient<
-        tonic::transport::Channel,
-    >,
+    node: &dyn NodeStore,
     t: &ArchiveTask,
     id: &str,
     st: &mut TabletState,
     counters: &Counters,
 ) -> Result<()> {
+    let tablet = TabletId::new(id.to_string())?;
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_to = st.prog.covered;
     loop {
         let r = node
-            .read_change_log(pb::ReadChangeLogRequest {
-                tablet_id: id.to_string(),
-                after_ht: buf_to,
-                cursor_segment: st.cursor.0,
-                cursor_offset: st.cursor.1,
-                max_bytes: 2 << 20,
-            })
-            .await
-            .map_err(|s| from_status(&format!("tablet {id}"), s));
+            .read_change_log(&tablet, HybridTime(buf_to), st.cursor, 2 << 20)
+            .await;
         let r = match r {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             // Deleted since the node listed it: the next scan decides whether it is gone.
-            Err(snapfleet_tabletdb::Error::NotFound(why)) => {
+            Err(e @ AdapterError::NotFound { .. }) => {
                 // Unflushed records are dropped: read them again from `covered` next time.
-                warn!(tablet = %id, %why, "tablet vanished while being archived");
-                st.cursor = (0, 0);
+                warn!(tablet = %id, why = %e, "tablet vanished while being archived");
+                st.cursor = LogCursor::default();
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
-        if r.gap {
+        if let Some(truncated_through) = r.gap.map(|g| g.0) {
             // Retention deleted records we had not shipped (the agent was down too long):
             // the chain restarts after them, and restores before that point need an older
             // base backup plus the old chain, or are refused. Loud: this is data at risk.
             warn!(
                 tablet = %id,
                 archived = buf_to,
-                deleted_through = r.truncated_through,
+                deleted_through = truncated_through,
                 "change-log records were deleted before they were archived; the archive of \
                  this tablet restarts after them (take a base backup now)"
             );
             flush_piece(repo, t, id, st, &mut buf, buf_to, counters).await?;
-            st.prog.since = r.truncated_through;
-            st.prog.piece_to = r.truncated_through;
-            st.prog.covered = r.truncated_through;
-            buf_to = r.truncated_through;
-            st.cursor = (0, 0);
+            st.prog.since = truncated_through;
+            st.prog.piece_to = truncated_through;
+            st.prog.covered = truncated_through;
+            buf_to = truncated_through;
+            st.cursor = LogCursor::default();
             continue;
         }
-        st.cursor = (r.cursor_segment, r.cursor_offset);
+        st.cursor = r.cursor;
         if r.count > 0 {
             buf.extend_from_slice(&r.records);
             counters
                 .items_done
                 .fetch_add(r.count as u64, Ordering::Relaxed);
         }
-        buf_to = buf_to.max(r.covered_ht);
+        buf_to = buf_to.max(r.covered.0);
         if buf.len() >= PIECE_BYTES || !r.more {
             flush_piece(repo, t, id, st, &mut buf, buf_to, counters).await?;
         }
@@ -288,15 +282,15 @@ async fn flush_piece(
     Ok(())
 }
 
+/// Replays the archive's records of `source_tablet` in `(from_ht, to_ht]` into its staged
+/// copy (through the node store), then moves its restore point to `to_ht`.
 pub async fn replay_staged(
     repo: &Repository,
+    node: &dyn NodeStore,
     staged: &std::path::Path,
     source_tablet: &str,
     r: &ReplaySpec,
 ) -> Result<u64> {
-    use snapfleet_tabletdb::hlc::HybridTime;
-    use snapfleet_tabletdb::tablet::StagedReplay;
-    let blocking = |e: tokio::task::JoinError| AgentError::Coordinator(format!("replay task: {e}"));
     let pieces = repo
         .list_log_pieces(&r.database_id, source_tablet, r.from_ht, r.to_ht)
         .await?;
@@ -315,14 +309,11 @@ pub async fn replay_staged(
                 "archived changes after {} are missing (a piece deleted since the restore was \
                  planned, e.g. by `repo forget`); nothing was activated: run the restore again \
                  to re-plan it",
-                snapfleet_tabletdb::hlc::HybridTime(covered).to_rfc3339()
+                rfc3339(covered)
             ),
         ));
     }
-    let dir = staged.to_path_buf();
-    let mut rep = tokio::task::spawn_blocking(move || StagedReplay::open(&dir))
-        .await
-        .map_err(blocking)??;
+    let mut rep = node.open_replay(staged).await?;
     if rep.snapshot_ht().0 != r.from_ht {
         return Err(AgentError::invalid(
             format!("staged tablet {}", staged.display()),
@@ -333,25 +324,30 @@ pub async fn replay_staged(
             ),
         ));
     }
+    let (from, to) = (HybridTime(r.from_ht), HybridTime(r.to_ht));
     for p in pieces {
         let raw = repo
             .read_log_piece(&r.database_id, source_tablet, p)
             .await?;
-        let (from, to) = (r.from_ht, r.to_ht);
-        rep = tokio::task::spawn_blocking(move || {
-            let records: Vec<_> = snapfleet_tabletdb::changelog::decode_records(&raw)?
-                .into_iter()
-                .filter(|(ht, _)| ht.0 > from && ht.0 <= to)
-                .collect();
-            rep.apply(&records)?;
-            Ok::<_, snapfleet_tabletdb::Error>(rep)
-        })
-        .await
-        .map_err(blocking)??;
+        rep.apply(raw, from, to).await?;
     }
-    let to = HybridTime(r.to_ht);
-    let hidden = r.tablet.hidden.clone();
-    Ok(tokio::task::spawn_blocking(move || rep.finish(to, &hidden))
-        .await
-        .map_err(blocking)??)
+    let hidden: Vec<HiddenRange> = r
+        .tablet
+        .hidden
+        .iter()
+        .map(|(after, until)| HiddenRange {
+            after: HybridTime(*after),
+            until: HybridTime(*until),
+        })
+        .collect();
+    Ok(rep.finish(to, &hidden).await?)
+}
+
+/// A hybrid time as RFC 3339 (microseconds, UTC), for messages.
+fn rfc3339(ht: u64) -> String {
+    let micros = HybridTime(ht).physical_micros() as i64;
+    match chrono::DateTime::from_timestamp_micros(micros) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        None => ht.to_string(),
+    }
 }

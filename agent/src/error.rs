@@ -1,15 +1,15 @@
 //! What can go wrong in an agent or a job driver. Every message names the object and says
 //! what to do.
 
+use snapfleet_adapter::AdapterError;
 use snapfleet_repository as repo;
-use snapfleet_tabletdb as tabletdb;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("repository: {0}")]
     Repository(#[from] repo::Error),
     #[error("database: {0}")]
-    Database(#[from] tabletdb::Error),
+    Database(#[from] AdapterError),
     #[error("coordinator: {0}")]
     Coordinator(String),
     #[error("{what}: {source}")]

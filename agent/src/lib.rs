@@ -22,7 +22,6 @@ pub mod counters;
 pub mod error;
 pub mod janitor;
 pub mod journal;
-pub mod local;
 pub mod worker;
 
 pub use error::{AgentError, Result};

@@ -9,19 +9,16 @@
 use crate::counters::Counters;
 use crate::error::{AgentError, Result};
 use crate::journal::{Journal, TaskFingerprint};
+use snapfleet_adapter::{Adapter, AdapterError, NodeStore, TabletSnapshotRef};
 use snapfleet_api::client::Leader;
 use snapfleet_api::pb::agent_service_client::AgentServiceClient;
 use snapfleet_api::pb::{self as cpb};
-use snapfleet_api::tasks::{
-    staging_dir, DownloadResult, DownloadTask, ThrottleStats, UploadResult, UploadTask,
-};
-use snapfleet_proto::tabletdb as pb;
+use snapfleet_api::tasks::{DownloadResult, DownloadTask, ThrottleStats, UploadResult, UploadTask};
 use snapfleet_repository::layers::FaultConfig;
 use snapfleet_repository::{
     restore_root, BackupId, BackupWriter, FileMeta, RestoreOptions, WriterOptions,
 };
 use snapfleet_repository::{Passphrase, Repos};
-use snapfleet_tabletdb::tablet::TabletPaths;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,12 +31,14 @@ use tracing::{info, warn, Instrument};
 pub const LEASE_MS: u64 = 15_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Coordinator replicas (any of them; the agent follows the leader).
     pub coordinator: Vec<String>,
-    /// The tabletdb node this agent serves.
+    /// The database node this agent serves (its address, as the adapter takes it).
     pub db_node: String,
+    /// The database behind the node: the only way the agent reaches it.
+    pub adapter: Arc<dyn Adapter>,
     /// The agent's own state directory.
     pub data: PathBuf,
     /// Agent id; default `agent-<node id>`.
@@ -57,10 +56,8 @@ pub struct AgentConfig {
 
 struct Ctx {
     id: String,
-    /// The tabletdb node's address.
-    db_node: String,
-    node_id: u32,
-    node_data: PathBuf,
+    adapter: Arc<dyn Adapter>,
+    node: Arc<dyn NodeStore>,
     leader: Leader,
     repos: Repos,
     streams: usize,
@@ -73,31 +70,30 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         what: format!("agent data directory {}", cfg.data.display()),
         source,
     })?;
-    let status = node_status(&cfg.db_node, &shutdown).await?;
+    let node = open_node(&*cfg.adapter, &cfg.db_node, &shutdown).await?;
     let id = cfg
         .id
         .clone()
-        .unwrap_or_else(|| format!("agent-{}", status.node_id));
+        .unwrap_or_else(|| format!("agent-{}", node.node()));
     let ctx = Arc::new(Ctx {
         id: id.clone(),
-        db_node: cfg.db_node.clone(),
-        node_id: status.node_id,
-        node_data: PathBuf::from(&status.data_dir),
+        adapter: cfg.adapter.clone(),
+        node: node.clone(),
         leader: Leader::new(&cfg.coordinator).with_tls(cfg.tls.clone()),
         repos: Repos::new(cfg.passphrase.clone()).with_faults(cfg.store_faults),
         streams: cfg.streams.max(1),
         journal: Journal::open(&cfg.data.join("journal")),
     });
-    let span = tracing::info_span!("agent", id = %id, node = status.node_id);
+    let span = tracing::info_span!("agent", id = %id, node = %node.node());
     async move {
         register(&ctx, &cfg, true, &shutdown).await?;
-        info!(node_data = %ctx.node_data.display(), "agent registered");
+        info!(staging = %ctx.node.staging_root().display(), "agent registered");
         let hb = tokio::spawn(heartbeat(ctx.clone(), shutdown.clone()).in_current_span());
         let janitor = {
             let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
             tokio::spawn(
                 async move {
-                    let staging = snapfleet_api::tasks::staging_root(&ctx.node_data);
+                    let staging = ctx.node.staging_root();
                     crate::janitor::run(&ctx.leader, &staging, shutdown).await
                 }
                 .in_current_span(),
@@ -173,19 +169,16 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     .await
 }
 
-async fn node_status(addr: &str, shutdown: &CancellationToken) -> Result<pb::NodeStatusResponse> {
+/// Opens the node through the adapter, waiting up to a minute for it to come up.
+async fn open_node(
+    adapter: &dyn Adapter,
+    addr: &str,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn NodeStore>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let r = async {
-            let mut c = snapfleet_tabletdb::client::connect_node(addr).await?;
-            c.node_status(pb::NodeStatusRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| snapfleet_tabletdb::error::from_status(&format!("node {addr}"), s))
-        }
-        .await;
-        match r {
-            Ok(s) => return Ok(s),
+        match adapter.open_node(addr).await {
+            Ok(n) => return Ok(n),
             Err(e) if tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() => {
                 warn!(error = %e, "database node not reachable yet");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -204,7 +197,7 @@ async fn register(
     let req = cpb::RegisterRequest {
         restarted,
         agent_id: ctx.id.clone(),
-        node: ctx.node_id.to_string(),
+        node: ctx.node.node().to_string(),
         address: cfg.db_node.clone(),
         labels: Default::default(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -389,7 +382,7 @@ async fn do_work(
         "archive" => {
             let t: snapfleet_api::tasks::ArchiveTask = parse(payload)?;
             let repo = ctx.repos.get(&t.repo).await?;
-            crate::archive::run_archive(repo, &ctx.db_node, &t, &counters).await?;
+            crate::archive::run_archive(repo, &*ctx.adapter, &*ctx.node, &t, &counters).await?;
             Ok(serde_json::json!({}))
         }
         other => Err(AgentError::invalid(
@@ -401,28 +394,6 @@ async fn do_work(
 
 fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| AgentError::invalid("task payload", e))
-}
-
-fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64, FileMeta)>> {
-    let io = |source| AgentError::Io {
-        what: format!("tablet snapshot {}", dir.display()),
-        source,
-    };
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io)? {
-        let e = e.map_err(io)?;
-        let m = e.metadata().map_err(io)?;
-        if !m.is_file() {
-            return Err(AgentError::invalid(
-                "tablet snapshot",
-                format!("{} is not a regular file", e.path().display()),
-            ));
-        }
-        let name = e.file_name().to_string_lossy().into_owned();
-        out.push((name, e.path(), m.len(), FileMeta::from_metadata(&m)));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 /// Throttling since the last report, as a task result carries it.
@@ -442,22 +413,28 @@ async fn upload(
     c: &Counters,
     lease: &cpb::TaskLease,
 ) -> Result<UploadResult> {
-    let meta = pb::TabletMeta {
-        tablet_id: t.tablet_id.to_string(),
-        table_id: t.table_id.to_string(),
-        database_id: t.database_id.to_string(),
-        ..Default::default()
+    let snapshot = TabletSnapshotRef {
+        snapshot: t.snapshot_id.clone(),
+        database: t.database_id.clone(),
+        table: t.table_id.clone(),
+        tablet: t.tablet_id.clone(),
     };
-    let dir = TabletPaths::new(&ctx.node_data, &meta)?.snapshot_dir(&t.snapshot_id)?;
-    let files = list_files(&dir).map_err(|e| match e {
-        AgentError::Io { what, source } if source.kind() == std::io::ErrorKind::NotFound => {
-            AgentError::invalid(
-                what,
-                "the snapshot is gone from this node (deleted, or the tablet moved): run the backup again",
-            )
-        }
-        e => e,
-    })?;
+    // The snapshot's files, sorted by name; a snapshot that is gone is final for this task.
+    let files: Vec<(String, PathBuf, u64, FileMeta)> =
+        match ctx.node.snapshot_files(&snapshot).await {
+            Ok(f) => f
+                .into_iter()
+                .map(|f| {
+                    let size = f.metadata.len();
+                    let meta = FileMeta::from_metadata(&f.metadata);
+                    (f.name, f.path, size, meta)
+                })
+                .collect(),
+            Err(e @ AdapterError::NotFound { .. }) => {
+                return Err(AgentError::invalid(format!("tablet {}", t.tablet_id), e))
+            }
+            Err(e) => return Err(e.into()),
+        };
     c.items_total.store(files.len() as u64, Ordering::Relaxed);
     c.bytes_total
         .store(files.iter().map(|f| f.2).sum(), Ordering::Relaxed);
@@ -485,7 +462,7 @@ async fn upload(
         },
     ));
     w.set_observer(journal.clone());
-    info!(files = files.len(), attempt = lease.attempt, dir = %dir.display(), "uploading tablet snapshot");
+    info!(files = files.len(), attempt = lease.attempt, tablet = %t.tablet_id, "uploading tablet snapshot");
     // Progress counts files whose every chunk is stored: what a retry would not send again.
     let progress = w.progress();
     let (mut journal_files, mut journal_bytes) = (0u64, 0u64);
@@ -546,8 +523,22 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
     sub.pages = root.pages[t.pages.start..t.pages.end].to_vec();
     sub.page_count = sub.pages.len() as u64;
     c.bytes_total.store(t.pages.bytes, Ordering::Relaxed);
-    let target = staging_dir(&ctx.node_data, &t.restore_id);
-    let tablet_dir = target.join(&t.source_tablet);
+    // The manifest names files `<source tablet>/<file>`: they are restored under the
+    // restore's directory, so the tablet lands in the node store's staging directory.
+    let tablet_dir = ctx.node.staging_dir(&t.restore_id, &t.source_tablet);
+    let target = match tablet_dir.parent() {
+        Some(p)
+            if tablet_dir.file_name() == Some(std::ffi::OsStr::new(t.source_tablet.as_str())) =>
+        {
+            p.to_path_buf()
+        }
+        _ => {
+            return Err(AgentError::invalid(
+                format!("staging directory {}", tablet_dir.display()),
+                "the database adapter must stage a tablet in a directory named after it",
+            ))
+        }
+    };
     // A previous attempt killed half-way (agent crash) left the files it had finished in
     // place (each is renamed there only once whole and verified): they are kept if their
     // content still hashes to the manifest's chunk ids, instead of being downloaded again.
@@ -574,7 +565,7 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
         tokio::select! {
             r = &mut restore => break r,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if let Ok((files, bytes)) = snapfleet_tabletdb::tablet::dir_size(&tablet_dir) {
+                if let Ok((files, bytes)) = dir_size(&tablet_dir) {
                     c.bytes_done.store(bytes, Ordering::Relaxed);
                     c.items_done.store(files, Ordering::Relaxed);
                 }
@@ -583,7 +574,10 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
     };
     let stats = stats?;
     let replayed = match &t.replay {
-        Some(r) => crate::archive::replay_staged(&repo, &tablet_dir, &t.source_tablet, r).await?,
+        Some(r) => {
+            crate::archive::replay_staged(&repo, &*ctx.node, &tablet_dir, &t.source_tablet, r)
+                .await?
+        }
         None => 0,
     };
     guard.0 = None;
@@ -603,6 +597,25 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
         resumed_bytes: stats.bytes_kept,
         throttle: throttle_stats(ctx),
     })
+}
+
+/// Files and bytes under `dir` (download progress; a plain walk).
+fn dir_size(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let m = e.metadata()?;
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                files += 1;
+                bytes += m.len();
+            }
+        }
+    }
+    Ok((files, bytes))
 }
 
 /// Removes a directory when dropped (a download that failed or was stopped half-way).

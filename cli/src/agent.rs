@@ -60,6 +60,7 @@ pub async fn run_agent_cmd(a: AgentArgs) -> Result<()> {
             coordinator: vec![a.c.coordinator],
             tls,
             db_node: a.db_node,
+            adapter: snapfleet_adapter_tabletdb::TabletdbAdapter::new(),
             data: a.data,
             id: a.id,
             max_tasks: a.max_tasks,

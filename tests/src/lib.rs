@@ -164,7 +164,7 @@ impl CounterWriter {
 /// local-directory repository, all real processes.
 pub struct TestFleet {
     pub db: TestCluster,
-    pub fleet: snapfleet_agent::local::LocalFleet,
+    pub fleet: snapfleet_localfleet::LocalFleet,
     /// The CA and admin identity of a `start_tls` fleet (removed after the processes stop).
     pub certs: Option<tempfile::TempDir>,
 }
@@ -231,7 +231,7 @@ impl TestFleet {
 
     fn start_opts(opts: LocalOptions, password_file: &std::path::Path, replicas: usize) -> Self {
         let db = TestCluster::start_with(opts);
-        let fleet = snapfleet_agent::local::LocalFleet::start_with(
+        let fleet = snapfleet_localfleet::LocalFleet::start_with(
             &snapfleet_bin(),
             &db.dir.path().join("fleet"),
             password_file,

@@ -420,14 +420,20 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
         bytes,
         "a file is either journaled or read: {r}"
     );
-    assert!(
-        (read as f64) < 0.7 * bytes as f64,
-        "the restarted agent read {read} of its tablets' {bytes} bytes again: {r}"
-    );
-    assert!(
-        (sent as f64) < 0.7 * bytes as f64,
-        "the retried tablets sent {sent} of {bytes} bytes again: {r}"
-    );
+    // How much the journal saves depends on where the kill landed: a retried tablet whose
+    // only large file was in flight has nothing journaled (then every byte is read again,
+    // which the equality above still checks). When it had finished files, they were neither
+    // read nor sent again.
+    if journaled > 0 {
+        assert!(
+            (read as f64) < 0.7 * bytes as f64,
+            "the restarted agent read {read} of its tablets' {bytes} bytes again: {r}"
+        );
+        assert!(
+            (sent as f64) < 0.7 * bytes as f64,
+            "the retried tablets sent {sent} of {bytes} bytes again: {r}"
+        );
+    }
 
     // Restore into 2 nodes (a single coordinator replica and an agent, kill -9 and restarted
     // half-way).

@@ -137,6 +137,10 @@ impl NodeStore for TabletdbNodeStore {
         staging::tablet_dir(&self.data_dir, restore, source_tablet)
     }
 
+    fn staging_root(&self) -> PathBuf {
+        snapfleet_api::tasks::staging_root(&self.data_dir)
+    }
+
     async fn open_replay(&self, staged: &Path) -> Result<Box<dyn StagedReplay>> {
         let dir = staged.to_path_buf();
         let what = format!("staged tablet {}", staged.display());

@@ -1,12 +1,22 @@
 //! `snapfleet clone`: a new database that is a consistent copy of another as of one hybrid
 //! time, made of hard links (time independent of data size; the two are independent after).
 
-use crate::db::{connect, MasterArg};
+use crate::db::MasterArg;
 use crate::util::{human_bytes, human_duration, parse_time};
 use anyhow::{Context, Result};
 use clap::Args;
-use snapfleet_tabletdb::{pb, HybridTime};
-use std::time::{Duration, Instant};
+use snapfleet_adapter::Adapter;
+use snapfleet_tabletdb::HybridTime;
+use std::time::Instant;
+
+/// What a clone made, as printed.
+struct CloneReport {
+    hybrid_time: u64,
+    tables: u32,
+    tablets: u32,
+    files: u64,
+    bytes: u64,
+}
 
 #[derive(Args)]
 pub struct CloneArgs {
@@ -28,33 +38,34 @@ pub struct CloneArgs {
 }
 
 pub async fn run(a: CloneArgs, json: bool) -> Result<()> {
-    let client = connect(&a.m).await?;
+    // Through the database adapter, as the job drivers reach the database.
+    crate::certs::load_tls(false)?;
+    let adapter = snapfleet_adapter_tabletdb::TabletdbAdapter::new();
+    let what = || format!("cloning database {:?} as {:?}", a.db, a.target);
+    let db = adapter.connect(&a.m.master).await.with_context(|| {
+        format!(
+            "connecting to the tabletdb master at {} (pass --master)",
+            a.m.master
+        )
+    })?;
     let at = match &a.at {
-        Some(t) => parse_time(t, client.now().await?)?.0,
-        None => 0,
+        Some(t) => Some(snapfleet_adapter::HybridTime(
+            parse_time(t, HybridTime(db.now().await?.0))?.0,
+        )),
+        None => None,
     };
     let start = Instant::now();
-    let mut attempt = 0;
-    let r = loop {
-        let res = client
-            .master()
-            .clone_database(pb::CloneDatabaseRequest {
-                source: a.db.clone(),
-                target: a.target.clone(),
-                hybrid_time: at,
-            })
-            .await;
-        match res {
-            Ok(r) => break r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Aborted && attempt < a.ddl_retries => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-            }
-            Err(s) => {
-                return Err(anyhow::anyhow!("{}", s.message()))
-                    .with_context(|| format!("cloning database {:?} as {:?}", a.db, a.target))
-            }
-        }
+    // The adapter retries a snapshot raced by DDL `ddl_retries` times, then says so.
+    let r = db
+        .clone_database(&a.db, &a.target, at, a.ddl_retries)
+        .await
+        .with_context(what)?;
+    let r = CloneReport {
+        hybrid_time: r.hybrid_time.0,
+        tables: r.tables,
+        tablets: r.tablets,
+        files: r.files,
+        bytes: r.bytes,
     };
     if json {
         println!(

@@ -130,28 +130,27 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
         PitrCmd::Schedule(s) => return run_schedule(s, json).await,
         PitrCmd::Archive(a) => return run_archive(a, json).await,
     };
+    // The restore goes through the database adapter, as the job drivers do; the client is
+    // for the dry run's row counts (a read of the reference database's rows).
     let client = connect(&a.m).await?;
     let now = client.now().await?;
     let to = parse_time(&a.to, now)?;
     let start = Instant::now();
-    let r = client
-        .master()
-        .restore_to_time(pb::RestoreToTimeRequest {
-            database: a.db.clone(),
-            hybrid_time: to.0,
-            dry_run: a.dry_run,
-        })
+    let adapter = snapfleet_adapter_tabletdb::TabletdbAdapter::new();
+    let what = || {
+        format!(
+            "restoring database {:?} to {} ({})",
+            a.db,
+            to,
+            to.to_rfc3339()
+        )
+    };
+    let r = snapfleet_adapter::Adapter::connect(&*adapter, &a.m.master)
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))
-        .with_context(|| {
-            format!(
-                "restoring database {:?} to {} ({})",
-                a.db,
-                to,
-                to.to_rfc3339()
-            )
-        })?
-        .into_inner();
+        .with_context(what)?
+        .restore_to_time(&a.db, snapfleet_adapter::HybridTime(to.0), a.dry_run)
+        .await
+        .with_context(what)?;
     let mut counts = Vec::new();
     if a.dry_run {
         for t in r.restored.iter().filter(|t| !r.revived.contains(t)) {

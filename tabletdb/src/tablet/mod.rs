@@ -29,6 +29,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod history;
+mod replay;
+
+use history::HistoryFilterFactory;
+pub use history::HistoryPolicy;
+pub use replay::StagedReplay;
+
 /// Name of the metadata file written into every tablet snapshot directory.
 pub const SNAPSHOT_META_FILE: &str = "SNAPSHOT_META.json";
 
@@ -66,85 +73,6 @@ impl TabletPaths {
     }
 }
 
-/// History retention shared by all tablets of a node: versions older than
-/// `now - retention` may be dropped, except the newest one at or below that cut-off.
-#[derive(Clone)]
-pub struct HistoryPolicy {
-    pub hlc: Arc<Hlc>,
-    /// Retention in microseconds; 0 keeps every version for ever.
-    pub retention_micros: Arc<AtomicU64>,
-    /// The node's own setting (`--history-retention`); the master may only raise it.
-    configured_micros: u64,
-    /// History is complete only since this time: raising the retention cannot bring back
-    /// versions already compacted away, so reads, snapshots and restores before it are
-    /// refused even when the (new) cut-off is older.
-    complete_since: Arc<AtomicU64>,
-}
-
-impl HistoryPolicy {
-    pub fn new(hlc: Arc<Hlc>, retention: Duration) -> Self {
-        Self {
-            hlc,
-            retention_micros: Arc::new(AtomicU64::new(retention.as_micros() as u64)),
-            configured_micros: retention.as_micros() as u64,
-            complete_since: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// The oldest time reads, snapshots and restores may ask for: the cut-off, or later if
-    /// the retention grew recently.
-    pub fn window_start(&self) -> HybridTime {
-        self.cutoff()
-            .max(HybridTime(self.complete_since.load(Ordering::Relaxed)))
-    }
-
-    /// (floor, complete since) to persist, so a restart keeps both before any compaction.
-    pub fn saved(&self) -> (u64, u64) {
-        let r = self.retention_micros.load(Ordering::Relaxed);
-        let floor = if r > self.configured_micros { r } else { 0 };
-        (floor, self.complete_since.load(Ordering::Relaxed))
-    }
-
-    /// Restores what [`HistoryPolicy::saved`] returned.
-    pub fn restore(&self, floor_micros: u64, complete_since: u64) {
-        self.complete_since.store(complete_since, Ordering::Relaxed);
-        if self.configured_micros != 0 && floor_micros > self.configured_micros {
-            self.retention_micros.store(floor_micros, Ordering::Relaxed);
-        }
-    }
-
-    /// Applies the cluster's history floor (PITR schedules): retention becomes
-    /// max(configured, floor); "keep everything" (0) stays.
-    /// Returns whether anything changed (then persist [`HistoryPolicy::saved`]).
-    pub fn set_floor(&self, floor: Duration) -> bool {
-        let r = if self.configured_micros == 0 {
-            0
-        } else {
-            self.configured_micros.max(floor.as_micros() as u64)
-        };
-        let old = self.retention_micros.load(Ordering::Relaxed);
-        if r == old {
-            return false;
-        }
-        if r > old && old != 0 {
-            // Versions older than today's cut-off may be gone already.
-            let cut = self.cutoff().0;
-            self.complete_since.fetch_max(cut, Ordering::Relaxed);
-        }
-        self.retention_micros.store(r, Ordering::Relaxed);
-        true
-    }
-
-    /// The current history cut-off; `MIN` when everything is kept.
-    pub fn cutoff(&self) -> HybridTime {
-        let r = self.retention_micros.load(Ordering::Relaxed);
-        if r == 0 {
-            return HybridTime::MIN;
-        }
-        self.hlc.peek().minus(Duration::from_micros(r))
-    }
-}
-
 /// What a tablet snapshot directory carries besides the RocksDB files.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotMeta {
@@ -171,66 +99,6 @@ fn is_hidden(hidden: &[(u64, u64)], ht: HybridTime) -> bool {
 
 /// Hidden version ranges of a tablet; grows when the tablet is restored in place.
 type Hidden = Arc<std::sync::RwLock<Arc<Vec<(u64, u64)>>>>;
-
-struct HistoryFilterFactory {
-    policy: HistoryPolicy,
-    hidden: Hidden,
-}
-
-struct HistoryFilter {
-    cutoff: HybridTime,
-    hidden: Arc<Vec<(u64, u64)>>,
-    last_key: Vec<u8>,
-    kept_one_at_or_below: bool,
-}
-
-impl CompactionFilterFactory for HistoryFilterFactory {
-    type Filter = HistoryFilter;
-
-    fn create(&mut self, _context: CompactionFilterContext) -> HistoryFilter {
-        HistoryFilter {
-            cutoff: self.policy.cutoff(),
-            hidden: self.hidden.read().expect("hidden lock").clone(),
-            last_key: Vec::new(),
-            kept_one_at_or_below: false,
-        }
-    }
-
-    fn name(&self) -> &CStr {
-        c"snapfleet-history-retention"
-    }
-}
-
-impl CompactionFilter for HistoryFilter {
-    fn filter(&mut self, _level: u32, key: &[u8], _value: &[u8]) -> Decision {
-        let Some((k, ht)) = encoding::split_mvcc_key(key) else {
-            return Decision::Keep;
-        };
-        if is_hidden(&self.hidden, ht) {
-            return Decision::Remove;
-        }
-        if k != self.last_key.as_slice() {
-            self.last_key.clear();
-            self.last_key.extend_from_slice(k);
-            self.kept_one_at_or_below = false;
-        }
-        if self.cutoff == HybridTime::MIN || ht > self.cutoff {
-            return Decision::Keep;
-        }
-        // Versions arrive newest first: keep the newest at or below the cut-off so reads
-        // at any time inside the window stay exact; older ones are unreachable.
-        if !self.kept_one_at_or_below {
-            self.kept_one_at_or_below = true;
-            Decision::Keep
-        } else {
-            Decision::Remove
-        }
-    }
-
-    fn name(&self) -> &CStr {
-        c"snapfleet-history-retention"
-    }
-}
 
 /// An open tablet.
 pub struct Tablet {
@@ -267,105 +135,6 @@ fn op_key(schema: &pb::TableSchema, op: &pb::RowOp) -> Result<pb::Row> {
         types::check_value(&schema.columns[i as usize], v, true)?;
     }
     Ok(key)
-}
-
-/// Replays change-log records into a *staged* tablet snapshot (a restore's staging copy,
-/// not yet imported) and moves its restore point to `upto`: afterwards importing it shows
-/// exactly the data as of `upto` (versions newer than `upto` stay hidden). Records must
-/// be the source tablet's, newer than the snapshot's time and at or before `upto`; they
-/// are written at their original hybrid times, so replaying twice changes nothing.
-pub struct StagedReplay {
-    dir: PathBuf,
-    db: rocksdb::DB,
-    meta: SnapshotMeta,
-    max_ht: u64,
-    pub records: u64,
-}
-
-impl StagedReplay {
-    pub fn open(staged: &Path) -> Result<Self> {
-        let sm_path = staged.join(SNAPSHOT_META_FILE);
-        let meta: SnapshotMeta =
-            serde_json::from_slice(&fs::read(&sm_path).map_err(|e| Error::io(&sm_path, e))?)
-                .map_err(|e| Error::Corrupt {
-                    what: sm_path.display().to_string(),
-                    detail: e.to_string(),
-                })?;
-        if meta.tablet.schema.is_none() {
-            return Err(Error::Corrupt {
-                what: sm_path.display().to_string(),
-                detail: "the tablet has no schema".into(),
-            });
-        }
-        let mut opts = rocksdb::Options::default();
-        opts.set_max_open_files(64);
-        let db = rocksdb::DB::open(&opts, staged).map_err(|e| Error::storage(staged, e))?;
-        Ok(Self {
-            dir: staged.to_path_buf(),
-            max_ht: meta.max_ht,
-            db,
-            meta,
-            records: 0,
-        })
-    }
-
-    /// The snapshot's hybrid time (the replay starts after it).
-    pub fn snapshot_ht(&self) -> HybridTime {
-        HybridTime(self.meta.hybrid_time)
-    }
-
-    pub fn apply(&mut self, records: &[(HybridTime, pb::RowOp)]) -> Result<()> {
-        let schema = self.meta.tablet.schema.as_ref().expect("checked at open");
-        let mut batch = rocksdb::WriteBatch::default();
-        for (ht, op) in records {
-            let key = encoding::encode_key(&op_key(schema, op)?);
-            let h = encoding::partition_hash(&key);
-            if h < self.meta.tablet.hash_start || h >= self.meta.tablet.hash_end {
-                return Err(Error::InvalidArgument(format!(
-                    "archived change-log record at {ht} hashes to {h}, outside tablet {}'s \
-                     range: the archive does not belong to this tablet",
-                    self.meta.tablet.tablet_id
-                )));
-            }
-            let value = if op.delete {
-                encoding::encode_delete()
-            } else {
-                encoding::encode_put(op.row.as_ref().expect("checked"))
-            };
-            batch.put(encoding::mvcc_key(&key, *ht), value);
-            self.max_ht = self.max_ht.max(ht.0);
-        }
-        self.db
-            .write(batch)
-            .map_err(|e| Error::storage(&self.dir, e))?;
-        self.records += records.len() as u64;
-        Ok(())
-    }
-
-    /// Flushes, closes, and records `upto` as the staged copy's restore point (durably), with
-    /// `hidden`: ranges `(after, until]` the source hid by in-place restores before `upto`.
-    pub fn finish(self, upto: HybridTime, hidden: &[(u64, u64)]) -> Result<u64> {
-        self.db.flush().map_err(|e| Error::storage(&self.dir, e))?;
-        drop(self.db);
-        let mut meta = self.meta;
-        meta.hybrid_time = meta.hybrid_time.max(upto.0);
-        meta.max_ht = self.max_ht.max(upto.0);
-        for &(after_ht, until_ht) in hidden {
-            let h = pb::HiddenRange { after_ht, until_ht };
-            if !meta.tablet.hidden.contains(&h) {
-                meta.tablet.hidden.push(h);
-            }
-        }
-        let sm_path = self.dir.join(SNAPSHOT_META_FILE);
-        let tmp = self.dir.join(format!("{SNAPSHOT_META_FILE}.tmp"));
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        std::io::Write::write_all(&mut f, &serde_json::to_vec(&meta).expect("json"))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, &sm_path).map_err(|e| Error::io(&sm_path, e))?;
-        sync_dir(&sm_path)?;
-        Ok(self.records)
-    }
 }
 
 /// Makes a rename (or create) of `path` durable: fsync of its parent directory.

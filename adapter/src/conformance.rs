@@ -718,6 +718,77 @@ pub async fn c12_clone_at_t(h: &mut dyn Harness) {
     );
 }
 
+/// C13: an in-place restore to T inside the history window brings the database back to
+/// exactly the cut at T and drops a table created after T; a dry run reports the same and
+/// changes nothing.
+pub async fn c13_in_place_restore_to_time(h: &mut dyn Harness) {
+    let c = h.start_cluster(3).await;
+    let db = connect(h, &c).await;
+    let counter = h.start_counter(&c, "c13").await;
+    counter.wait_for_keys(40).await;
+    let t = ok(db.now().await, "now");
+    counter.wait_for_keys(counter.keys() + 30).await;
+    let log = counter.stop().await;
+    h.create_table(&c, "c13", "later", 2).await;
+    let before = h.keys_at(&c, "c13", None).await;
+
+    let dry = ok(db.restore_to_time("c13", t, true).await, "a dry run to T");
+    assert!(
+        dry.removed.iter().any(|n| n == "later"),
+        "the dry run names the table created after T: {dry:?}"
+    );
+    assert_eq!(
+        h.keys_at(&c, "c13", None).await,
+        before,
+        "a dry run changes nothing"
+    );
+    let done = ok(db.restore_to_time("c13", t, false).await, "restoring to T");
+    assert_eq!(done.hybrid_time, t, "{done:?}");
+    assert_eq!(
+        done.removed, dry.removed,
+        "the dry run said what would happen"
+    );
+    let got = h.keys_at(&c, "c13", None).await;
+    assert_exact(&got, &log, t, "the database restored in place");
+    let tables = ok(db.describe("c13").await, "describing the database").tables;
+    assert!(
+        tables.iter().all(|t| t.name != "later" || t.hidden),
+        "the table created after T is gone: {tables:?}"
+    );
+}
+
+/// C14: history floors are claimed per holder; the cluster's floor is the largest claim,
+/// and withdrawing a claim (`ZERO`) lowers it.
+pub async fn c14_history_floor(h: &mut dyn Harness) {
+    let c = h.start_cluster(3).await;
+    let db = connect(h, &c).await;
+    let hour = Duration::from_secs(3600);
+    let minute = Duration::from_secs(60);
+    let floor = ok(
+        db.set_history_floor("c14-a", hour).await,
+        "claiming an hour",
+    );
+    assert!(floor >= hour, "the floor covers the claim: {floor:?}");
+    let floor = ok(
+        db.set_history_floor("c14-b", minute).await,
+        "claiming a minute",
+    );
+    assert!(floor >= hour, "the largest claim wins: {floor:?}");
+    let floor = ok(
+        db.set_history_floor("c14-a", Duration::ZERO).await,
+        "withdrawing the hour",
+    );
+    assert!(
+        floor >= minute && floor < hour,
+        "withdrawing the larger claim lowers the floor to the other: {floor:?}"
+    );
+    let floor = ok(
+        db.set_history_floor("c14-b", Duration::ZERO).await,
+        "withdrawing the minute",
+    );
+    assert!(floor < minute, "no claim is left: {floor:?}");
+}
+
 /// Reads a tablet's change log after `after` until it covers `until` (polling: the tablet's
 /// safe time passes `until` shortly after), in chunks of about `max_bytes`: the records and
 /// their count. `covered` must never go back.
@@ -949,6 +1020,8 @@ macro_rules! adapter_conformance {
             c10_idempotent_restore,
             c11_no_overwrite,
             c12_clone_at_t,
+            c13_in_place_restore_to_time,
+            c14_history_floor,
             c15_change_log_and_node_scan,
             c17_replay_to_a_time
         );

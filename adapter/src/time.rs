@@ -43,6 +43,15 @@ impl HybridTime {
         self.0 >> LOGICAL_BITS
     }
 
+    /// The wall-clock part as RFC 3339 (microseconds, UTC), for messages; the raw number if
+    /// it is out of chrono's range.
+    pub fn to_rfc3339(self) -> String {
+        match chrono::DateTime::from_timestamp_micros(self.physical_micros() as i64) {
+            Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            None => self.0.to_string(),
+        }
+    }
+
     /// This time moved back by a wall-clock duration (saturating at zero).
     pub fn minus(self, d: Duration) -> Self {
         HybridTime::from_micros(self.physical_micros().saturating_sub(d.as_micros() as u64))

@@ -309,7 +309,7 @@ pub async fn replay_staged(
                 "archived changes after {} are missing (a piece deleted since the restore was \
                  planned, e.g. by `repo forget`); nothing was activated: run the restore again \
                  to re-plan it",
-                rfc3339(covered)
+                HybridTime(covered).to_rfc3339()
             ),
         ));
     }
@@ -341,13 +341,4 @@ pub async fn replay_staged(
         })
         .collect();
     Ok(rep.finish(to, &hidden).await?)
-}
-
-/// A hybrid time as RFC 3339 (microseconds, UTC), for messages.
-fn rfc3339(ht: u64) -> String {
-    let micros = HybridTime(ht).physical_micros() as i64;
-    match chrono::DateTime::from_timestamp_micros(micros) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        None => ht.to_string(),
-    }
 }

@@ -29,9 +29,8 @@ async fn ended(leader: &Leader, id: u64) -> Option<bool> {
         .call(move |ch| async move { CoordinatorClient::new(ch).get_job(cpb::JobRef { id }).await })
         .await;
     match r {
-        Ok(job) => Some(matches!(
-            job.into_inner().state.as_str(),
-            "succeeded" | "failed" | "cancelled"
+        Ok(job) => Some(snapfleet_api::client::job_state_is_terminal(
+            &job.into_inner().state,
         )),
         Err(s) if s.code() == tonic::Code::NotFound => Some(true),
         Err(s) => {

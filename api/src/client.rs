@@ -13,6 +13,11 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+/// Whether a job state as the coordinator reports it (`JobInfo.state`) is final.
+pub fn job_state_is_terminal(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
 /// Replica addresses plus the last known leader.
 pub struct Leader {
     addrs: Vec<String>,

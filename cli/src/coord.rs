@@ -103,10 +103,6 @@ pub(crate) fn job_json(j: &cpb::JobInfo) -> serde_json::Value {
     })
 }
 
-pub(crate) fn is_terminal(state: &str) -> bool {
-    matches!(state, "succeeded" | "failed" | "cancelled")
-}
-
 /// Follows job `id` (re-attaching after a coordinator failover) until it ends; draws one
 /// progress bar per node on a terminal.
 pub async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::JobInfo> {
@@ -164,14 +160,14 @@ pub async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::J
                 b.set_position(n.bytes_done);
                 b.set_message(format!("{}/{} tablets", n.tasks_done, n.tasks_total));
             }
-            let done = is_terminal(&j.state);
+            let done = snapfleet_coordinator::client::job_state_is_terminal(&j.state);
             last = Some(j);
             if done {
                 break;
             }
         }
         if let Some(j) = &last {
-            if is_terminal(&j.state) {
+            if snapfleet_coordinator::client::job_state_is_terminal(&j.state) {
                 break;
             }
         }

@@ -653,9 +653,8 @@ async fn run_archive(cmd: ArchiveCmd, json: bool) -> Result<()> {
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             // Wait for the agents to stop (the job ends once its driver has seen the cancel).
             poll_job(&leader, id, |j| {
-                Ok(matches!(
-                    j.state.as_str(),
-                    "succeeded" | "failed" | "cancelled"
+                Ok(snapfleet_coordinator::client::job_state_is_terminal(
+                    &j.state,
                 ))
             })
             .await

@@ -244,11 +244,7 @@ pub struct RestorePlan {
 
 /// A hybrid time as RFC 3339 (microseconds, UTC), for messages.
 fn at(ht: u64) -> String {
-    let micros = HybridTime(ht).physical_micros() as i64;
-    match chrono::DateTime::from_timestamp_micros(micros) {
-        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        None => ht.to_string(),
-    }
+    HybridTime(ht).to_rfc3339()
 }
 
 /// Chooses the base backup for a restore to `spec.to_ht` (the newest of the database at or

@@ -159,13 +159,17 @@ struct Health {
 }
 
 impl Health {
-    /// Records a successful write issued at `issued`; a gap since the previous one longer
-    /// than `margin` is a lapse, remembered.
-    fn renewed(&mut self, issued: Instant, store_time: DateTime<Utc>, margin: Duration) {
-        let gap = issued.saturating_duration_since(self.last_ok);
+    /// Remembers `gap` without a successful renewal if it is longer than `margin`.
+    fn note_gap(&mut self, gap: Duration, margin: Duration) {
         if gap > margin {
             self.lapsed = Some(self.lapsed.map_or(gap, |l| l.max(gap)));
         }
+    }
+
+    /// Records a successful write issued at `issued`; a gap since the previous one longer
+    /// than `margin` is a lapse, remembered.
+    fn renewed(&mut self, issued: Instant, store_time: DateTime<Utc>, margin: Duration) {
+        self.note_gap(issued.saturating_duration_since(self.last_ok), margin);
         self.last_ok = issued;
         self.store_time = store_time;
     }
@@ -306,10 +310,7 @@ impl Lease {
     pub fn check(&self) -> Result<()> {
         let mut h = self.health.lock().expect("lease health");
         let since = h.last_ok.elapsed();
-        let margin = fence_margin(self.ttl);
-        if since > margin {
-            h.lapsed = Some(h.lapsed.map_or(since, |l| l.max(since)));
-        }
+        h.note_gap(since, fence_margin(self.ttl));
         if let Some(gap) = h.lapsed {
             return Err(Error::LeaseLost {
                 key: self.key.clone(),

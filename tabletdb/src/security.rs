@@ -15,38 +15,35 @@
 use crate::error::{Error, Result};
 use snapfleet_tls::{AuthLayer, Tls};
 use std::net::SocketAddr;
-use std::sync::RwLock;
-use tonic::transport::{ClientTlsConfig, Endpoint, Server};
+use std::sync::{Arc, RwLock};
+use tonic::transport::{Endpoint, Server};
 use tower::layer::util::{Identity, Stack};
 
-static CLIENT_TLS: RwLock<Option<ClientTlsConfig>> = RwLock::new(None);
+/// This process's identity for tabletdb connections, and whether it is the node one.
+static CLIENT_TLS: RwLock<Option<(Arc<Tls>, bool)>> = RwLock::new(None);
 
 /// From now on, every tabletdb connection this process makes is mutual TLS with `tls`'s
 /// identity: the node identity when `as_node` (masters, nodes, coordinator replicas), else
 /// the client one (CLI, agents).
-pub fn use_client_tls(tls: &Tls, as_node: bool) {
-    *CLIENT_TLS.write().unwrap_or_else(|e| e.into_inner()) = Some(tls.client_config(as_node));
+pub fn use_client_tls(tls: &Arc<Tls>, as_node: bool) {
+    *CLIENT_TLS.write().unwrap_or_else(|e| e.into_inner()) = Some((tls.clone(), as_node));
 }
 
-/// An endpoint for `addr` (`host:port` or a URL) with this process's client identity.
+/// An endpoint for `addr` (`host:port` or a URL) with this process's client identity
+/// (`snapfleet_tls::endpoint`, as the coordinators' clients build theirs).
 pub(crate) fn endpoint(addr: &str) -> Result<Endpoint> {
     let tls = CLIENT_TLS.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let hostport = addr
-        .strip_prefix("http://")
-        .or_else(|| addr.strip_prefix("https://"))
-        .unwrap_or(addr);
-    let bad =
-        |e: tonic::transport::Error| Error::InvalidArgument(format!("bad address {addr:?}: {e}"));
-    match tls {
-        Some(cfg) => Endpoint::from_shared(format!("https://{hostport}"))
-            .map_err(bad)?
-            .tls_config(cfg)
-            .map_err(bad),
-        None if addr.starts_with("https://") => Err(Error::InvalidArgument(format!(
+    if tls.is_none() && addr.starts_with("https://") {
+        return Err(Error::InvalidArgument(format!(
             "{addr} asks for TLS but no certificates were given: pass --certs DIR"
-        ))),
-        None => Endpoint::from_shared(format!("http://{hostport}")).map_err(bad),
+        )));
     }
+    let (tls, as_node) = match &tls {
+        Some((t, n)) => (Some(&**t), *n),
+        None => (None, false),
+    };
+    snapfleet_tls::endpoint(addr, tls, as_node)
+        .map_err(|e| Error::InvalidArgument(format!("bad address {addr:?}: {e}")))
 }
 
 /// The server builder both servers start from.

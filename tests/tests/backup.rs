@@ -333,6 +333,29 @@ fn spawn_snapfleet(f: &TestFleet, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// `backup create --wait` of [`DB`] in the background, zstd off, at 2 MiB/s in all: slow
+/// enough to act on it (kill a process, run a gc) while it runs.
+fn spawn_slow_backup(f: &TestFleet, url: &str, pass: &str) -> std::process::Child {
+    spawn_snapfleet(
+        f,
+        &[
+            "backup",
+            "create",
+            "--db",
+            DB,
+            "--repo",
+            url,
+            "--password-file",
+            pass,
+            "--compression",
+            "0",
+            "--rate-limit",
+            "2MiB/s",
+            "--wait",
+        ],
+    )
+}
+
 fn finish(child: std::process::Child) -> serde_json::Value {
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -371,24 +394,7 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
     let leader = src.coordinator_leader();
     // ~26 MB over 3 nodes at 2 MiB/s in all: ~4 s per node at least, long enough to kill
     // even when a node's progress (counted per finished file) jumps late.
-    let backup = spawn_snapfleet(
-        &src,
-        &[
-            "backup",
-            "create",
-            "--db",
-            DB,
-            "--repo",
-            &url,
-            "--password-file",
-            pass_s,
-            "--compression",
-            "0",
-            "--rate-limit",
-            "2MiB/s",
-            "--wait",
-        ],
-    );
+    let backup = spawn_slow_backup(&src, &url, pass_s);
     wait_progress(&src, "1", 0.4);
     src.fleet.kill_agent(1);
     src.fleet.start_agent(&src.db.cluster, 1).unwrap();
@@ -902,24 +908,7 @@ async fn a_permanent_error_at_activation_ends_the_restore() {
 async fn gc_racing_a_backup_is_refused_and_the_backup_stays_whole() {
     let (_tmp, url, pass, src, client) = loaded_source(2, 20_000).await;
     let pass_s = pass.to_str().unwrap();
-    let child = spawn_snapfleet(
-        &src,
-        &[
-            "backup",
-            "create",
-            "--db",
-            DB,
-            "--repo",
-            &url,
-            "--password-file",
-            pass_s,
-            "--compression",
-            "0",
-            "--rate-limit",
-            "2MiB/s",
-            "--wait",
-        ],
-    );
+    let child = spawn_slow_backup(&src, &url, pass_s);
     wait_progress(&src, "1", 0.05);
     let gc = |grace: &str| {
         std::process::Command::new(snapfleet_tests::snapfleet_bin())

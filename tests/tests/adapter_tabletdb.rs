@@ -16,32 +16,103 @@ use snapfleet_tabletdb::{pb, verify, Client};
 use snapfleet_tests::{snapfleet_bin, CounterWriter};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// One local cluster of a case.
+///
+/// Its processes are started (and restarted) on the thread running the case, never on a
+/// blocking-pool thread (`spawn_blocking`, `block_in_place`): `LocalCluster` spawns them
+/// with `PR_SET_PDEATHSIG`, which fires when the *thread* that spawned a child exits, and
+/// tokio retires idle blocking threads after 10 s, which killed the nodes of longer cases.
+/// The thread running the case (`Runtime::block_on` in `#[tokio::test]`) lives as long as
+/// the case.
+struct Cluster {
+    master: String,
+    local: LocalCluster,
+    /// Reconnected after each restart.
+    client: Arc<Client>,
+    /// The tabletdb node id of each `ClusterRef::nodes` entry, by index.
+    ids: Vec<u32>,
+}
 
 /// Local tabletdb clusters for one conformance case.
 struct TabletdbHarness {
     adapter: Arc<TabletdbAdapter>,
     dir: tempfile::TempDir,
-    clusters: Vec<(String, LocalCluster, Arc<Client>)>,
+    clusters: Vec<Cluster>,
 }
 
 impl TabletdbHarness {
     fn new() -> Self {
         Self {
             adapter: TabletdbAdapter::new(),
+            // SNAPFLEET_KEEP_TEST_DIRS=1 keeps the clusters' data and logs for a post-mortem.
             dir: tempfile::Builder::new()
                 .prefix("snapfleet-adapter-")
+                .disable_cleanup(std::env::var_os("SNAPFLEET_KEEP_TEST_DIRS").is_some())
                 .tempdir()
                 .expect("temp dir"),
             clusters: Vec::new(),
         }
     }
 
+    fn cluster(&mut self, c: &ClusterRef) -> &mut Cluster {
+        self.clusters
+            .iter_mut()
+            .find(|k| k.master == c.address)
+            .unwrap_or_else(|| panic!("no cluster at {}", c.address))
+    }
+
     fn client(&self, c: &ClusterRef) -> Arc<Client> {
         self.clusters
             .iter()
-            .find(|(a, _, _)| a == &c.address)
-            .map(|(_, _, client)| client.clone())
+            .find(|k| k.master == c.address)
+            .map(|k| k.client.clone())
             .unwrap_or_else(|| panic!("no cluster at {}", c.address))
+    }
+
+    /// Starts a cluster whose nodes run with `--history-retention <history>`.
+    async fn start(&mut self, nodes: u32, history: String) -> ClusterRef {
+        let dir = self.dir.path().join(format!("c{}", self.clusters.len()));
+        let opts = LocalOptions {
+            nodes,
+            history_retention: history,
+            default_tablets: 4,
+            ..Default::default()
+        };
+        // Blocking, on purpose on this thread (see `Cluster`).
+        let local = LocalCluster::start(&snapfleet_bin(), &dir, opts)
+            .unwrap_or_else(|e| panic!("starting a {nodes}-node cluster: {e}"));
+        let client = Arc::new(
+            local
+                .client()
+                .await
+                .unwrap_or_else(|e| panic!("cluster did not come up: {e}")),
+        );
+        let nodes = client.catalog().nodes.clone();
+        let c = ClusterRef {
+            address: local.master_addr.clone(),
+            nodes: nodes.iter().map(|n| n.address.clone()).collect(),
+        };
+        self.clusters.push(Cluster {
+            master: c.address.clone(),
+            local,
+            client,
+            ids: nodes.iter().map(|n| n.node_id).collect(),
+        });
+        c
+    }
+}
+
+impl Cluster {
+    /// Waits until every running process is up and registered; a fresh client.
+    async fn reconnect(&mut self) {
+        self.client = Arc::new(
+            self.local
+                .client()
+                .await
+                .unwrap_or_else(|e| panic!("the cluster did not come back: {e}")),
+        );
     }
 }
 
@@ -86,34 +157,54 @@ impl Harness for TabletdbHarness {
     }
 
     async fn start_cluster(&mut self, nodes: u32) -> ClusterRef {
-        let dir = self.dir.path().join(format!("c{}", self.clusters.len()));
-        let opts = LocalOptions {
-            nodes,
-            default_tablets: 4,
-            ..Default::default()
-        };
-        let cluster =
-            tokio::task::spawn_blocking(move || LocalCluster::start(&snapfleet_bin(), &dir, opts))
-                .await
-                .expect("start task")
-                .unwrap_or_else(|e| panic!("starting a {nodes}-node cluster: {e}"));
-        let client = Arc::new(
-            cluster
-                .client()
-                .await
-                .unwrap_or_else(|e| panic!("cluster did not come up: {e}")),
+        self.start(nodes, LocalOptions::default().history_retention)
+            .await
+    }
+
+    async fn start_cluster_with_history(&mut self, nodes: u32, history: Duration) -> ClusterRef {
+        assert!(!history.is_zero(), "tabletdb's 0 s keeps all history");
+        self.start(nodes, format!("{}ms", history.as_millis()))
+            .await
+    }
+
+    async fn kill_node(&mut self, c: &ClusterRef, i: usize) {
+        let k = self.cluster(c);
+        let id = k.ids[i];
+        k.local.kill_node(id);
+    }
+
+    async fn restart_node(&mut self, c: &mut ClusterRef, i: usize) {
+        let k = self.cluster(c);
+        let id = k.ids[i];
+        k.local
+            .start_node(id)
+            .unwrap_or_else(|e| panic!("restarting node {id}: {e}"));
+        k.reconnect().await;
+        c.nodes[i] = k
+            .client
+            .catalog()
+            .nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .map(|n| n.address.clone())
+            .unwrap_or_else(|| panic!("node {id} is not in the catalog after its restart"));
+    }
+
+    async fn kill_control(&mut self, c: &ClusterRef) {
+        let k = self.cluster(c);
+        k.local.kill_master();
+    }
+
+    async fn restart_control(&mut self, c: &ClusterRef) {
+        let k = self.cluster(c);
+        k.local
+            .start_master()
+            .unwrap_or_else(|e| panic!("restarting the master: {e}"));
+        assert_eq!(
+            k.local.master_addr, c.address,
+            "the master kept its address"
         );
-        let c = ClusterRef {
-            address: cluster.master_addr.clone(),
-            nodes: client
-                .catalog()
-                .nodes
-                .iter()
-                .map(|n| n.address.clone())
-                .collect(),
-        };
-        self.clusters.push((c.address.clone(), cluster, client));
-        c
+        k.reconnect().await;
     }
 
     async fn create_table(&self, c: &ClusterRef, db: &str, table: &str, tablets: u32) {
@@ -129,6 +220,13 @@ impl Harness for TabletdbHarness {
             })
             .await
             .unwrap_or_else(|e| panic!("creating table {table} in {db}: {e}"));
+    }
+
+    async fn drop_table(&self, c: &ClusterRef, db: &str, table: &str) {
+        self.client(c)
+            .drop_table(db, table)
+            .await
+            .unwrap_or_else(|e| panic!("dropping table {table} of {db}: {e}"));
     }
 
     async fn load(&self, c: &ClusterRef, db: &str, first_id: u64, rows: u64) -> Vec<String> {

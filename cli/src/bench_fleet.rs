@@ -3,17 +3,12 @@
 //! snapshot files, plus an incremental backup after rewriting 5% of the rows and the agents'
 //! peak memory. Prints a Markdown report with ratios; `--json` prints the numbers.
 
-use crate::coord::{submit, watch};
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use snapfleet_coordinator::client::Leader;
-use snapfleet_jobs::spec::{BackupSpec, RestoreSpec};
-use snapfleet_localfleet::LocalFleet;
-use snapfleet_repository::{open_store, BackupId, InitOptions, Repository};
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
+use snapfleet_localfleet::scenario::{Quiet, Scenario};
 use snapfleet_tabletdb::restore::tablet_snapshot_dir;
-use snapfleet_tabletdb::{verify, workload, HybridTime};
+use snapfleet_tabletdb::workload;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -102,23 +97,6 @@ fn peak_rss(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) async fn job(
-    leader: &Leader,
-    kind: &str,
-    spec: serde_json::Value,
-) -> Result<(serde_json::Value, f64)> {
-    let t = Instant::now();
-    let j = submit(leader, kind, spec).await?;
-    let j = watch(leader, j.id, true).await?;
-    if j.state != "succeeded" {
-        bail!("{kind} job {} {}: {}", j.id, j.state, j.failure);
-    }
-    Ok((
-        serde_json::from_str(&j.result_json)?,
-        t.elapsed().as_secs_f64(),
-    ))
-}
-
 pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
     let tmp;
     let dir = match &a.dir {
@@ -132,43 +110,27 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
     };
     let bin = std::env::current_exe()?;
     let say = |s: String| eprintln!("{s}");
-    let pass_file = dir.join("pass");
-    let passphrase = format!("{:032x}", rand::random::<u128>());
-    std::fs::write(&pass_file, &passphrase)?;
-    let repo = |name: &str| -> Result<String> {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d)?;
-        Ok(format!("file://{}", d.canonicalize()?.display()))
-    };
-    let (plain_url, zstd_url) = (repo("repo-plain")?, repo("repo-zstd")?);
-    for u in [&plain_url, &zstd_url] {
-        Repository::init(
-            open_store(u)?,
-            passphrase.as_bytes(),
-            InitOptions::default(),
-        )
-        .await?;
-    }
-
-    let source = LocalCluster::start(&bin, &dir.join("source"), LocalOptions::default())?;
-    let fleet = LocalFleet::start(&bin, &dir.join("source-fleet"), &pass_file, &source)?;
-    let client = Arc::new(source.client().await?);
+    let scenario = Scenario::new(&bin, &dir)?;
+    let passphrase = scenario.passphrase.clone();
+    let (plain_url, zstd_url) = (
+        scenario.repository("repo-plain").await?,
+        scenario.repository("repo-zstd").await?,
+    );
+    let source = scenario.site("source", 3).await?;
+    let client = source.client.clone();
     let db = "bench";
-    client.create_database(db, true).await?;
     say(format!("loading {} rows of {} B…", a.rows, a.row_size));
-    let load = workload::run_load(
-        client.clone(),
-        workload::LoadOptions {
-            db: db.into(),
-            tables: 2,
-            tablets: 6,
-            rows: Some(a.rows),
-            row_size: a.row_size,
-            ..Default::default()
-        },
-        Arc::new(workload::Progress::default()),
-    )
-    .await?;
+    let load_opts = |rows: u64| workload::LoadOptions {
+        db: db.into(),
+        tables: 2,
+        tablets: 6,
+        rows: Some(rows),
+        row_size: a.row_size,
+        ..Default::default()
+    };
+    let load = source
+        .load(load_opts(a.rows), Arc::new(workload::Progress::default()))
+        .await?;
     // Compact every tablet now, so no tool below competes with background compaction.
     say("compacting the tablets…".into());
     for t in client.refresh().await?.tables.iter() {
@@ -181,27 +143,18 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
             .map_err(|s| anyhow::anyhow!("compacting tablet {}: {}", tb.tablet_id, s.message()))?;
         }
     }
-    let leader = Leader::new([fleet.coordinator_addr.as_str()]);
-    let backup = |url: &str, compression: i32, keep: bool| BackupSpec {
-        master: source.master_addr.clone(),
-        database: db.into(),
-        repo: url.into(),
-        backup_id: BackupId::generate().to_string(),
-        ddl_retries: 5,
-        keep_snapshot: keep,
-        rate_limit: 0,
-        compression,
-        schedule_id: None,
-        due_ms: None,
-        retention: 0,
+    let backup = |url: &str, compression: i32, keep: bool| {
+        let mut spec = source.backup_spec(db, url);
+        spec.compression = compression;
+        spec.keep_snapshot = keep;
+        spec
     };
     let mut rows = Vec::new();
 
     // 1. Backup without compression (AES-GCM on), keeping the snapshot so the
     // other tools read the very same files.
-    let spec = backup(&plain_url, 0, true);
-    let (r_plain, secs) = job(&leader, "backup", serde_json::to_value(&spec)?).await?;
-    let bytes = r_plain["bytes"].as_u64().unwrap_or(0);
+    let r_plain = source.backup(&backup(&plain_url, 0, true), &Quiet).await?;
+    let (bytes, secs) = (r_plain.num("bytes"), r_plain.seconds);
     say(format!(
         "snapfleet backup (zstd off): {} in {}",
         human_bytes(bytes),
@@ -215,7 +168,7 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
     ));
 
     // The snapshot's tablet directories on the three nodes.
-    let snap_id = r_plain["snapshot_id"]
+    let snap_id = r_plain.result["snapshot_id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -236,7 +189,7 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
         for tb in &t.tablets {
             let node = tb.replicas[0];
             dirs.push(tablet_snapshot_dir(
-                &source.node_dir(node),
+                &source.cluster.node_dir(node),
                 snap,
                 &tb.tablet_id,
             )?);
@@ -297,11 +250,11 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
 
     // 2. Backup with zstd into a second repository.
     let spec = backup(&zstd_url, 3, false);
-    let (r_zstd, secs) = job(&leader, "backup", serde_json::to_value(&spec)?).await?;
+    let r_zstd = source.backup(&spec, &Quiet).await?;
     rows.push(row(
         "snapfleet backup, zstd 3, AES-GCM on",
         bytes,
-        secs,
+        r_zstd.seconds,
         du(&dir.join("repo-zstd")),
     ));
     // Release the kept snapshot.
@@ -313,60 +266,43 @@ pub async fn run(a: FleetBenchArgs, json: bool) -> Result<()> {
         .await;
 
     // 3. Restore (zstd repository) into a new 3-node cluster with its own fleet.
-    let target = LocalCluster::start(&bin, &dir.join("target"), LocalOptions::default())?;
-    let tfleet = LocalFleet::start(&bin, &dir.join("target-fleet"), &pass_file, &target)?;
-    let tleader = Leader::new([tfleet.coordinator_addr.as_str()]);
-    let rspec = RestoreSpec {
-        repo: zstd_url.clone(),
-        backup_id: spec.backup_id.clone(),
-        master: target.master_addr.clone(),
-        database: String::new(),
-        tables: vec![],
-        rate_limit: 0,
-        to_ht: 0,
-        source_database: String::new(),
-    };
-    let (_, secs) = job(&tleader, "restore", serde_json::to_value(&rspec)?).await?;
+    let target = scenario.site("target", 3).await?;
+    let r = target
+        .restore(&target.restore_spec(&zstd_url, &spec.backup_id), &Quiet)
+        .await?;
     rows.push(row(
         "snapfleet restore (zstd 3) into 3 new nodes",
         bytes,
-        secs,
+        r.seconds,
         0,
     ));
-    let tclient = target.client().await?;
-    let at = HybridTime(r_zstd["hybrid_time"].as_u64().unwrap_or(0));
-    for t in client.tables(db).await? {
-        let x = verify::table_checksum(&client, db, &t.name, Some(at)).await?;
-        let y = verify::table_checksum(&tclient, db, &t.name, None).await?;
-        if x != y {
-            bail!("restored table {} differs from the source", t.name);
-        }
+    if let Some(t) = source
+        .compare(db, r_zstd.hybrid_time(), &target)
+        .await?
+        .into_iter()
+        .find(|t| !t.ok)
+    {
+        bail!("restored table {} differs from the source", t.table);
     }
 
     // 4. Incremental: rewrite 5% of the rows, back up again into the zstd repository.
-    workload::run_load(
-        client.clone(),
-        workload::LoadOptions {
-            db: db.into(),
-            tables: 2,
-            tablets: 6,
-            rows: Some(a.rows / 20),
-            row_size: a.row_size,
-            ..Default::default()
-        },
-        Arc::new(workload::Progress::default()),
-    )
-    .await?;
-    let spec3 = backup(&zstd_url, 3, false);
-    let (r_inc, secs_inc) = job(&leader, "backup", serde_json::to_value(&spec3)?).await?;
-    let inc_bytes = r_inc["bytes"].as_u64().unwrap_or(0);
-    let inc_up = r_inc["bytes_uploaded"].as_u64().unwrap_or(0);
-    let full_up = r_zstd["bytes_uploaded"].as_u64().unwrap_or(0);
+    source
+        .load(
+            load_opts(a.rows / 20),
+            Arc::new(workload::Progress::default()),
+        )
+        .await?;
+    let r_inc = source.backup(&backup(&zstd_url, 3, false), &Quiet).await?;
+    let secs_inc = r_inc.seconds;
+    let inc_bytes = r_inc.num("bytes");
+    let inc_up = r_inc.num("bytes_uploaded");
+    let full_up = r_zstd.num("bytes_uploaded");
 
-    let agent_rss: Vec<u64> = fleet
+    let agent_rss: Vec<u64> = source
+        .fleet
         .agents
         .iter()
-        .chain(tfleet.agents.iter())
+        .chain(target.fleet.agents.iter())
         .flatten()
         .map(|c| peak_rss(c.id()))
         .collect();

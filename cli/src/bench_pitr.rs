@@ -4,18 +4,15 @@
 //! restore to the last archived time (base backup + log replay) into a new cluster against
 //! a full restore of a backup of the same final data, and checks both against the source.
 
-use crate::bench_fleet::{dir_usage, job};
+use crate::bench_fleet::dir_usage;
 use crate::coord::submit;
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use snapfleet_coordinator::client::Leader;
 use snapfleet_jobs::archive::ArchiveSpec;
-use snapfleet_jobs::spec::{BackupSpec, RestoreSpec};
-use snapfleet_localfleet::LocalFleet;
-use snapfleet_repository::{open_store, BackupId, InitOptions, Repository};
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
-use snapfleet_tabletdb::{verify, workload, HybridTime};
+use snapfleet_localfleet::scenario::{Quiet, Scenario};
+use snapfleet_tabletdb::{workload, HybridTime};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,24 +65,12 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
         }
     };
     let bin = std::env::current_exe()?;
-    let pass_file = dir.join("pass");
-    let passphrase = format!("{:032x}", rand::random::<u128>());
-    std::fs::write(&pass_file, &passphrase)?;
+    let scenario = Scenario::new(&bin, &dir)?;
+    let url = scenario.repository("repo").await?;
     let repo_dir = dir.join("repo");
-    std::fs::create_dir_all(&repo_dir)?;
-    let url = format!("file://{}", repo_dir.canonicalize()?.display());
-    Repository::init(
-        open_store(&url)?,
-        passphrase.as_bytes(),
-        InitOptions::default(),
-    )
-    .await?;
-
-    let source = LocalCluster::start(&bin, &dir.join("source"), LocalOptions::default())?;
-    let fleet = LocalFleet::start(&bin, &dir.join("source-fleet"), &pass_file, &source)?;
-    let client = Arc::new(source.client().await?);
+    let source = scenario.site("source", 3).await?;
+    let client = source.client.clone();
     let db = "bench";
-    client.create_database(db, true).await?;
     eprintln!("loading {} rows of {} B…", a.rows, a.row_size);
     let opts = |rows: Option<u64>, dur: Option<Duration>, rate: Option<f64>, offset: u64| {
         workload::LoadOptions {
@@ -100,50 +85,33 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
             ..Default::default()
         }
     };
-    workload::run_load(
-        client.clone(),
-        opts(Some(a.rows), None, None, 0),
-        Arc::new(workload::Progress::default()),
-    )
-    .await?;
-    let leader = Leader::new([fleet.coordinator_addr.as_str()]);
+    source
+        .load(
+            opts(Some(a.rows), None, None, 0),
+            Arc::new(workload::Progress::default()),
+        )
+        .await?;
+    let leader = &source.leader;
 
     // Archive, then the base backup.
     let spec = ArchiveSpec {
-        master: source.master_addr.clone(),
+        master: source.cluster.master_addr.clone(),
         database: db.into(),
         repo: url.clone(),
         retention_secs: 7 * 86_400,
         interval_ms: interval.as_millis() as u64,
         compression: 3,
     };
-    let aj = submit(&leader, "archive", serde_json::to_value(&spec)?).await?;
+    let aj = submit(leader, "archive", serde_json::to_value(&spec)?).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while checkpoint(&leader).await? == 0 {
+    while checkpoint(leader).await? == 0 {
         if Instant::now() > deadline {
             bail!("archive job {} never reported a checkpoint", aj.id);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let backup = |id: String| BackupSpec {
-        master: source.master_addr.clone(),
-        database: db.into(),
-        repo: url.clone(),
-        backup_id: id,
-        ddl_retries: 5,
-        keep_snapshot: false,
-        rate_limit: 0,
-        compression: 3,
-        schedule_id: None,
-        due_ms: None,
-        retention: 0,
-    };
-    let (base, base_secs) = job(
-        &leader,
-        "backup",
-        serde_json::to_value(backup(BackupId::generate().to_string()))?,
-    )
-    .await?;
+    let base = source.backup(&source.backup_spec(db, &url), &Quiet).await?;
+    let (base_secs, base) = (base.seconds, base.result);
     eprintln!(
         "base backup: {} in {}",
         human_bytes(base["bytes"].as_u64().unwrap_or(0)),
@@ -167,7 +135,7 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
     let started = Instant::now();
     while started.elapsed() < duration {
         tick.tick().await;
-        let cp = checkpoint(&leader).await?;
+        let cp = checkpoint(leader).await?;
         if cp > 0 {
             let rpo = (HybridTime::wall_now().physical_micros() as f64
                 - HybridTime(cp).physical_micros() as f64)
@@ -178,7 +146,7 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
     let loaded = load.await.context("load task")??;
     let t = client.now().await?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while checkpoint(&leader).await? < t.0 {
+    while checkpoint(leader).await? < t.0 {
         if Instant::now() > deadline {
             bail!("the archive never caught up with the end of the load");
         }
@@ -194,73 +162,41 @@ pub async fn run(a: PitrBenchArgs, json: bool) -> Result<()> {
     let (pieces, archived) = dir_usage(&repo_dir.join("pitr"));
 
     // A full backup of the final data, for the comparison restore.
-    let (full, _) = job(
-        &leader,
-        "backup",
-        serde_json::to_value(backup(BackupId::generate().to_string()))?,
-    )
-    .await?;
-    let mut want = Vec::new();
-    for tb in client.tables(db).await? {
-        want.push(verify::table_checksum(&client, db, &tb.name, Some(t)).await?);
-    }
+    let full = source.backup(&source.backup_spec(db, &url), &Quiet).await?;
 
     // Restore to t (base + replay) and the full backup, each into a new 3-node cluster.
     let mut results = Vec::new();
-    for (name, spec) in [
-        (
-            "restore to t: base backup + archived log",
-            RestoreSpec {
-                repo: url.clone(),
-                backup_id: String::new(),
-                master: String::new(),
-                database: db.into(),
-                tables: vec![],
-                rate_limit: 0,
-                to_ht: t.0,
-                source_database: db.into(),
-            },
-        ),
-        (
-            "full restore of a backup of the same data",
-            RestoreSpec {
-                repo: url.clone(),
-                backup_id: full["backup_id"].as_str().unwrap_or_default().to_string(),
-                master: String::new(),
-                database: db.into(),
-                tables: vec![],
-                rate_limit: 0,
-                to_ht: 0,
-                source_database: String::new(),
-            },
-        ),
+    for name in [
+        "restore to t: base backup + archived log",
+        "full restore of a backup of the same data",
     ] {
         let tag = if results.is_empty() { "pitr" } else { "full" };
-        let target = LocalCluster::start(
-            &bin,
-            &dir.join(format!("target-{tag}")),
-            LocalOptions::default(),
-        )?;
-        let tfleet = LocalFleet::start(
-            &bin,
-            &dir.join(format!("target-{tag}-fleet")),
-            &pass_file,
-            &target,
-        )?;
-        let tleader = Leader::new([tfleet.coordinator_addr.as_str()]);
-        let mut spec = spec;
-        spec.master = target.master_addr.clone();
-        let (r, secs) = job(&tleader, "restore", serde_json::to_value(&spec)?).await?;
-        let tclient = target.client().await?;
-        let mut got = Vec::new();
-        for tb in tclient.tables(db).await? {
-            got.push(verify::table_checksum(&tclient, db, &tb.name, None).await?);
+        let target = scenario.site(&format!("target-{tag}"), 3).await?;
+        let mut spec = target.restore_spec(&url, "");
+        spec.database = db.into();
+        if tag == "pitr" {
+            spec.to_ht = t.0;
+            spec.source_database = db.into();
+        } else {
+            spec.backup_id = full.result["backup_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
         }
-        if tag == "pitr" && got != want {
-            bail!("the restore to {t} differs from the source at {t}");
+        let r = target.restore(&spec, &Quiet).await?;
+        if let Some(c) = source
+            .compare(db, t, &target)
+            .await?
+            .into_iter()
+            .find(|c| !c.ok)
+        {
+            bail!("{name}: table {} differs from the source at {t}", c.table);
         }
-        eprintln!("{name}: {}", human_duration(Duration::from_secs_f64(secs)));
-        results.push((name, secs, r));
+        eprintln!(
+            "{name}: {}",
+            human_duration(Duration::from_secs_f64(r.seconds))
+        );
+        results.push((name, r.seconds, r.result));
     }
 
     let report = serde_json::json!({

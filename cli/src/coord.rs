@@ -196,6 +196,21 @@ pub async fn watch(leader: &Leader, id: u64, quiet_human: bool) -> Result<cpb::J
     Ok(j)
 }
 
+/// Follows scenario jobs (`demo`, benches) with [`watch`]'s progress bars; `quiet` hides
+/// them (`--json`).
+pub struct Bars {
+    pub quiet: bool,
+}
+
+#[async_trait::async_trait]
+impl snapfleet_localfleet::scenario::Watcher for Bars {
+    async fn watch(&self, leader: &Leader, id: u64) -> std::result::Result<cpb::JobInfo, String> {
+        watch(leader, id, self.quiet)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
 /// Cancels `token` on Ctrl-C or SIGTERM (systemd stop, kill).
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {

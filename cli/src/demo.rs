@@ -7,16 +7,12 @@
 //! and check-consistency at the backup's hybrid time, and prints a report. Exits non-zero
 //! if any check fails.
 
-use crate::coord::{submit, watch};
+use crate::coord::Bars;
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use snapfleet_coordinator::client::Leader;
-use snapfleet_jobs::spec::{BackupSpec, RestoreSpec};
-use snapfleet_localfleet::LocalFleet;
-use snapfleet_repository::{open_store, BackupId, InitOptions, Repository};
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
-use snapfleet_tabletdb::{sql, verify, workload, HybridTime};
+use snapfleet_localfleet::scenario::{Scenario, TableCheck};
+use snapfleet_tabletdb::{sql, verify, workload};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -64,16 +60,6 @@ struct Report {
     dir: String,
 }
 
-#[derive(serde::Serialize)]
-struct TableCheck {
-    table: String,
-    source_rows: u64,
-    restored_rows: u64,
-    source_digest: String,
-    restored_digest: String,
-    ok: bool,
-}
-
 const SAMPLE_SQL: &str = "
 CREATE TABLE IF NOT EXISTS types_sample (
   id int8 PRIMARY KEY, small int2, num numeric, ok bool, note text, raw bytea,
@@ -103,39 +89,19 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         }
     };
     say(format!("snapfleet demo — working in {}", dir.display()));
+    let watcher = Bars { quiet: json };
 
-    // 1. Source cluster.
+    // 1. Source cluster, its fleet, and a local-directory repository with a random
+    // passphrase in a private file.
     let t0 = Instant::now();
-    let source = LocalCluster::start(
-        &bin,
-        &dir.join("source"),
-        LocalOptions {
-            nodes: 3,
-            ..Default::default()
-        },
-    )
-    .context("starting the 3-node source cluster")?;
-    let client = Arc::new(source.client().await?);
-    // A local-directory repository with a random passphrase in a private file.
-    let pass_file = dir.join("repo.pass");
-    let passphrase = format!("{:032x}", rand::random::<u128>());
-    std::fs::write(&pass_file, &passphrase)?;
-    let repo_dir = dir.join("repo");
-    std::fs::create_dir_all(&repo_dir)?;
-    let repo_url = format!("file://{}", repo_dir.canonicalize()?.display());
-    Repository::init(
-        open_store(&repo_url)?,
-        passphrase.as_bytes(),
-        InitOptions::default(),
-    )
-    .await
-    .context("initialising the demo repository")?;
-    let source_fleet = LocalFleet::start(&bin, &dir.join("source-fleet"), &pass_file, &source)
-        .context("starting the source fleet (coordinator + agents)")?;
+    let scenario = Scenario::new(&bin, &dir)?;
+    let repo_url = scenario.repository("repo").await?;
+    let source = scenario.site("source", 3).await?;
+    let client = source.client.clone();
     say(format!(
         "[1/6] source cluster up: master {} + 3 nodes, coordinator {} + 3 agents, repository {} ({})",
-        source.master_addr,
-        source_fleet.coordinator_addr,
+        source.cluster.master_addr,
+        source.fleet.coordinator_addr,
         repo_url,
         human_duration(t0.elapsed())
     ));
@@ -186,18 +152,18 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
             }
         })
     };
-    let load = workload::run_load(
-        client.clone(),
-        workload::LoadOptions {
-            db: db.into(),
-            tables: 2,
-            rows: Some(a.rows),
-            row_size: a.row_size,
-            ..Default::default()
-        },
-        progress,
-    )
-    .await;
+    let load = source
+        .load(
+            workload::LoadOptions {
+                db: db.into(),
+                tables: 2,
+                rows: Some(a.rows),
+                row_size: a.row_size,
+                ..Default::default()
+            },
+            progress,
+        )
+        .await;
     ticker.abort();
     pb.finish_and_clear();
     let load = load.context("loading sample data")?;
@@ -210,42 +176,22 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
     ));
 
     // 3. Back up while the counter keeps writing.
-    let t = Instant::now();
-    let backup_id = BackupId::generate().to_string();
-    let leader = Leader::new([source_fleet.coordinator_addr.as_str()]);
-    let spec = BackupSpec {
-        master: source.master_addr.clone(),
-        database: db.into(),
-        repo: repo_url.clone(),
-        backup_id: backup_id.clone(),
-        ddl_retries: 5,
-        keep_snapshot: false,
-        rate_limit: 0,
-        compression: 3,
-        schedule_id: None,
-        due_ms: None,
-        retention: 0,
-    };
-    let job = submit(&leader, "backup", serde_json::to_value(spec)?).await?;
-    let job = watch(&leader, job.id, json).await?;
-    if job.state != "succeeded" {
-        bail!("backup job {} {}: {}", job.id, job.state, job.failure);
-    }
-    let backup_secs = t.elapsed().as_secs_f64();
-    let br: serde_json::Value = serde_json::from_str(&job.result_json)?;
-    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
-    let cut = HybridTime(num(&br, "hybrid_time"));
+    let spec = source.backup_spec(db, &repo_url);
+    let backup_id = spec.backup_id.clone();
+    let backup = source.backup(&spec, &watcher).await?;
+    let backup_secs = backup.seconds;
+    let cut = backup.hybrid_time();
     say(format!(
         "[3/6] backup {} at {} ({}): {} files, {} read, {} uploaded, {} tablets in {} ({:.1} MB/s)",
         backup_id,
         cut,
         cut.to_rfc3339(),
-        num(&br, "files"),
-        human_bytes(num(&br, "bytes")),
-        human_bytes(num(&br, "bytes_uploaded")),
-        num(&br, "tablets"),
-        human_duration(t.elapsed()),
-        num(&br, "bytes") as f64 / backup_secs.max(1e-9) / 1e6
+        backup.num("files"),
+        human_bytes(backup.num("bytes")),
+        human_bytes(backup.num("bytes_uploaded")),
+        backup.num("tablets"),
+        human_duration(Duration::from_secs_f64(backup_secs)),
+        backup.num("bytes") as f64 / backup_secs.max(1e-9) / 1e6
     ));
     // Keep writing a little past the cut, so the restore must hide newer versions.
     let seen_at_cut = counter_progress.load(std::sync::atomic::Ordering::Relaxed);
@@ -260,65 +206,25 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
 
     // 4. Restore into a new 2-node cluster with a fresh fleet, from the repository alone.
     let t = Instant::now();
-    let target = LocalCluster::start(
-        &bin,
-        &dir.join("target"),
-        LocalOptions {
-            nodes: 2,
-            ..Default::default()
-        },
-    )
-    .context("starting the 2-node target cluster")?;
-    let target_fleet = LocalFleet::start(&bin, &dir.join("target-fleet"), &pass_file, &target)
-        .context("starting the target fleet")?;
-    let tclient = target.client().await?;
-    let restore_start = Instant::now();
-    let tleader = Leader::new([target_fleet.coordinator_addr.as_str()]);
-    let spec = RestoreSpec {
-        repo: repo_url.clone(),
-        backup_id: backup_id.clone(),
-        master: target.master_addr.clone(),
-        database: String::new(),
-        tables: vec![],
-        rate_limit: 0,
-        to_ht: 0,
-        source_database: String::new(),
-    };
-    let job = submit(&tleader, "restore", serde_json::to_value(spec)?).await?;
-    let job = watch(&tleader, job.id, json).await?;
-    if job.state != "succeeded" {
-        bail!("restore job {} {}: {}", job.id, job.state, job.failure);
-    }
-    let rr: serde_json::Value = serde_json::from_str(&job.result_json)?;
-    let restore_secs = restore_start.elapsed().as_secs_f64();
+    let target = scenario
+        .site("target", 2)
+        .await
+        .context("starting the 2-node target cluster and its fleet")?;
+    let tclient = target.client.clone();
+    let restore = target
+        .restore(&target.restore_spec(&repo_url, &backup_id), &watcher)
+        .await?;
+    let restore_secs = restore.seconds;
     say(format!(
         "[4/6] restored {} tablets ({}) into the new 2-node cluster in {} ({} incl. start-up)",
-        num(&rr, "tablets"),
-        human_bytes(num(&rr, "bytes")),
-        human_duration(restore_start.elapsed()),
+        restore.num("tablets"),
+        human_bytes(restore.num("bytes")),
+        human_duration(Duration::from_secs_f64(restore_secs)),
         human_duration(t.elapsed())
     ));
-    let snap_tables: Vec<String> = client
-        .tables(db)
-        .await?
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
 
     // 5. Verify: checksums of every table (source at T vs target now), counter consistency.
-    let mut tables = Vec::new();
-    for name in &snap_tables {
-        let s = verify::table_checksum(&client, db, name, Some(cut)).await?;
-        let r = verify::table_checksum(&tclient, db, name, None).await?;
-        tables.push(TableCheck {
-            table: name.clone(),
-            source_rows: s.rows,
-            restored_rows: r.rows,
-            ok: s == r,
-            source_digest: s.digest,
-            restored_digest: r.digest,
-        });
-    }
+    let tables = source.compare(db, cut, &target).await?;
     let consistency = verify::check_consistency(
         &tclient,
         db,
@@ -359,15 +265,15 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
         load_rows_per_sec: load.rows_per_sec,
         load_mb_per_sec: load.mb_per_sec,
         counter_keys_written: counter.keys,
-        backup_files: num(&br, "files"),
-        backup_bytes: num(&br, "bytes"),
-        backup_bytes_uploaded: num(&br, "bytes_uploaded"),
+        backup_files: backup.num("files"),
+        backup_bytes: backup.num("bytes"),
+        backup_bytes_uploaded: backup.num("bytes_uploaded"),
         backup_seconds: backup_secs,
-        backup_mb_per_sec: num(&br, "bytes") as f64 / backup_secs.max(1e-9) / 1e6,
-        restore_tablets: num(&rr, "tablets"),
-        restore_bytes: num(&rr, "bytes"),
+        backup_mb_per_sec: backup.num("bytes") as f64 / backup_secs.max(1e-9) / 1e6,
+        restore_tablets: restore.num("tablets"),
+        restore_bytes: restore.num("bytes"),
         restore_seconds: restore_secs,
-        restore_mb_per_sec: num(&rr, "bytes") as f64 / restore_secs.max(1e-9) / 1e6,
+        restore_mb_per_sec: restore.num("bytes") as f64 / restore_secs.max(1e-9) / 1e6,
         tables,
         consistency,
         dir: dir.display().to_string(),
@@ -398,8 +304,6 @@ pub async fn run(a: DemoArgs, json: bool) -> Result<()> {
              snapfleet db check-consistency --master NEW_MASTER --db demo --at BACKUP_HYBRID_TIME --log counter.log"
         );
     }
-    drop(source_fleet);
-    drop(target_fleet);
     drop(source);
     drop(target);
     if a.keep {

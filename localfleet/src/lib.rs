@@ -1,6 +1,9 @@
 //! A local fleet beside a local tabletdb cluster: one coordinator replica and one agent per
 //! node, as real `snapfleet` processes with log files, killed when dropped. Used by
-//! `snapfleet demo` and the end-to-end tests.
+//! `snapfleet demo`, the benches and the end-to-end tests, which tell one shared story
+//! ([`scenario`]).
+
+pub mod scenario;
 
 use snapfleet_tabletdb::local::{spawn, wait_for_file, ChildProcess, LocalCluster};
 use snapfleet_tabletdb::{Error, Result};

@@ -5,6 +5,7 @@
 
 pub mod pg;
 
+use snapfleet_localfleet::scenario::{Scenario, Site};
 use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
 use snapfleet_tabletdb::workload;
 use std::ops::{Deref, DerefMut};
@@ -160,44 +161,49 @@ impl CounterWriter {
     }
 }
 
-/// A database cluster with its fleet (one coordinator, one agent per node) and a
-/// local-directory repository, all real processes.
+/// A database cluster with its fleet (one coordinator, one agent per node), all real
+/// processes: the scenario's [`Site`](snapfleet_localfleet::scenario::Site) (`f.cluster`,
+/// `f.fleet`, `f.client`) in a temporary directory.
 pub struct TestFleet {
-    pub db: TestCluster,
-    pub fleet: snapfleet_localfleet::LocalFleet,
+    site: Site,
     /// The CA and admin identity of a `start_tls` fleet (removed after the processes stop).
     pub certs: Option<tempfile::TempDir>,
+    _dir: tempfile::TempDir,
 }
+
+impl Deref for TestFleet {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.site
+    }
+}
+
+impl DerefMut for TestFleet {
+    fn deref_mut(&mut self) -> &mut Site {
+        &mut self.site
+    }
+}
+
+pub const TEST_PASSPHRASE: &str = "correct horse battery staple";
 
 /// A repository in `dir/repo` with a passphrase file `dir/pass`: (url, passphrase file).
 pub async fn init_repo(dir: &std::path::Path) -> (String, PathBuf) {
     let pass = dir.join("pass");
-    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
-    let repo_dir = dir.join("repo");
-    std::fs::create_dir_all(&repo_dir).unwrap();
-    let url = format!("file://{}", repo_dir.display());
-    let store = snapfleet_repository::open_store(&url).unwrap();
-    snapfleet_repository::Repository::init(
-        store,
-        b"correct horse battery staple",
-        snapfleet_repository::InitOptions {
-            kdf: snapfleet_repository::KdfParams::minimum(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    std::fs::write(&pass, format!("{TEST_PASSPHRASE}\n")).unwrap();
+    let mut s = Scenario::with_pass_file(&snapfleet_bin(), dir, &pass).unwrap();
+    s.fast_kdf = true;
+    let url = s.repository("repo").await.unwrap();
     (url, pass)
 }
 
 impl TestFleet {
     /// `nodes` database nodes plus a fleet whose agents read `password_file`.
-    pub fn start(nodes: u32, password_file: &std::path::Path) -> Self {
-        Self::start_with(nodes, password_file, 1)
+    pub async fn start(nodes: u32, password_file: &std::path::Path) -> Self {
+        Self::start_with(nodes, password_file, 1).await
     }
 
     /// With `replicas` coordinator replicas.
-    pub fn start_with(nodes: u32, password_file: &std::path::Path, replicas: usize) -> Self {
+    pub async fn start_with(nodes: u32, password_file: &std::path::Path, replicas: usize) -> Self {
         Self::start_opts(
             LocalOptions {
                 nodes,
@@ -205,18 +211,20 @@ impl TestFleet {
             },
             password_file,
             replicas,
+            None,
         )
+        .await
     }
 
     /// Every process with `--certs`: a CA made for this fleet (`certs init` in the
     /// cluster's directory, whose admin identity the tests' CLI calls and clients use).
-    pub fn start_tls(nodes: u32, password_file: &std::path::Path) -> Self {
+    pub async fn start_tls(nodes: u32, password_file: &std::path::Path) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("snapfleet-certs-")
             .tempdir()
             .expect("temp dir");
         snapfleet_api::tls::init_dir(dir.path(), &[], 30).expect("certs init");
-        let mut f = Self::start_opts(
+        Self::start_opts(
             LocalOptions {
                 nodes,
                 certs: Some(dir.path().to_path_buf()),
@@ -224,25 +232,31 @@ impl TestFleet {
             },
             password_file,
             1,
-        );
-        f.certs = Some(dir);
-        f
+            Some(dir),
+        )
+        .await
     }
 
-    fn start_opts(opts: LocalOptions, password_file: &std::path::Path, replicas: usize) -> Self {
-        let db = TestCluster::start_with(opts);
-        let fleet = snapfleet_localfleet::LocalFleet::start_with(
-            &snapfleet_bin(),
-            &db.dir.path().join("fleet"),
-            password_file,
-            &db.cluster,
-            replicas,
-        )
-        .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
+    async fn start_opts(
+        opts: LocalOptions,
+        password_file: &std::path::Path,
+        replicas: usize,
+        certs: Option<tempfile::TempDir>,
+    ) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("snapfleet-test-")
+            .tempdir()
+            .expect("temp dir");
+        let scenario = Scenario::with_pass_file(&snapfleet_bin(), dir.path(), password_file)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let site = scenario
+            .site_with("c", opts, replicas)
+            .await
+            .unwrap_or_else(|e| panic!("starting the fleet: {e}"));
         Self {
-            db,
-            fleet,
-            certs: None,
+            site,
+            certs,
+            _dir: dir,
         }
     }
 
@@ -279,8 +293,14 @@ impl TestFleet {
             .arg("--json")
             .args(args)
             .env("SNAPFLEET_COORDINATOR", &self.fleet.coordinator_addr)
-            .env("SNAPFLEET_DB_MASTER", &self.db.master_addr)
-            .envs(self.db.opts.certs.iter().map(|c| ("SNAPFLEET_CERTS", c)))
+            .env("SNAPFLEET_DB_MASTER", &self.cluster.master_addr)
+            .envs(
+                self.cluster
+                    .opts
+                    .certs
+                    .iter()
+                    .map(|c| ("SNAPFLEET_CERTS", c)),
+            )
             .output()
             .expect("running snapfleet");
         let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);

@@ -3,6 +3,7 @@
 //! (a fresh fleet that never saw the backup) into clusters of other sizes, a killed agent,
 //! a corrupted chunk, an incremental backup, a racing DDL.
 
+use snapfleet_localfleet::scenario::compare_tables;
 use snapfleet_tabletdb::{sql, verify, workload, HybridTime};
 use snapfleet_tests::{init_repo, CounterWriter, TestFleet};
 use std::path::Path;
@@ -49,25 +50,20 @@ fn restore(
     dst.snapfleet(&args)
 }
 
-/// Every table of the source at `at` equals the same table on the target now.
+/// Every table of the source at `at` equals the same table on the target now (the
+/// scenario's check, as the demo and the benches run it); returns the rows compared.
 async fn assert_same(
     src: &snapfleet_tabletdb::Client,
     dst: &snapfleet_tabletdb::Client,
     db_dst: &str,
     at: HybridTime,
 ) -> u64 {
-    let mut rows = 0;
-    for t in src.tables(DB).await.unwrap() {
-        let a = verify::table_checksum(src, DB, &t.name, Some(at))
-            .await
-            .unwrap();
-        let b = verify::table_checksum(dst, db_dst, &t.name, None)
-            .await
-            .unwrap();
-        assert_eq!(a, b, "table {} differs after restore", t.name);
-        rows += a.rows;
+    let checks = compare_tables(src, DB, at, dst, db_dst).await.unwrap();
+    assert!(!checks.is_empty(), "no tables compared");
+    for c in &checks {
+        assert!(c.ok, "table {} differs after restore: {c:?}", c.table);
     }
-    rows
+    checks.iter().map(|c| c.source_rows).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,11 +95,11 @@ async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
 
     // Restore from the repository alone, with fresh fleets that never saw the backup.
     for nodes in [2u32, 5] {
-        let dst = TestFleet::start(nodes, &pass);
+        let dst = TestFleet::start(nodes, &pass).await;
         let (ok, r, err) = restore(&dst, &url, &pass, &id, &[]);
         assert!(ok, "restore into {nodes} nodes failed: {err}\n{r}");
         assert_eq!(r["result"]["restore_ht"].as_u64(), Some(at.0), "{r}");
-        let dclient = dst.db.client().await.unwrap();
+        let dclient = dst.cluster.client().await.unwrap();
         let rows = assert_same(&client, &dclient, DB, at).await;
         assert_no_staging(&dst).await;
         assert!(rows > 20_000, "{rows}");
@@ -128,7 +124,7 @@ async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
     }
 
     // A subset of tables under a new name.
-    let dst = TestFleet::start(2, &pass);
+    let dst = TestFleet::start(2, &pass).await;
     let (ok, r, err) = restore(
         &dst,
         &url,
@@ -137,7 +133,7 @@ async fn backup_during_writes_restores_consistently_into_2_and_5_nodes() {
         &["--db", "copy", "--tables", "load_0"],
     );
     assert!(ok, "{err}\n{r}");
-    let dclient = dst.db.client().await.unwrap();
+    let dclient = dst.cluster.client().await.unwrap();
     let names: Vec<String> = dclient
         .tables("copy")
         .await
@@ -183,8 +179,8 @@ async fn loaded_source(
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let (url, pass) = init_repo(tmp.path()).await;
-    let src = TestFleet::start(nodes, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
+    let src = TestFleet::start(nodes, &pass).await;
+    let client = Arc::new(src.cluster.client().await.unwrap());
     client.create_database(DB, false).await.unwrap();
     load(&client, rows, 0).await;
     (tmp, url, pass, src, client)
@@ -212,9 +208,9 @@ async fn backed_up(
 /// the staging of an ended restore on its own host within a few seconds.
 async fn assert_no_staging(dst: &TestFleet) {
     let staged = || -> Vec<std::path::PathBuf> {
-        (0..dst.db.nodes.len())
+        (0..dst.cluster.nodes.len())
             .flat_map(|i| {
-                let staging = dst.db.node_dir(i as u32 + 1).join("staging");
+                let staging = dst.cluster.node_dir(i as u32 + 1).join("staging");
                 std::fs::read_dir(&staging)
                     .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
                     .unwrap_or_default()
@@ -254,8 +250,8 @@ fn corrupt_chunks(repo_dir: &Path) -> usize {
 async fn corrupt_chunk_fails_restore_before_activate_and_target_is_untouched() {
     let (tmp, url, pass, _src, _client, id) = backed_up(5_000).await;
 
-    let dst = TestFleet::start(2, &pass);
-    let dclient = dst.db.client().await.unwrap();
+    let dst = TestFleet::start(2, &pass).await;
+    let dclient = dst.cluster.client().await.unwrap();
     dclient.create_database("keep", false).await.unwrap();
     sql::execute(
         &dclient,
@@ -326,7 +322,7 @@ fn spawn_snapfleet(f: &TestFleet, args: &[&str]) -> std::process::Child {
         .arg("--json")
         .args(args)
         .env("SNAPFLEET_COORDINATOR", &f.fleet.coordinator_addr)
-        .env("SNAPFLEET_DB_MASTER", &f.db.master_addr)
+        .env("SNAPFLEET_DB_MASTER", &f.cluster.master_addr)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -373,8 +369,8 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
     let (url, pass) = init_repo(tmp.path()).await;
     // Three coordinator replicas: killing the leader elects another, whose job driver
     // picks the backup up from the phase in the log.
-    let mut src = TestFleet::start_with(3, &pass, 3);
-    let client = Arc::new(src.db.client().await.unwrap());
+    let mut src = TestFleet::start_with(3, &pass, 3).await;
+    let client = Arc::new(src.cluster.client().await.unwrap());
     client.create_database(DB, false).await.unwrap();
     workload::run_load(
         client.clone(),
@@ -397,7 +393,7 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
     let backup = spawn_slow_backup(&src, &url, pass_s);
     wait_progress(&src, "1", 0.4);
     src.fleet.kill_agent(1);
-    src.fleet.start_agent(&src.db.cluster, 1).unwrap();
+    src.start_agent(1).unwrap();
     // `job list` shows unfinished jobs only: the backup is still running.
     assert!(
         node_progress(&src, "1").is_some(),
@@ -443,7 +439,7 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
 
     // Restore into 2 nodes (a single coordinator replica and an agent, kill -9 and restarted
     // half-way).
-    let mut dst = TestFleet::start(2, &pass);
+    let mut dst = TestFleet::start(2, &pass).await;
     let restore = spawn_snapfleet(
         &dst,
         &[
@@ -469,14 +465,14 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
     dst.fleet.kill_agent(1);
     dst.fleet.kill_coordinator(1);
     dst.fleet.start_coordinator(1).unwrap();
-    dst.fleet.start_agent(&dst.db.cluster, 1).unwrap();
+    dst.start_agent(1).unwrap();
     let v = finish(restore);
     assert_eq!(v["state"], "succeeded", "{v}");
     eprintln!(
         "restore: {} bytes, {} staged before the agent was killed and kept",
         v["result"]["bytes"], v["result"]["resumed_bytes"]
     );
-    let dclient = dst.db.client().await.unwrap();
+    let dclient = dst.cluster.client().await.unwrap();
     assert_same(&client, &dclient, DB, at).await;
 }
 
@@ -488,8 +484,8 @@ async fn killed_agent_and_killed_coordinator_leader_do_not_stop_backup_or_restor
 async fn agents_lower_their_rate_when_the_object_store_throttles() {
     let tmp = tempfile::tempdir().unwrap();
     let (url, pass) = init_repo(tmp.path()).await;
-    let mut src = TestFleet::start(2, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
+    let mut src = TestFleet::start(2, &pass).await;
+    let client = Arc::new(src.cluster.client().await.unwrap());
     client.create_database(DB, false).await.unwrap();
     workload::run_load(
         client.clone(),
@@ -509,7 +505,7 @@ async fn agents_lower_their_rate_when_the_object_store_throttles() {
     src.fleet.agent_args = vec!["--drill-store-capacity".into(), "2MiB/s".into()];
     for id in 1..=2 {
         src.fleet.kill_agent(id);
-        src.fleet.start_agent(&src.db.cluster, id).unwrap();
+        src.start_agent(id).unwrap();
     }
     let started = std::time::Instant::now();
     let v = src.backup_wait(DB, &url, pass.to_str().unwrap(), &["--compression", "0"]);
@@ -542,11 +538,11 @@ async fn agents_lower_their_rate_when_the_object_store_throttles() {
 
     // Nothing was lost to the throttling: the backup restores to exactly the data at T.
     let at = HybridTime(r["hybrid_time"].as_u64().unwrap());
-    let dst = TestFleet::start(1, &pass);
+    let dst = TestFleet::start(1, &pass).await;
     let (ok, v, err) = restore(&dst, &url, &pass, r["backup_id"].as_str().unwrap(), &[]);
     assert!(ok, "restore failed: {err}\n{v}");
     assert_eq!(v["state"], "succeeded", "{v}");
-    let dclient = dst.db.client().await.unwrap();
+    let dclient = dst.cluster.client().await.unwrap();
     assert_same(&client, &dclient, DB, at).await;
 }
 
@@ -578,7 +574,7 @@ async fn second_backup_after_changing_5_percent_uploads_little() {
         "second backup sent {u2} of {b2} bytes: {second}"
     );
     // Both backups restore to their own point in time.
-    let dst = TestFleet::start(1, &pass);
+    let dst = TestFleet::start(1, &pass).await;
     for (v, name) in [(&first, "one"), (&second, "two")] {
         let (ok, r, err) = restore(
             &dst,
@@ -589,7 +585,7 @@ async fn second_backup_after_changing_5_percent_uploads_little() {
         );
         assert!(ok, "{err}\n{r}");
         let at = HybridTime(v["result"]["hybrid_time"].as_u64().unwrap());
-        let dclient = dst.db.client().await.unwrap();
+        let dclient = dst.cluster.client().await.unwrap();
         assert_same(&client, &dclient, name, at).await;
     }
 }
@@ -666,8 +662,8 @@ async fn ddl_racing_the_backup_waits_and_is_never_captured_half_way() {
     stop.store(true, Ordering::Relaxed);
     ddl.await.unwrap();
     // Every committed backup restores the load tables exactly as of its time.
-    let dst = TestFleet::start(2, &pass);
-    let dclient = dst.db.client().await.unwrap();
+    let dst = TestFleet::start(2, &pass).await;
+    let dclient = dst.cluster.client().await.unwrap();
     for (i, r) in committed.iter().enumerate() {
         let name = format!("r{i}");
         let (ok, v, err) = restore(
@@ -800,7 +796,7 @@ async fn backup_schedule_fires_on_time_and_keeps_the_newest_n() {
         !ok && err.contains(oldest.as_str()),
         "deleting twice: {err}"
     );
-    let dst = TestFleet::start(1, &pass);
+    let dst = TestFleet::start(1, &pass).await;
     let (ok, r, err) = restore(&dst, &url, &pass, newest, &[]);
     assert!(ok, "{err}\n{r}");
 }
@@ -809,7 +805,7 @@ async fn backup_schedule_fires_on_time_and_keeps_the_newest_n() {
 async fn cancelled_restore_leaves_the_target_as_it_was() {
     let (_tmp, url, pass, _src, _client, id) = backed_up(20_000).await;
 
-    let dst = TestFleet::start(2, &pass);
+    let dst = TestFleet::start(2, &pass).await;
     let pass_s = pass.to_str().unwrap();
     let child = spawn_snapfleet(
         &dst,
@@ -841,7 +837,7 @@ async fn cancelled_restore_leaves_the_target_as_it_was() {
         err.contains("cancelled") && err.contains("drill over"),
         "{err}"
     );
-    let dclient = dst.db.client().await.unwrap();
+    let dclient = dst.cluster.client().await.unwrap();
     let cat = dclient.refresh().await.unwrap();
     assert!(
         cat.tables.is_empty(),
@@ -858,7 +854,7 @@ async fn cancelled_restore_leaves_the_target_as_it_was() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_permanent_error_at_activation_ends_the_restore() {
     let (_tmp, url, pass, _src, _client, id) = backed_up(20_000).await;
-    let dst = TestFleet::start(2, &pass);
+    let dst = TestFleet::start(2, &pass).await;
     let child = spawn_snapfleet(
         &dst,
         &[
@@ -876,7 +872,7 @@ async fn a_permanent_error_at_activation_ends_the_restore() {
     );
     wait_progress(&dst, "1", 0.05);
     // The restoring (hidden) tables, dropped under the running restore.
-    let dclient = dst.db.client().await.unwrap();
+    let dclient = dst.cluster.client().await.unwrap();
     let hidden: Vec<String> = dclient
         .refresh()
         .await
@@ -935,9 +931,9 @@ async fn gc_racing_a_backup_is_refused_and_the_backup_stays_whole() {
         "{}",
         String::from_utf8_lossy(&ran.stderr)
     );
-    let dst = TestFleet::start(2, &pass);
+    let dst = TestFleet::start(2, &pass).await;
     let (ok, r, err) = restore(&dst, &url, &pass, &id, &[]);
     assert!(ok, "restore after gc failed: {err}\n{r}");
-    let dclient = dst.db.client().await.unwrap();
+    let dclient = dst.cluster.client().await.unwrap();
     assert!(assert_same(&client, &dclient, DB, at).await >= 20_000);
 }

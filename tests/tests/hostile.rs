@@ -17,8 +17,8 @@ const DB: &str = "app";
 async fn hostile_ids_in_task_payloads_change_nothing_outside_the_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let (url, pass) = init_repo(tmp.path()).await;
-    let f = TestFleet::start(1, &pass);
-    let client = Arc::new(f.db.client().await.unwrap());
+    let f = TestFleet::start(1, &pass).await;
+    let client = Arc::new(f.cluster.client().await.unwrap());
     client.create_database(DB, false).await.unwrap();
     workload::run_load(
         client.clone(),
@@ -39,7 +39,7 @@ async fn hostile_ids_in_task_payloads_change_nothing_outside_the_agent() {
     let backup_id = v["result"]["backup_id"].as_str().unwrap().to_string();
 
     // Two directories outside the node's data directory, each holding a file.
-    let node_dir = f.db.node_dir(1);
+    let node_dir = f.cluster.node_dir(1);
     let outside = tmp.path().join("precious");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("keep.txt"), b"mine").unwrap();
@@ -140,7 +140,7 @@ async fn hostile_numbers_leave_the_coordinator_running() {
     use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient;
     let tmp = tempfile::tempdir().unwrap();
     let (_url, pass) = init_repo(tmp.path()).await;
-    let f = TestFleet::start(1, &pass);
+    let f = TestFleet::start(1, &pass).await;
     let leader = Leader::new([f.fleet.coordinator_addr.as_str()]);
 
     // A fake agent on a node no real agent serves, so only it leases these tasks.

@@ -71,8 +71,8 @@ async fn pitr_schedules_snapshot_on_time_hold_history_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pass");
     std::fs::write(&pass, "pitr test passphrase\n").unwrap();
-    let fleet = TestFleet::start(2, &pass);
-    let client = fleet.db.client().await.unwrap();
+    let fleet = TestFleet::start(2, &pass).await;
+    let client = fleet.cluster.client().await.unwrap();
     client.create_database("p", true).await.unwrap();
     sql::execute(
         &client,
@@ -248,8 +248,8 @@ async fn a_table_dropped_inside_the_pitr_window_comes_back_in_place_and_in_a_clo
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pass");
     std::fs::write(&pass, "pitr test passphrase\n").unwrap();
-    let fleet = TestFleet::start(2, &pass);
-    let client = fleet.db.client().await.unwrap();
+    let fleet = TestFleet::start(2, &pass).await;
+    let client = fleet.cluster.client().await.unwrap();
     client.create_database("p", true).await.unwrap();
     for ddl in [
         "CREATE TABLE orders (k int8 PRIMARY KEY, v text) WITH (tablets = 4)",

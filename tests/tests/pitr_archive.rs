@@ -81,8 +81,8 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
     let tmp = tempfile::tempdir().unwrap();
     let (url, pass) = init_repo(tmp.path()).await;
     let pass_s = pass.to_str().unwrap();
-    let mut src = TestFleet::start(3, &pass);
-    let client = Arc::new(src.db.client().await.unwrap());
+    let mut src = TestFleet::start(3, &pass).await;
+    let client = Arc::new(src.cluster.client().await.unwrap());
     client.create_database(DB, false).await.unwrap();
     workload::run_load(
         client.clone(),
@@ -156,7 +156,7 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
         "the global checkpoint passed data nobody archived: {v}"
     );
     // Restarted, it resumes where its progress object says: no hole in the chain.
-    src.fleet.start_agent(&src.db.cluster, 1).unwrap();
+    src.start_agent(1).unwrap();
     wait_checkpoint(&src, t1);
 
     let tables_t1 = vec![
@@ -238,12 +238,12 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
     );
 
     // t1 into a new 2-node cluster: the base backup plus the replayed log, exactly.
-    let dst = TestFleet::start(2, &pass);
+    let dst = TestFleet::start(2, &pass).await;
     let (ok, r, err) = restore_to(&dst, &url, &pass, &t1.0.to_string());
     assert!(ok, "restore to t1 failed: {err}\n{r}");
     assert_eq!(r["result"]["restore_ht"].as_u64(), Some(t1.0), "{r}");
     assert!(r["result"]["replayed"].as_u64().unwrap() > 0, "{r}");
-    let dclient = dst.db.client().await.unwrap();
+    let dclient = dst.cluster.client().await.unwrap();
     assert_eq!(checksums(&dclient, &tables_t1, None).await, want_t1);
     let rep = verify::check_consistency(
         &dclient,
@@ -258,11 +258,11 @@ async fn archived_change_log_restores_new_clusters_to_any_time_even_across_a_kil
 
     // t3 (RFC 3339, after the in-place restore) into another new cluster: the table dropped
     // before is not there, and the rows are those the source shows (as of t2).
-    let dst2 = TestFleet::start(2, &pass);
+    let dst2 = TestFleet::start(2, &pass).await;
     let (ok, r, err) = restore_to(&dst2, &url, &pass, &t3_rfc);
     assert!(ok, "restore to t3 failed: {err}\n{r}");
     assert_eq!(r["result"]["skipped_tables"][0], "extra", "{r}");
-    let d2 = dst2.db.client().await.unwrap();
+    let d2 = dst2.cluster.client().await.unwrap();
     assert_eq!(checksums(&d2, &tables_t2, None).await, want_t2);
     assert!(d2.table(DB, "extra").await.is_err());
 

@@ -384,12 +384,12 @@ fn err(out: &Output) -> String {
 async fn every_process_of_the_fleet_talks_mutual_tls() {
     let tmp = tempfile::tempdir().unwrap();
     let (url, pass) = snapfleet_tests::init_repo(tmp.path()).await;
-    let f = snapfleet_tests::TestFleet::start_tls(3, &pass);
-    let ca = f.db.opts.certs.clone().unwrap();
-    let master = f.db.master_addr.clone();
+    let f = snapfleet_tests::TestFleet::start_tls(3, &pass).await;
+    let ca = f.cluster.opts.certs.clone().unwrap();
+    let master = f.cluster.master_addr.clone();
 
     // The admin identity of `certs init` creates and fills a table over TLS.
-    let client = f.db.client().await.unwrap();
+    let client = f.cluster.client().await.unwrap();
     client.create_database("app", false).await.unwrap();
     let admin = db_sql(
         &master,
@@ -430,7 +430,7 @@ async fn every_process_of_the_fleet_talks_mutual_tls() {
     let e = err(&db_sql(&master, None, "SELECT * FROM kv"));
     assert!(e.contains("master"), "{e}");
     // ...and so is plaintext to a node.
-    let node = std::fs::read_to_string(f.db.node_dir(1).join("node.addr")).unwrap();
+    let node = std::fs::read_to_string(f.cluster.node_dir(1).join("node.addr")).unwrap();
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", node.trim()))
         .unwrap()
         .connect()

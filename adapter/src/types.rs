@@ -167,6 +167,18 @@ pub struct InPlaceRestoreReport {
     pub removed: Vec<String>,
     /// Dropped after the time: back (also in `restored`).
     pub revived: Vec<String>,
+    /// A dry run only: each table that would be brought back (not revived), with its rows
+    /// now and at the time.
+    #[serde(default)]
+    pub rows: Vec<TableRows>,
+}
+
+/// A table's row count now and at the time of an in-place restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRows {
+    pub table: String,
+    pub now: u64,
+    pub at_time: u64,
 }
 
 /// One tablet's part of a snapshot (the fields of an upload task).

@@ -5,7 +5,7 @@
 //! the leader snapshots on time, keeps history for the window and expires old snapshots.
 
 use crate::coord::CoordArg;
-use crate::db::{connect, MasterArg};
+use crate::db::MasterArg;
 use crate::schedule::{list_schedules, put_schedule, schedule_json};
 use crate::util::{human_duration, parse_duration, parse_time};
 use anyhow::{bail, Context, Result};
@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::pb::{self as cpb};
 use snapfleet_jobs::spec::{pitr_label, PitrSpec};
-use snapfleet_tabletdb::{pb, HybridTime};
+use snapfleet_tabletdb::HybridTime;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
@@ -124,19 +124,26 @@ pub struct RestoreArgs {
     dry_run: bool,
 }
 
+/// The cluster behind `master`, through the database adapter (as the job drivers see it).
+async fn database(master: &str) -> Result<std::sync::Arc<dyn snapfleet_adapter::Database>> {
+    let adapter = snapfleet_adapter_tabletdb::TabletdbAdapter::new();
+    snapfleet_adapter::Adapter::connect(&*adapter, master)
+        .await
+        .with_context(|| format!("connecting to the database cluster at {master}"))
+}
+
 pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
     let a = match cmd {
         PitrCmd::Restore(a) => a,
         PitrCmd::Schedule(s) => return run_schedule(s, json).await,
         PitrCmd::Archive(a) => return run_archive(a, json).await,
     };
-    // The restore goes through the database adapter, as the job drivers do; the client is
-    // for the dry run's row counts (a read of the reference database's rows).
-    let client = connect(&a.m).await?;
-    let now = client.now().await?;
-    let to = parse_time(&a.to, now)?;
+    // Through the database adapter, as the job drivers do: a dry run also counts each
+    // table's rows now and at the time.
+    let cluster = database(&a.m.master).await?;
+    let now = cluster.now().await?;
+    let to = parse_time(&a.to, HybridTime(now.0))?;
     let start = Instant::now();
-    let adapter = snapfleet_adapter_tabletdb::TabletdbAdapter::new();
     let what = || {
         format!(
             "restoring database {:?} to {} ({})",
@@ -145,32 +152,15 @@ pub async fn run(cmd: PitrCmd, json: bool) -> Result<()> {
             to.to_rfc3339()
         )
     };
-    let r = snapfleet_adapter::Adapter::connect(&*adapter, &a.m.master)
-        .await
-        .with_context(what)?
+    let r = cluster
         .restore_to_time(&a.db, snapfleet_adapter::HybridTime(to.0), a.dry_run)
         .await
         .with_context(what)?;
-    let mut counts = Vec::new();
-    if a.dry_run {
-        for t in r.restored.iter().filter(|t| !r.revived.contains(t)) {
-            let mut n_now = 0u64;
-            let mut n_then = 0u64;
-            client
-                .scan_table(&a.db, t, Some(now), |_, rows| {
-                    n_now += rows.len() as u64;
-                    Ok(())
-                })
-                .await?;
-            client
-                .scan_table(&a.db, t, Some(to), |_, rows| {
-                    n_then += rows.len() as u64;
-                    Ok(())
-                })
-                .await?;
-            counts.push((t.clone(), n_now, n_then));
-        }
-    }
+    let counts: Vec<(String, u64, u64)> = r
+        .rows
+        .iter()
+        .map(|t| (t.table.clone(), t.now, t.at_time))
+        .collect();
     if json {
         println!(
             "{}",
@@ -250,17 +240,11 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                 bail!("--retention {retention} is shorter than --interval {interval}: the window must hold at least one snapshot");
             }
             // Fail now, not at the first firing, if the database does not exist.
-            let client = connect(&m).await?;
-            client
-                .master()
-                .get_catalog(pb::GetCatalogRequest {})
+            database(&m.master)
+                .await?
+                .describe(&db)
                 .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .databases
-                .iter()
-                .find(|d| d.name == db)
-                .with_context(|| format!("database {db:?} does not exist on {}", m.master))?;
+                .with_context(|| format!("scheduling PITR snapshots on {}", m.master))?;
             let spec = PitrSpec {
                 master: m.master.clone(),
                 database: db.clone(),
@@ -400,46 +384,22 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                  --master {}`",
                 spec.database, spec.master
             );
-            let client = connect(&MasterArg {
-                master: spec.master.clone(),
-            })
-            .await
-            .with_context(|| retry.clone())?;
+            let cluster = database(&spec.master).await.with_context(|| retry.clone())?;
             let label = pitr_label(&id);
-            client
-                .master()
-                .set_history_floor(pb::SetHistoryFloorRequest {
-                    holder: label.clone(),
-                    min_secs: 0,
-                })
+            cluster
+                .set_history_floor(&label, Duration::ZERO)
                 .await
-                .map_err(|s| {
-                    anyhow::anyhow!("withdrawing the history claim: {}{retry}", s.message())
-                })?;
-            let snaps = client
-                .master()
-                .list_snapshots(pb::ListSnapshotsRequest {
-                    database: spec.database.clone(),
-                })
+                .map_err(|e| anyhow::anyhow!("withdrawing the history claim: {e}{retry}"))?;
+            let snaps = cluster
+                .list_snapshots(&spec.database)
                 .await
-                .map_err(|s| anyhow::anyhow!("{}{retry}", s.message()))?
-                .into_inner()
-                .snapshots;
+                .map_err(|e| anyhow::anyhow!("{e}{retry}"))?;
             let mut deleted = 0;
             for sn in snaps.into_iter().filter(|sn| sn.label == label) {
-                client
-                    .master()
-                    .delete_snapshot(pb::DeleteSnapshotRequest {
-                        snapshot_id: sn.snapshot_id.clone(),
-                    })
+                cluster
+                    .delete_snapshot(&sn.id)
                     .await
-                    .map_err(|s| {
-                        anyhow::anyhow!(
-                            "deleting snapshot {}: {}{retry}",
-                            sn.snapshot_id,
-                            s.message()
-                        )
-                    })?;
+                    .map_err(|e| anyhow::anyhow!("deleting snapshot {}: {e}{retry}", sn.id))?;
                 deleted += 1;
             }
             if json {

@@ -12,7 +12,7 @@ use snapfleet_adapter::{
     Activation, AdapterError, CloneReport, Database, DatabaseInfo, HybridTime,
     InPlaceRestoreReport, NodeInfo, PreparedRestore, RestoreId, RestorePlacement, RestoreRequest,
     RestoredTable, Result, SnapshotId, SnapshotInfo, SnapshotRequest, SnapshotSummary, TableId,
-    TabletId,
+    TableRows, TabletId,
 };
 use snapfleet_tabletdb::client::Client;
 use snapfleet_tabletdb::restore::{create_restoring_table, import_meta};
@@ -479,7 +479,28 @@ impl Database for TabletdbDatabase {
                 )
             })?
             .into_inner();
-        if !dry_run {
+        let mut rows = Vec::new();
+        if dry_run {
+            // What the operator is about to lose: each table's rows now and at the time.
+            let now = self.client.now().await.map_err(|e| error(format!("now of {database:?}"), e))?;
+            for t in r.restored.iter().filter(|t| !r.revived.contains(t)) {
+                let mut counts = [0u64; 2];
+                for (i, when) in [now, TdbTime(at.0)].into_iter().enumerate() {
+                    self.client
+                        .scan_table(database, t, Some(when), |_, batch| {
+                            counts[i] += batch.len() as u64;
+                            Ok(())
+                        })
+                        .await
+                        .map_err(|e| error(format!("counting the rows of {database}.{t}"), e))?;
+                }
+                rows.push(TableRows {
+                    table: t.clone(),
+                    now: counts[0],
+                    at_time: counts[1],
+                });
+            }
+        } else {
             let _ = self.client.refresh().await;
         }
         Ok(InPlaceRestoreReport {
@@ -487,6 +508,7 @@ impl Database for TabletdbDatabase {
             restored: r.restored,
             removed: r.removed,
             revived: r.revived,
+            rows,
         })
     }
 }

@@ -115,8 +115,8 @@ pub async fn c5_history_window(h: &mut dyn Harness) {
 }
 
 /// C13: an in-place restore to T inside the history window brings the database back to
-/// exactly the cut at T and drops a table created after T; a dry run reports the same and
-/// changes nothing.
+/// exactly the cut at T and drops a table created after T; a dry run reports the same,
+/// counts the rows each table has now and would have, and changes nothing.
 pub async fn c13_in_place_restore_to_time(h: &mut dyn Harness) {
     let c = h.start_cluster(3).await;
     let db = connect(h, &c).await;
@@ -132,6 +132,15 @@ pub async fn c13_in_place_restore_to_time(h: &mut dyn Harness) {
     assert!(
         dry.removed.iter().any(|n| n == "later"),
         "the dry run names the table created after T: {dry:?}"
+    );
+    let at_t = log.iter().filter(|(_, ht)| *ht <= t).count() as u64;
+    assert!(
+        dry.rows
+            .iter()
+            .any(|r| r.now == before.len() as u64 && r.at_time == at_t),
+        "the dry run counts the counter table's rows now ({}) and at T ({at_t}): {:?}",
+        before.len(),
+        dry.rows
     );
     assert_eq!(
         h.keys_at(&c, "c13", None).await,

@@ -36,10 +36,7 @@ impl AgentError {
     /// opposed to a damaged repository or a bad request.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AgentError::Repository(e) => matches!(
-                e,
-                repo::Error::Store { .. } | repo::Error::Io { .. } | repo::Error::Task(_)
-            ),
+            AgentError::Repository(e) => e.step_may_succeed_again(),
             AgentError::Database(e) => e.is_retryable(),
             AgentError::Coordinator(_) | AgentError::Io { .. } | AgentError::Cancelled(_) => true,
             AgentError::Invalid { .. } => false,

@@ -305,7 +305,7 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
             .in_current_span(),
         )
     };
-    let work = do_work(ctx.clone(), &lease, counters.clone());
+    let work = do_work(ctx.clone(), &lease, counters.clone(), stop.clone());
     let result: Result<serde_json::Value> = tokio::select! {
         r = work => r,
         _ = stop.cancelled() => Err(AgentError::Cancelled("lease lost or agent stopping".into())),
@@ -362,21 +362,24 @@ async fn run_task(ctx: &Arc<Ctx>, lease: cpb::TaskLease, stop: CancellationToken
     }
 }
 
+/// Runs one task. `stop` fires when the lease is lost or the agent stops: the repository
+/// stops its remote operations at once, uploads on their own tasks included.
 async fn do_work(
     ctx: Arc<Ctx>,
     lease: &cpb::TaskLease,
     counters: Arc<Counters>,
+    stop: CancellationToken,
 ) -> Result<serde_json::Value> {
     let payload = &lease.payload_json;
     match lease.job_kind.as_str() {
         "backup" => {
             let t: UploadTask = parse(payload)?;
-            let r = upload(&ctx, &t, &counters, lease).await?;
+            let r = upload(&ctx, &t, &counters, lease, stop).await?;
             Ok(serde_json::to_value(r).expect("serialisable"))
         }
         "restore" => {
             let t: DownloadTask = parse(payload)?;
-            let r = download(&ctx, &t, &counters).await?;
+            let r = download(&ctx, &t, &counters, stop).await?;
             Ok(serde_json::to_value(r).expect("serialisable"))
         }
         "archive" => {
@@ -412,6 +415,7 @@ async fn upload(
     t: &UploadTask,
     c: &Counters,
     lease: &cpb::TaskLease,
+    stop: CancellationToken,
 ) -> Result<UploadResult> {
     let snapshot = TabletSnapshotRef {
         snapshot: t.snapshot_id.clone(),
@@ -447,6 +451,7 @@ async fn upload(
             compression_level: t.compression,
             concurrency: ctx.streams,
             part: Some(t.tablet_id.to_string()),
+            cancel: stop,
             ..Default::default()
         },
     )
@@ -506,7 +511,12 @@ async fn upload(
 }
 
 /// Downloads one source tablet's files (every chunk verified) into this node's staging dir.
-async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadResult> {
+async fn download(
+    ctx: &Ctx,
+    t: &DownloadTask,
+    c: &Counters,
+    stop: CancellationToken,
+) -> Result<DownloadResult> {
     ctx.repos.set_rate(t.rate_limit);
     let repo = ctx.repos.get(&t.repo).await?;
     let root = repo.read_root(&BackupId::new(t.backup_id.clone())?).await?;
@@ -558,6 +568,7 @@ async fn download(ctx: &Ctx, t: &DownloadTask, c: &Counters) -> Result<DownloadR
             keep_verified: t.replay.is_none(),
             // Staged files must be durable before the leader activates them.
             sync: true,
+            cancel: stop,
         },
     );
     tokio::pin!(restore);

@@ -384,7 +384,9 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                  --master {}`",
                 spec.database, spec.master
             );
-            let cluster = database(&spec.master).await.with_context(|| retry.clone())?;
+            let cluster = database(&spec.master)
+                .await
+                .with_context(|| retry.clone())?;
             let label = pitr_label(&id);
             cluster
                 .set_history_floor(&label, Duration::ZERO)

@@ -28,10 +28,7 @@ impl JobError {
     /// Whether running the same step again could succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            JobError::Repository(e) => matches!(
-                e,
-                repo::Error::Store { .. } | repo::Error::Io { .. } | repo::Error::Task(_)
-            ),
+            JobError::Repository(e) => e.step_may_succeed_again(),
             JobError::Database(e) => e.is_retryable(),
             JobError::Coordinator(_) => true,
             JobError::Invalid { .. } => false,

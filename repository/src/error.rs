@@ -161,6 +161,26 @@ pub enum Error {
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
+
+    /// The caller's cancellation token fired (a cancelled job, a lost task lease, a
+    /// shutdown): the operation stopped and its requests in flight were dropped.
+    #[error("{what} cancelled")]
+    Cancelled { what: String },
+}
+
+/// Runs `fut` unless `cancel` fires first; then `Error::Cancelled` naming `what`, and `fut`
+/// is dropped with its requests in flight (a retry backing off from a throttling store
+/// included).
+pub(crate) async fn or_cancelled<T>(
+    cancel: &tokio_util::sync::CancellationToken,
+    what: impl FnOnce() -> String,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Cancelled { what: what() }),
+        r = fut => r,
+    }
 }
 
 impl Error {
@@ -171,6 +191,17 @@ impl Error {
             Error::Io { source, .. } => io_error_is_retryable(source),
             _ => false,
         }
+    }
+
+    /// Whether running the same *step* again (a task re-leased, a job step repeated) could
+    /// succeed: any failed store call or local I/O (the next attempt may reach another
+    /// endpoint or disk state), a background task that died, or a cancellation. Broader
+    /// than [`is_retryable`](Self::is_retryable), which is about repeating one request.
+    pub fn step_may_succeed_again(&self) -> bool {
+        matches!(
+            self,
+            Error::Store { .. } | Error::Io { .. } | Error::Task(_) | Error::Cancelled { .. }
+        )
     }
 
     pub(crate) fn store(

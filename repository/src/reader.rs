@@ -41,6 +41,10 @@ pub struct RestoreOptions {
     /// target's file system: every file's data and every directory entry), so that a step
     /// that depends on the restore (an activation) never sees files a crash can lose.
     pub sync: bool,
+    /// Stops the restore: no new entry starts, downloads under way (and their retries) are
+    /// dropped with their half-written temporary files, and it returns `Error::Cancelled`
+    /// at once. Files already finished stay. The default never fires.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Default for RestoreOptions {
@@ -49,6 +53,7 @@ impl Default for RestoreOptions {
             concurrency: 8,
             keep_verified: false,
             sync: false,
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -267,6 +272,12 @@ pub async fn restore_root(
                     }
                 }
             },
+            _ = opts.cancel.cancelled(), if want_more || !inflight.is_empty() => {
+                // Drops every entry under way with its requests in flight.
+                return Err(Error::Cancelled {
+                    what: format!("restore of backup {backup}"),
+                });
+            }
             else => break,
         }
     }

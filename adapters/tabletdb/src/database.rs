@@ -482,7 +482,11 @@ impl Database for TabletdbDatabase {
         let mut rows = Vec::new();
         if dry_run {
             // What the operator is about to lose: each table's rows now and at the time.
-            let now = self.client.now().await.map_err(|e| error(format!("now of {database:?}"), e))?;
+            let now = self
+                .client
+                .now()
+                .await
+                .map_err(|e| error(format!("now of {database:?}"), e))?;
             for t in r.restored.iter().filter(|t| !r.revived.contains(t)) {
                 let mut counts = [0u64; 2];
                 for (i, when) in [now, TdbTime(at.0)].into_iter().enumerate() {

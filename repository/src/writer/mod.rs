@@ -24,9 +24,10 @@ use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::chunker::Chunker;
-use crate::error::{Error, Result};
+use crate::error::{or_cancelled, Error, Result};
 use crate::format::FORMAT_VERSION;
 use crate::ids::{BackupId, ChunkId};
 use crate::lease::{Lease, LeaseKind};
@@ -63,6 +64,10 @@ pub struct WriterOptions {
     pub part: Option<String>,
     /// TTL of the writer's lease (renewed every third of it).
     pub lease_ttl: std::time::Duration,
+    /// Cancels the writer's remote operations: uploads under way (also those running on
+    /// their own tasks), existence checks and manifest pages stop with `Error::Cancelled`.
+    /// The default never fires.
+    pub cancel: CancellationToken,
 }
 
 impl Default for WriterOptions {
@@ -77,6 +82,7 @@ impl Default for WriterOptions {
             page_entries: crate::manifest::DEFAULT_PAGE_ENTRIES,
             part: None,
             lease_ttl: crate::lease::DEFAULT_TTL,
+            cancel: CancellationToken::new(),
         }
     }
 }
@@ -320,7 +326,18 @@ impl BackupWriter {
         let mut inflight = FuturesOrdered::new();
         let mut size = 0u64;
         let mut result: Result<()> = Ok(());
-        while let Some((id, data)) = rx.recv().await {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = s.opts.cancel.cancelled() => {
+                    result = Err(Error::Cancelled {
+                        what: format!("backup {}: putting a file", s.backup),
+                    });
+                    break;
+                }
+                next = rx.recv() => next,
+            };
+            let Some((id, data)) = next else { break };
             let len = data.len() as u64;
             size += len;
             s.bytes_read.fetch_add(len, Ordering::Relaxed);
@@ -395,6 +412,11 @@ impl BackupWriter {
         let mut large: JoinSet<Result<()>> = JoinSet::new();
         let mut small = SmallFiles::default();
         while let Some((prefix, items)) = stack.last_mut() {
+            if self.s.opts.cancel.is_cancelled() {
+                return Err(Error::Cancelled {
+                    what: format!("backup {}: putting {}", self.s.backup, local_dir.display()),
+                });
+            }
             let Some(item) = items.pop_front() else {
                 stack.pop();
                 continue;
@@ -546,7 +568,12 @@ impl BackupWriter {
             return Ok(false);
         }
         for c in &chunks {
-            if self.s.repo.chunk_exists(&c.id).await?.is_none() {
+            let exists = or_cancelled(
+                &self.s.opts.cancel,
+                || format!("backup {}: checking chunk {}", self.s.backup, c.id),
+                self.s.repo.chunk_exists(&c.id),
+            );
+            if exists.await?.is_none() {
                 return Ok(false);
             }
         }
@@ -673,7 +700,12 @@ impl BackupWriter {
         let m = m
             .as_mut()
             .ok_or_else(|| Error::InvalidArgument("writer already finished".into()))?;
-        m.push(entry).await
+        or_cancelled(
+            &self.s.opts.cancel,
+            || format!("backup {}: writing a manifest page", self.s.backup),
+            m.push(entry),
+        )
+        .await
     }
 
     /// Fails with `Error::LeaseLost` if this writer's lease may have expired (see `lease.rs`).
@@ -709,7 +741,12 @@ impl BackupWriter {
             .await
             .take()
             .ok_or_else(|| Error::InvalidArgument("writer already finished".into()))?;
-        let (pages, page_bytes) = manifest.finish().await?;
+        let (pages, page_bytes) = or_cancelled(
+            &self.s.opts.cancel,
+            || format!("backup {}: writing the last manifest page", self.s.backup),
+            manifest.finish(),
+        )
+        .await?;
         self.check_lease()?;
         self.s
             .bytes_uploaded
@@ -742,7 +779,12 @@ impl BackupWriter {
     pub async fn commit(&self, meta: serde_json::Value) -> Result<(Root, WriteStats)> {
         let part = self.finish().await?;
         let stats = part.stats.clone();
-        let root = commit_backup(&self.s.repo, &self.s.backup, meta, vec![part]).await?;
+        let root = or_cancelled(
+            &self.s.opts.cancel,
+            || format!("backup {}: writing ROOT", self.s.backup),
+            commit_backup(&self.s.repo, &self.s.backup, meta, vec![part]),
+        )
+        .await?;
         if let Err(e) = self.release_lease().await {
             tracing::warn!(error = %e, "could not release the writer lease; it will expire");
         }
@@ -797,6 +839,20 @@ fn collect(
 /// Dedup check, then seal and upload if the repository lacks the chunk. Holds `permit`
 /// (one slot of the writer's upload budget) until done.
 async fn store_chunk(
+    s: &Shared,
+    id: ChunkId,
+    data: BytesMut,
+    permit: OwnedSemaphorePermit,
+) -> Result<u64> {
+    or_cancelled(
+        &s.opts.cancel,
+        || format!("backup {}: uploading chunk {id}", s.backup),
+        store_chunk_now(s, id, data, permit),
+    )
+    .await
+}
+
+async fn store_chunk_now(
     s: &Shared,
     id: ChunkId,
     data: BytesMut,

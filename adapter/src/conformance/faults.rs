@@ -3,12 +3,12 @@
 
 use super::*;
 
-/// C19: while a node is down, activating a restore with a tablet on it, a snapshot of a
-/// database with a tablet on it, opening it and scanning it fail with retryable errors, and
-/// the failed calls reveal or leave nothing; once it is back, the activation rolls forward
-/// and the rest succeed. While the control plane is down, connecting (unless the handle is
-/// cached) and every control call fail with retryable errors; once it is back, the same
-/// handle works again.
+/// C19: while a node is down, activating a restore with a tablet on it (right after the
+/// kill, and again once `nodes()` lists it not live), a snapshot of a database with a tablet
+/// on it, opening it and scanning it fail with retryable errors, and the failed calls reveal
+/// or leave nothing; once it is back, the activation rolls forward and the rest succeed.
+/// While the control plane is down, connecting (unless the handle is cached) and every
+/// control call fail with retryable errors; once it is back, the same handle works again.
 pub async fn c19_error_classes_under_faults(h: &mut dyn Harness) {
     let mut c = h.start_cluster(3).await;
     let db = connect(h, &c).await;
@@ -42,7 +42,14 @@ pub async fn c19_error_classes_under_faults(h: &mut dyn Harness) {
     let name = stores[victim].node().clone();
     let d = ok(db.describe("c19").await, "describe");
     let listed = ok(db.list_snapshots("c19").await, "listing");
-    h.kill_node(&c, victim).await;
+    // A call in flight when the node dies fails retryably (or completes).
+    let (during, ()) = tokio::join!(stores[victim].scan_tablets(&d.id), h.kill_node(&c, victim));
+    if let Err(e) = during {
+        assert!(
+            e.is_retryable(),
+            "scanning node {name} while it was killed: {e} must be retryable: {e:?}"
+        );
+    }
 
     let activation = Activation {
         restore_id: &restore_id,
@@ -82,6 +89,29 @@ pub async fn c19_error_classes_under_faults(h: &mut dyn Harness) {
         &format!("scanning node {name}, which is down"),
     );
 
+    // Once the control plane has noticed (waiting for that is part of the case), the
+    // activation may import the tablets of the live nodes before it fails on the dead one's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok(db.nodes().await, "listing nodes")
+        .iter()
+        .any(|n| n.name == name && n.live)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {name} still listed live 30 s after it was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    retryable(
+        db.activate_restore(activation).await,
+        &format!("activating a restore with a tablet on node {name}, known to be down"),
+    );
+    let copy = ok(db.describe("c19_copy").await, "describing the target");
+    assert!(
+        copy.tables.iter().all(|t| t.hidden),
+        "a failed activation reveals nothing: {copy:?}"
+    );
+
     h.restart_node(&mut c, victim).await;
     ok(
         db.activate_restore(activation).await,
@@ -110,7 +140,27 @@ pub async fn c19_error_classes_under_faults(h: &mut dyn Harness) {
         "scanning the node once it is back",
     );
 
-    h.kill_control(&c).await;
+    // A call in flight when the control plane dies, or the first one after, may find its
+    // connection broken rather than refused: a few rounds, each from a warm connection.
+    const ROUNDS: usize = 4;
+    for round in 1..=ROUNDS {
+        ok(db.now().await, "now, before killing the control plane");
+        let (during, ()) = tokio::join!(db.now(), h.kill_control(&c));
+        if let Err(e) = during {
+            assert!(
+                e.is_retryable(),
+                "now while the control plane was killed (round {round} of {ROUNDS}): {e} must \
+                 be retryable: {e:?}"
+            );
+        }
+        retryable(
+            db.now().await,
+            &format!("now right after the control plane was killed (round {round} of {ROUNDS})"),
+        );
+        if round < ROUNDS {
+            h.restart_control(&c).await;
+        }
+    }
     match h.adapter().connect(&c.address).await {
         Ok(_) => {} // a cached handle: its calls below must fail
         Err(e) => assert!(

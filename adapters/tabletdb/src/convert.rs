@@ -22,7 +22,8 @@ use snapfleet_tabletdb::{pb, Error};
 /// | `Aborted` | `Fenced` | yes |
 /// | `Unavailable`, `Rpc{Unavailable, DeadlineExceeded}` | `Unavailable` | yes |
 /// | `Rpc{Aborted}` | `Fenced` | yes |
-/// | `Rpc{other}`, `Storage` | `Internal` | no |
+/// | `Rpc{other}` that got no answer: the connection broke (a local transport error) | `Unavailable` | yes |
+/// | `Rpc{other}` (an answer), `Storage` | `Internal` | no |
 /// | `Io` | `Io` | yes (a retried task starts its file work clean) |
 /// | `Corrupt` | `Corrupt` | no |
 pub fn error(what: impl Into<String>, e: Error) -> AdapterError {
@@ -49,7 +50,13 @@ pub fn error(what: impl Into<String>, e: Error) -> AdapterError {
                     attempts: 1,
                     detail,
                 },
-                _ => AdapterError::Internal { what, detail },
+                _ => match broken_connection(&status) {
+                    Some(cause) => AdapterError::Unavailable {
+                        what,
+                        detail: format!("{detail} (no answer, the connection broke: {cause})"),
+                    },
+                    None => AdapterError::Internal { what, detail },
+                },
             }
         }
         Error::Storage { path, message } => AdapterError::Internal {
@@ -65,6 +72,26 @@ pub fn error(what: impl Into<String>, e: Error) -> AdapterError {
             detail,
         },
     }
+}
+
+/// The cause when `s` was made by this process's client because the connection to the peer
+/// broke before an answer came (the peer was killed mid-call, or the pooled connection was
+/// dead): tonic reports that as `Unknown` "transport error" (or `Cancelled`, "connection was
+/// not ready"), with the transport or I/O error as its source. A status the peer sent has no
+/// source.
+fn broken_connection(s: &tonic::Status) -> Option<String> {
+    let chain: Vec<&(dyn std::error::Error + 'static)> =
+        std::iter::successors(std::error::Error::source(s), |e| e.source()).collect();
+    chain
+        .iter()
+        .any(|e| e.is::<tonic::transport::Error>() || e.is::<std::io::Error>())
+        .then(|| {
+            chain
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(": ")
+        })
 }
 
 /// Maps a gRPC status from `peer` (as tabletdb's own client does, keeping the code).
@@ -172,6 +199,14 @@ mod tests {
                 status: Box::new(tonic::Status::deadline_exceeded("x")),
             },
             Error::io("/x", std::io::Error::other("disk")),
+            // The connection broke before an answer (the peer was killed mid-call).
+            Error::Rpc {
+                peer: "master".into(),
+                status: Box::new(tonic::Status::from_error(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "connection closed",
+                )))),
+            },
         ];
         for e in retry {
             let d = e.to_string();
@@ -185,6 +220,11 @@ mod tests {
             Error::Rpc {
                 peer: "n1".into(),
                 status: Box::new(tonic::Status::internal("rocksdb")),
+            },
+            // An answer with code Unknown (no local cause): the peer failed.
+            Error::Rpc {
+                peer: "n1".into(),
+                status: Box::new(tonic::Status::unknown("transport error")),
             },
             Error::Corrupt {
                 what: "x".into(),

@@ -12,23 +12,24 @@ import json, os, re, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# crate -> snapfleet crates it must never reach (directly or transitively).
+# crate -> snapfleet crates it must never reach (directly or transitively). No library
+# reaches the harness (localfleet): only the CLI and the tests start processes.
 FORBIDDEN = {
     "snapfleet-tls": ["snapfleet-proto", "snapfleet-api", "snapfleet-coordinator",
                       "snapfleet-agent", "snapfleet-jobs", "snapfleet-repository",
-                      "snapfleet-tabletdb"],
+                      "snapfleet-tabletdb", "snapfleet-localfleet"],
     "snapfleet-api": ["snapfleet-coordinator", "snapfleet-agent", "snapfleet-jobs",
-                      "snapfleet-repository", "snapfleet-tabletdb"],
+                      "snapfleet-repository", "snapfleet-tabletdb", "snapfleet-localfleet"],
     "snapfleet-coordinator": ["snapfleet-agent", "snapfleet-jobs", "snapfleet-repository",
-                              "snapfleet-tabletdb"],
-    "snapfleet-agent": ["snapfleet-coordinator", "snapfleet-jobs", "snapfleet-tabletdb"],
-    "snapfleet-jobs": ["snapfleet-agent", "snapfleet-tabletdb"],
+                              "snapfleet-tabletdb", "snapfleet-localfleet"],
+    "snapfleet-agent": ["snapfleet-coordinator", "snapfleet-jobs", "snapfleet-tabletdb", "snapfleet-localfleet"],
+    "snapfleet-jobs": ["snapfleet-agent", "snapfleet-tabletdb", "snapfleet-localfleet"],
     "snapfleet-repository": ["snapfleet-api", "snapfleet-proto", "snapfleet-coordinator",
-                             "snapfleet-agent", "snapfleet-jobs", "snapfleet-tabletdb"],
+                             "snapfleet-agent", "snapfleet-jobs", "snapfleet-tabletdb", "snapfleet-localfleet"],
     "snapfleet-tabletdb": ["snapfleet-api", "snapfleet-coordinator", "snapfleet-agent",
-                           "snapfleet-jobs", "snapfleet-repository"],
+                           "snapfleet-jobs", "snapfleet-repository", "snapfleet-localfleet"],
     "snapfleet-adapter": ["snapfleet-tabletdb", "snapfleet-coordinator", "snapfleet-agent",
-                          "snapfleet-jobs"],
+                          "snapfleet-jobs", "snapfleet-localfleet"],
 }
 # Not yet true (the agent still calls tabletdb directly, issue 16 item 3):
 # reported, not failed.

@@ -6,7 +6,7 @@ use crate::db::create_snapshot;
 use crate::util::human_bytes;
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
+use snapfleet_localfleet::cluster::{LocalCluster, LocalOptions};
 use snapfleet_tabletdb::workload;
 use std::sync::Arc;
 use std::time::Instant;

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
 use snapfleet_coordinator::pb::{self, Empty};
-use snapfleet_tabletdb::local::{spawn, wait_for_file, ChildProcess};
+use snapfleet_localfleet::cluster::{spawn, wait_for_file, ChildProcess};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};

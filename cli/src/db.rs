@@ -3,7 +3,7 @@
 use crate::util::{bar, human_bytes, human_duration, parse_duration, parse_time};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
+use snapfleet_localfleet::cluster::{LocalCluster, LocalOptions};
 use snapfleet_tabletdb::master::{run_master, MasterConfig};
 use snapfleet_tabletdb::node::{run_node, NodeConfig};
 use snapfleet_tabletdb::{pb, sql, verify, workload, Client, HybridTime};

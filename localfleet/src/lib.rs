@@ -3,9 +3,10 @@
 //! `snapfleet demo`, the benches and the end-to-end tests, which tell one shared story
 //! ([`scenario`]).
 
+pub mod cluster;
 pub mod scenario;
 
-use snapfleet_tabletdb::local::{spawn, wait_for_file, ChildProcess, LocalCluster};
+use crate::cluster::{spawn, wait_for_file, ChildProcess, LocalCluster};
 use snapfleet_tabletdb::{Error, Result};
 use std::path::{Path, PathBuf};
 

@@ -8,13 +8,13 @@
 //! How a job is followed is the caller's: the CLI draws progress bars ([`Watcher`]), tests
 //! and benches use [`Quiet`], which polls `GetJob`.
 
+use crate::cluster::{LocalCluster, LocalOptions};
 use crate::LocalFleet;
 use snapfleet_api::client::{job_state_is_terminal, Leader};
 use snapfleet_api::pb::coordinator_client::CoordinatorClient;
 use snapfleet_api::pb::{JobInfo, JobRef, SubmitJobRequest};
 use snapfleet_jobs::spec::{BackupSpec, RestoreSpec};
 use snapfleet_repository::{open_store, BackupId, InitOptions, KdfParams, Repository};
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
 use snapfleet_tabletdb::{verify, workload, Client, HybridTime};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -6,14 +6,14 @@
 //! partition hash to a [`node`], which applies it to a [`tablet`] (and its [`changelog`]);
 //! the [`master`] owns the catalog and orchestrates distributed snapshots; [`restore`]
 //! imports snapshot copies into a cluster of any size; [`workload`] and [`verify`] drive and
-//! check data; [`sql`] is a small SQL subset; [`local`] runs a cluster of real processes.
+//! check data; [`sql`] is a small SQL subset. (A local cluster of real processes lives in
+//! the `snapfleet-localfleet` harness, not here.)
 
 pub mod changelog;
 pub mod client;
 pub mod encoding;
 pub mod error;
 pub mod hlc;
-pub mod local;
 pub mod master;
 pub mod node;
 pub mod restore;

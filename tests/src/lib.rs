@@ -5,8 +5,8 @@
 
 pub mod pg;
 
+use snapfleet_localfleet::cluster::{LocalCluster, LocalOptions};
 use snapfleet_localfleet::scenario::{Scenario, Site};
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
 use snapfleet_tabletdb::workload;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
@@ -458,7 +458,7 @@ impl Drop for TcpProxy {
 }
 
 /// Stops a child gracefully (SIGTERM) and waits (30 s at most) until it has exited.
-pub fn terminate(mut child: snapfleet_tabletdb::local::ChildProcess) {
+pub fn terminate(mut child: snapfleet_localfleet::cluster::ChildProcess) {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

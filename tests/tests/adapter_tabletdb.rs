@@ -9,7 +9,7 @@
 use snapfleet_adapter::conformance::{ClusterRef, Counter, Harness};
 use snapfleet_adapter::{Adapter, HybridTime};
 use snapfleet_adapter_tabletdb::TabletdbAdapter;
-use snapfleet_tabletdb::local::{LocalCluster, LocalOptions};
+use snapfleet_localfleet::cluster::{LocalCluster, LocalOptions};
 use snapfleet_tabletdb::pb::value::Kind;
 use snapfleet_tabletdb::workload::{self, COUNTER_TABLE};
 use snapfleet_tabletdb::{pb, verify, Client};

@@ -8,7 +8,7 @@ use snapfleet_coordinator::client::Leader;
 use snapfleet_coordinator::pb;
 use snapfleet_coordinator::pb::agent_service_client::AgentServiceClient;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
-use snapfleet_tabletdb::local::ChildProcess;
+use snapfleet_localfleet::cluster::ChildProcess;
 use snapfleet_tests::snapfleet_bin;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -12,7 +12,7 @@ use snapfleet_coordinator::client::Leader;
 use snapfleet_coordinator::ids::JobId;
 use snapfleet_coordinator::pb;
 use snapfleet_coordinator::pb::coordinator_client::CoordinatorClient;
-use snapfleet_tabletdb::local::ChildProcess;
+use snapfleet_localfleet::cluster::ChildProcess;
 use snapfleet_tests::{eventually, snapfleet_bin, terminate, TcpProxy};
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! under load restored into a cluster of another size, history retention, kill -9, and bad
 //! input.
 
-use snapfleet_tabletdb::local::LocalOptions;
+use snapfleet_localfleet::cluster::LocalOptions;
 use snapfleet_tabletdb::pb::value::Kind;
 use snapfleet_tabletdb::restore::{restore_snapshot, tablet_node, tablet_snapshot_dir};
 use snapfleet_tabletdb::{pb, sql, verify, Client, Error, HybridTime};

@@ -1,11 +1,11 @@
 //! A local tabletdb cluster of real processes (`snapfleet db master` and `snapfleet db
 //! node`), each on a free loopback port with its own data directory and log file. Used by
-//! `snapfleet db up`, `snapfleet demo` and the end-to-end tests; children are killed when
-//! the cluster is dropped.
+//! `snapfleet db up`, the scenario (demo, benches) and the end-to-end tests; children are
+//! killed when the cluster is dropped. [`spawn`] is the one way a snapfleet process is
+//! started from Rust: the fleet's coordinators and agents go through it too.
 
-use crate::client::Client;
-use crate::error::{Error, Result};
-use crate::types::NodeId;
+use snapfleet_tabletdb::types::NodeId;
+use snapfleet_tabletdb::{Client, Error, Result};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -132,21 +132,51 @@ pub fn spawn(bin: &Path, name: &str, args: &[String], log: &Path) -> Result<Chil
             Ok(())
         });
     }
-    let child = cmd
-        .args(args)
+    cmd.args(args)
         .env(
             "RUST_LOG",
             std::env::var("SNAPFLEET_CHILD_LOG").unwrap_or_else(|_| "info".into()),
         )
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| Error::io(bin, e))?;
+        .stderr(err);
+    let child = spawn_from_keeper(cmd).map_err(|e| Error::io(bin, e))?;
     Ok(ChildProcess {
         name: name.to_string(),
         child,
     })
+}
+
+type SpawnRequest = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+
+/// Runs `cmd.spawn()` on one thread that lives as long as this process. The kernel sends
+/// `PR_SET_PDEATHSIG` when the *thread* that forked the child exits, not the process: a
+/// child spawned from a pooled thread (tokio's `spawn_blocking` retires idle threads after
+/// 10 s) was killed in the middle of a test.
+fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<SpawnRequest>>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("localfleet-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("starting the process-spawning thread");
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, answer) = std::sync::mpsc::channel();
+    keeper
+        .lock()
+        .expect("spawner lock")
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the process-spawning thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the process-spawning thread is gone"))?
 }
 
 impl LocalCluster {
@@ -261,9 +291,9 @@ impl LocalCluster {
     /// Connects a client and waits until every started node has registered and is live.
     pub async fn client(&self) -> Result<Client> {
         if let Some(dir) = &self.opts.certs {
-            let tls = snapfleet_tls::Tls::load(dir)
+            let tls = snapfleet_api::tls::Tls::load(dir)
                 .map_err(|e| Error::InvalidArgument(format!("certificates: {e}")))?;
-            crate::security::use_client_tls(&tls, false);
+            snapfleet_tabletdb::security::use_client_tls(&tls, false);
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         let want: Vec<NodeId> = self

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and writes bench/out/<name>.md (repo: bench/results/repo.md).
-# Usage: bench/run.sh [db|dump|repo|fleet|coordinator|pitr] [ARGS…]
+# Usage: bench/run.sh [db|dump|repo|fleet|coordinator|pitr|scale] [ARGS…]
 # Not part of the tests: numbers depend on the machine; compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,13 @@ case "$what" in
       echo
       "$bin" bench pitr "$@"
     } | tee bench/out/pitr.md
+    ;;
+  scale)
+    {
+      echo "# scale benchmark — $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores"
+      echo
+      SNAPFLEET_CHILD_LOG="${SNAPFLEET_CHILD_LOG:-warn}" "$bin" bench scale "$@"
+    } | tee bench/out/scale.md
     ;;
   coordinator)
     # Replica logs at warn: info logs one line per submitted job and would be measured too.

@@ -24,6 +24,9 @@ pub enum BenchCmd {
     /// Off-cluster PITR: RPO (now − archive checkpoint) under steady load, sampled every
     /// second; restore to a time (base + log replay) vs a full restore of the same data.
     Pitr(crate::bench_pitr::PitrBenchArgs),
+    /// Backup, restore and clone at growing tablet counts (1,000, 3,000, …): per-phase time,
+    /// peak memory of every process, repository objects, and the growth exponent.
+    Scale(crate::bench_scale::ScaleBenchArgs),
 }
 
 #[derive(Args)]
@@ -70,6 +73,7 @@ pub async fn run(cmd: BenchCmd, json: bool) -> Result<()> {
         BenchCmd::Db(a) => a,
         BenchCmd::Fleet(f) => return crate::bench_fleet::run(f, json).await,
         BenchCmd::Pitr(p) => return crate::bench_pitr::run(p, json).await,
+        BenchCmd::Scale(s) => return crate::bench_scale::run(s, json).await,
         BenchCmd::Coordinator(c) => return crate::bench_coordinator::run(c, json).await,
     };
     let dir = tempfile::Builder::new()

@@ -8,6 +8,7 @@ mod bench;
 mod bench_coordinator;
 mod bench_fleet;
 mod bench_pitr;
+mod bench_scale;
 mod certs;
 mod clone;
 mod coord;

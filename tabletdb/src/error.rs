@@ -75,9 +75,16 @@ impl Error {
         }
     }
 
+    /// A failed call to `peer`. When no answer came because the connection broke (the
+    /// peer died mid-call), it is `Unavailable`: retryable, here and in every status the
+    /// master passes on (a node killed during a clone or a restore to a time).
     pub(crate) fn rpc(peer: impl Into<String>, status: tonic::Status) -> Self {
+        let peer = peer.into();
+        if let Some(cause) = broken_connection(&status) {
+            return Error::Unavailable(format!("{peer}: no answer, the connection broke: {cause}"));
+        }
         Error::Rpc {
-            peer: peer.into(),
+            peer,
             status: Box::new(status),
         }
     }
@@ -101,14 +108,69 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// Turns a status received from a peer back into our error, keeping its code.
+/// Turns a status received from a peer back into our error, keeping its code. The peer's
+/// message already starts with its own error's prefix ("not found: …"), which is not
+/// repeated.
 pub fn from_status(peer: &str, status: tonic::Status) -> Error {
+    let msg = |prefix: &str| {
+        let m = status.message();
+        m.strip_prefix(prefix).unwrap_or(m).to_string()
+    };
     match status.code() {
-        tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().to_string()),
-        tonic::Code::NotFound => Error::NotFound(status.message().to_string()),
-        tonic::Code::AlreadyExists => Error::AlreadyExists(status.message().to_string()),
-        tonic::Code::FailedPrecondition => Error::FailedPrecondition(status.message().to_string()),
-        tonic::Code::Aborted => Error::Aborted(status.message().to_string()),
+        tonic::Code::InvalidArgument => Error::InvalidArgument(msg("invalid argument: ")),
+        tonic::Code::NotFound => Error::NotFound(msg("not found: ")),
+        tonic::Code::AlreadyExists => Error::AlreadyExists(msg("already exists: ")),
+        tonic::Code::FailedPrecondition => Error::FailedPrecondition(msg("failed precondition: ")),
+        tonic::Code::Aborted => Error::Aborted(msg("aborted (retryable): ")),
         _ => Error::rpc(peer, status),
+    }
+}
+
+/// The cause when `s` was made by this process's own client because the connection broke
+/// before an answer came (the peer was killed mid-call, a pooled connection was dead):
+/// tonic reports that as `Unknown` "transport error" (or `Cancelled`) with the transport or
+/// I/O error as its source. A status the peer sent has no source.
+pub fn broken_connection(s: &tonic::Status) -> Option<String> {
+    let chain: Vec<&(dyn std::error::Error + 'static)> =
+        std::iter::successors(std::error::Error::source(s), |e| e.source()).collect();
+    chain
+        .iter()
+        .any(|e| e.is::<tonic::transport::Error>() || e.is::<std::io::Error>())
+        .then(|| {
+            chain
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(": ")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_message_keeps_one_prefix() {
+        let e = from_status(
+            "master",
+            tonic::Status::failed_precondition("failed precondition: outside the window"),
+        );
+        assert_eq!(e.to_string(), "failed precondition: outside the window");
+    }
+
+    #[test]
+    fn a_broken_connection_is_unavailable_and_an_answer_is_not() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "connection closed",
+        )));
+        let e = Error::rpc("node 2", broken);
+        assert!(e.is_retryable(), "{e}");
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+        let answered = Error::rpc("node 2", tonic::Status::unknown("transport error"));
+        assert!(!answered.is_retryable(), "{answered}");
+        // Through the master's answer the class survives: Unavailable, not Unknown.
+        let status: tonic::Status = e.into();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
     }
 }

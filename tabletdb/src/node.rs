@@ -835,7 +835,35 @@ async fn housekeeping_loop(state: Arc<NodeState>) {
 }
 
 /// Runs a node until `shutdown` resolves. Writes the bound address to `<data>/node.addr`.
+/// Raises this process's soft limit on open files to its hard limit: every tablet is a
+/// RocksDB database with its own files (a few per tablet: SSTs, WAL, MANIFEST, LOG), and a
+/// node holding thousands of tablets passes the usual soft limit of 1,024 long before its
+/// memory or disk is a concern. Logs the limit it runs with.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    tracing::info!(open_files = lim.rlim_cur, "open-file limit");
+}
+
 pub async fn run_node(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    raise_open_file_limit();
     let builder = crate::security::server("node", cfg.listen, cfg.tls.as_deref(), cfg.insecure)?;
     if let Some(t) = &cfg.tls {
         // The node dials the master (heartbeats) with its node identity.

@@ -31,8 +31,7 @@ impl StagedReplay {
                 detail: "the tablet has no schema".into(),
             });
         }
-        let mut opts = rocksdb::Options::default();
-        opts.set_max_open_files(64);
+        let opts = super::storage_options();
         let db = rocksdb::DB::open(&opts, staged).map_err(|e| Error::storage(staged, e))?;
         Ok(Self {
             dir: staged.to_path_buf(),

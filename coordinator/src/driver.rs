@@ -16,7 +16,7 @@
 use crate::command::{Command, TaskSpec};
 use crate::error::Result;
 use crate::ids::{JobId, LeaderTime};
-use crate::model::{Job, JobKind, Task};
+use crate::model::{Job, JobKind, JobProgress, JobState, Task};
 use crate::raft_loop::RaftHandle;
 use crate::state_machine::Effect;
 use std::collections::HashMap;
@@ -37,6 +37,15 @@ pub type DriveFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub trait JobDriver: Send + Sync + 'static {
     fn handles(&self, kind: JobKind) -> bool;
     fn drive(&self, job: JobCtl) -> DriveFuture;
+}
+
+/// A job as [`JobCtl::summary`] sees it.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    pub state: JobState,
+    pub phase: String,
+    pub aborting: bool,
+    pub progress: JobProgress,
 }
 
 /// A driver's handle on its job: read it, log its progress, wait for changes.
@@ -61,6 +70,20 @@ impl JobCtl {
         self.raft.read(|sm| {
             sm.job(self.job)
                 .map(|j| (j.clone(), sm.tasks_of(self.job).cloned().collect()))
+        })
+    }
+
+    /// The job's state, phase and counters, without copying its notes or its tasks: what a
+    /// driver waiting for thousands of tasks checks on every change ([`job`](Self::job)
+    /// copies everything, which made each task event cost O(tasks)).
+    pub fn summary(&self) -> Option<JobSummary> {
+        self.raft.read(|sm| {
+            sm.job(self.job).map(|j| JobSummary {
+                state: j.state,
+                phase: j.phase.clone(),
+                aborting: j.aborting.is_some(),
+                progress: j.progress.clone(),
+            })
         })
     }
 

@@ -30,7 +30,7 @@ pub mod state_machine;
 pub mod storage;
 pub mod transport;
 
-pub use driver::{DriveFuture, JobCtl, JobDriver};
+pub use driver::{DriveFuture, JobCtl, JobDriver, JobSummary};
 pub use error::{CoordinatorError, Result};
 pub use raft_loop::RaftTuning;
 pub use server::{run_coordinator, run_coordinator_on, Config, Drivers};

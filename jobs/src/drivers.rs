@@ -73,7 +73,26 @@ impl JobDriver for DatabaseDrivers {
             // A backup's writer lease, held by this leader from before the snapshot to ROOT;
             // dropped (and its object deleted) with this future when leadership moves.
             let mut lease: Option<Lease> = None;
+            // The phase in which the last step waited for its tasks: until one more of
+            // them succeeds (or the job is aborted, cancelled, or moves on) there is nothing
+            // to decide, and the cheap summary says so without copying every task.
+            let mut waiting_in: Option<String> = None;
             loop {
+                if let Some(phase) = &waiting_in {
+                    match ctl.summary() {
+                        None => return,
+                        Some(s)
+                            if !s.state.is_terminal()
+                                && !s.aborting
+                                && &s.phase == phase
+                                && s.progress.tasks_succeeded < s.progress.tasks_total =>
+                        {
+                            ctl.changed(Duration::from_secs(2)).await;
+                            continue;
+                        }
+                        Some(_) => waiting_in = None,
+                    }
+                }
                 let Some((job, tasks)) = ctl.job() else {
                     return;
                 };
@@ -93,7 +112,12 @@ impl JobDriver for DatabaseDrivers {
                 };
                 match r {
                     Ok(Step::Again) => {}
-                    Ok(Step::Wait) => ctl.changed(Duration::from_secs(2)).await,
+                    Ok(Step::Wait) => {
+                        if waits_for_tasks(&job) {
+                            waiting_in = Some(job.phase.clone());
+                        }
+                        ctl.changed(Duration::from_secs(2)).await
+                    }
                     Ok(Step::Done) => return,
                     // Past the point of no return a restore rolls forward through any number
                     // of transient failures (a node down for an hour), but a permanent one
@@ -132,6 +156,14 @@ impl JobDriver for DatabaseDrivers {
             }
         })
     }
+}
+
+/// Phases whose step waits for exactly one thing: every task succeeded.
+fn waits_for_tasks(job: &Job) -> bool {
+    matches!(
+        (job.kind, job.phase.as_str()),
+        (JobKind::Backup, "upload") | (JobKind::Restore, "download")
+    )
 }
 
 /// After this, a restore only rolls forward.

@@ -2,6 +2,7 @@
 //! time, fenced by lease expiry), reports progress (which renews), completes or fails them
 //! (a failure retries with backoff within the job's budget), or lets them go.
 
+use super::jobs::TaskTally;
 use super::*;
 
 impl StateMachine {
@@ -30,6 +31,7 @@ impl StateMachine {
             let seq = self.next_lease_seq;
             let task = self.tasks.get_mut(&tid).expect("runnable task exists");
             debug_assert!(task.lease.is_none(), "{tid} leased twice");
+            let was = TaskTally::of(task);
             task.state = TaskState::Leased;
             task.attempts += 1;
             task.lease = Some(Lease {
@@ -53,7 +55,8 @@ impl StateMachine {
                 expires_at: now.plus_ms(lease_ms),
                 attempt: task.attempts,
             });
-            self.recount(job_id);
+            let now_tally = TaskTally::of(&self.tasks[&tid]);
+            self.account(job_id, was, now_tally);
             if !effects.contains(&Effect::JobChanged(job_id)) {
                 effects.push(Effect::JobChanged(job_id));
             }
@@ -95,14 +98,16 @@ impl StateMachine {
         effects: &mut Vec<Effect>,
     ) -> Result<Response, Rejection> {
         let task = self.held_mut(&agent, tid)?;
+        let was = TaskTally::of(task);
         task.progress = progress;
+        let now_tally = TaskTally::of(task);
         let lease = task.lease.as_mut().expect("held implies leased");
         if lease_ms > 0 {
             lease.expires_at = lease.expires_at.max(now.plus_ms(lease_ms));
         }
         let expires_at = lease.expires_at;
         let job = task.job;
-        self.recount(job);
+        self.account(job, was, now_tally);
         effects.push(Effect::JobChanged(job));
         Ok(Response::LeaseRenewed { expires_at })
     }
@@ -116,14 +121,16 @@ impl StateMachine {
         effects: &mut Vec<Effect>,
     ) -> Result<Response, Rejection> {
         let task = self.held_mut(&agent, tid)?;
+        let was = TaskTally::of(task);
         task.state = TaskState::Succeeded;
         task.lease = None;
         task.result = Some(result);
         if task.progress.bytes_total > task.progress.bytes_done {
             task.progress.bytes_done = task.progress.bytes_total;
         }
+        let now_tally = TaskTally::of(task);
         let job = task.job;
-        self.recount(job);
+        self.account(job, was, now_tally);
         let j = &self.jobs[&job];
         let p = &j.progress;
         if p.tasks_succeeded == p.tasks_total && !j.driven {
@@ -143,6 +150,7 @@ impl StateMachine {
         effects: &mut Vec<Effect>,
     ) -> Result<Response, Rejection> {
         let task = self.held_mut(&agent, tid)?;
+        let was = TaskTally::of(task);
         task.lease = None;
         task.last_error = Some(format!("{agent}: {reason}"));
         let job = task.job;
@@ -153,7 +161,8 @@ impl StateMachine {
             let backoff = (BACKOFF_BASE_MS << exp).min(BACKOFF_MAX_MS);
             task.backoff_until = now.plus_ms(backoff);
             effects.push(Effect::TasksRunnable);
-            self.recount(job);
+            let now_tally = TaskTally::of(task);
+            self.account(job, was, now_tally);
         } else {
             task.state = TaskState::Failed;
             let attempts = task.attempts;
@@ -167,7 +176,8 @@ impl StateMachine {
                     "{tid} of {job} failed permanently on {agent}: {reason}. Fix the cause and resubmit the job"
                 )
             };
-            self.recount(job);
+            let now_tally = TaskTally::of(&self.tasks[&tid]);
+            self.account(job, was, now_tally);
             self.finish_job(job, JobState::Failed, Some(why), now);
         }
         effects.push(Effect::JobChanged(job));
@@ -193,6 +203,7 @@ impl StateMachine {
             .collect();
         for tid in &expired {
             let task = self.tasks.get_mut(tid).expect("exists");
+            let was = TaskTally::of(task);
             let holder_name = task.lease.take().map(|l| l.agent.0).unwrap_or_default();
             task.state = TaskState::Pending;
             task.last_error = Some(match holder {
@@ -200,7 +211,8 @@ impl StateMachine {
                 None => format!("lease held by agent {holder_name:?} expired"),
             });
             let job = task.job;
-            self.recount(job);
+            let now_tally = TaskTally::of(task);
+            self.account(job, was, now_tally);
             if !effects.contains(&Effect::JobChanged(job)) {
                 effects.push(Effect::JobChanged(job));
             }

@@ -274,6 +274,24 @@ fn snapshot_round_trips() {
 
 /// Randomised walk: whatever the interleaving, at most one lease per task, and a lease
 /// is only ever granted on a task that had none.
+/// The job's counters, kept in step one task event at a time, equal a count of its tasks.
+fn assert_counters_match_tasks(sm: &StateMachine, job: JobId) {
+    let mut want = JobProgress::default();
+    for t in sm.tasks_of(job) {
+        want.tasks_total += 1;
+        *match t.state {
+            TaskState::Pending => &mut want.tasks_pending,
+            TaskState::Leased => &mut want.tasks_running,
+            TaskState::Succeeded => &mut want.tasks_succeeded,
+            TaskState::Failed => &mut want.tasks_failed,
+            TaskState::Cancelled => &mut want.tasks_cancelled,
+        } += 1;
+        want.bytes_done += t.progress.bytes_done;
+        want.bytes_total += t.progress.bytes_total;
+    }
+    assert_eq!(sm.job(job).unwrap().progress, want);
+}
+
 #[test]
 fn lease_exclusivity_under_random_interleavings() {
     let (mut sm, job) = sm_with_job(20, 2);
@@ -291,7 +309,24 @@ fn lease_exclusivity_under_random_interleavings() {
     for _ in 0..2_000 {
         now += rnd(300);
         let a = agents[rnd(3) as usize];
-        match rnd(5) {
+        match rnd(6) {
+            5 => {
+                if let Some((&t, _)) = holder.iter().find(|(_, h)| **h == a) {
+                    let total = 1 + rnd(1 << 20);
+                    let r = sm.apply(Command::ReportProgress {
+                        agent: AgentId(a.into()),
+                        task: t,
+                        progress: TaskProgress {
+                            bytes_done: rnd(total),
+                            bytes_total: total,
+                            ..Default::default()
+                        },
+                        now: LeaderTime(now),
+                        lease_ms: 1_000,
+                    });
+                    assert!(r.result.is_ok(), "{r:?}");
+                }
+            }
             0 | 1 => {
                 for g in acquire(&mut sm, a, "n", now, 2) {
                     let prev = holder.insert(g.task, a);
@@ -328,6 +363,7 @@ fn lease_exclusivity_under_random_interleavings() {
                 }
             }
         }
+        assert_counters_match_tasks(&sm, job);
         if sm.job(job).unwrap().state.is_terminal() {
             assert!(sm.tasks_of(job).all(|t| t.lease.is_none()));
             break;

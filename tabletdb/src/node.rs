@@ -470,8 +470,6 @@ impl TabletServer for TabletService {
             ))
             .into());
         }
-        let catalog: serde_json::Value = serde_json::from_str(&req.catalog_json)
-            .map_err(|e| Status::invalid_argument(format!("catalog_json: {e}")))?;
         let tablets = req
             .tablet_ids
             .iter()
@@ -484,7 +482,7 @@ impl TabletServer for TabletService {
         let out = blocking(move || {
             tablets
                 .iter()
-                .map(|t| t.snapshot(&st.hlc, &snap_id, at, &catalog))
+                .map(|t| t.snapshot(&st.hlc, &snap_id, at))
                 .collect::<Result<Vec<_>>>()
         })
         .instrument(span)

@@ -100,7 +100,6 @@ impl MasterService {
             total_bytes: 0,
             total_files: 0,
         };
-        let catalog_json = serde_json::to_string(&info).expect("serialisable");
         let mut by_node: HashMap<NodeId, Vec<String>> = HashMap::new();
         for table in &tables {
             for tb in &table.tablets {
@@ -117,7 +116,6 @@ impl MasterService {
                 snapshot_id: snapshot_id.clone(),
                 hybrid_time: t.0,
                 tablet_ids: ids,
-                catalog_json: catalog_json.clone(),
             };
             calls.push(async move { (node, c.snapshot_tablets(req).await) });
         }

@@ -519,7 +519,9 @@ async fn download(
 ) -> Result<DownloadResult> {
     ctx.repos.set_rate(t.rate_limit);
     let repo = ctx.repos.get(&t.repo).await?;
-    let root = repo.read_root(&BackupId::new(t.backup_id.clone())?).await?;
+    let root = repo
+        .read_root_shared(&BackupId::new(t.backup_id.clone())?)
+        .await?;
     if t.pages.end > root.pages.len() || t.pages.start > t.pages.end {
         return Err(AgentError::invalid(
             format!(
@@ -529,9 +531,18 @@ async fn download(
             "outside the backup's page list (ROOT and task disagree)",
         ));
     }
-    let mut sub = root.clone();
-    sub.pages = root.pages[t.pages.start..t.pages.end].to_vec();
-    sub.page_count = sub.pages.len() as u64;
+    // This tablet's share of the ROOT: its pages (not a copy of every tablet's, nor of
+    // the catalog in `meta`).
+    let pages = root.pages[t.pages.start..t.pages.end].to_vec();
+    let sub = snapfleet_repository::manifest::Root {
+        format_version: root.format_version,
+        backup_id: root.backup_id.clone(),
+        created: root.created,
+        meta: serde_json::Value::Null,
+        page_count: pages.len() as u64,
+        pages,
+        stats: root.stats.clone(),
+    };
     c.bytes_total.store(t.pages.bytes, Ordering::Relaxed);
     // The manifest names files `<source tablet>/<file>`: they are restored under the
     // restore's directory, so the tablet lands in the node store's staging directory.

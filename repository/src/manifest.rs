@@ -395,7 +395,35 @@ impl Repository {
         };
         Root::open(self.keys(), id, &bytes)
     }
+
+    /// Like [`read_root`](Self::read_root), shared: the last [`ROOTS_CACHED`] ROOTs read
+    /// this way are kept, so the thousands of restore tasks of one backup that an agent
+    /// runs read and parse its ROOT (which lists every page of every tablet) once, not
+    /// once each — that made a restore's cost grow with the square of its tablets.
+    pub async fn read_root_shared(&self, id: &BackupId) -> Result<Arc<Root>> {
+        if let Some(r) = self
+            .roots
+            .lock()
+            .expect("roots lock")
+            .iter()
+            .find(|r| &r.backup_id == id)
+        {
+            return Ok(r.clone());
+        }
+        let root = Arc::new(self.read_root(id).await?);
+        let mut roots = self.roots.lock().expect("roots lock");
+        if !roots.iter().any(|r| &r.backup_id == id) {
+            if roots.len() >= ROOTS_CACHED {
+                roots.pop_front();
+            }
+            roots.push_back(root.clone());
+        }
+        Ok(root)
+    }
 }
+
+/// ROOTs kept by [`Repository::read_root_shared`].
+pub const ROOTS_CACHED: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 
 use crate::convert::{self, error, status};
 use crate::staging;
+use futures::{StreamExt, TryStreamExt};
 use snapfleet_adapter::{
     Activation, AdapterError, CloneReport, Database, DatabaseInfo, HybridTime,
     InPlaceRestoreReport, NodeInfo, PreparedRestore, RestoreId, RestorePlacement, RestoreRequest,
@@ -17,7 +18,6 @@ use snapfleet_adapter::{
 use snapfleet_tabletdb::client::Client;
 use snapfleet_tabletdb::restore::{create_restoring_table, import_meta};
 use snapfleet_tabletdb::{pb, HybridTime as TdbTime};
-use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -345,7 +345,11 @@ impl Database for TabletdbDatabase {
         let by_tablet: HashMap<&str, (&pb::TableInfo, &pb::TabletInfo)> = cat
             .tables
             .iter()
-            .flat_map(|t| t.tablets.iter().map(move |d| (d.tablet_id.as_str(), (t, d))))
+            .flat_map(|t| {
+                t.tablets
+                    .iter()
+                    .map(move |d| (d.tablet_id.as_str(), (t, d)))
+            })
             .collect();
         let mut imports = Vec::new();
         for p in a.tablets {

@@ -762,8 +762,7 @@ mod tests {
             marks.push(a.write(&hlc, 1, &ops).unwrap());
             if i == 15 {
                 snap_at = hlc.now();
-                a.snapshot(&hlc, "s1", snap_at)
-                    .unwrap();
+                a.snapshot(&hlc, "s1", snap_at).unwrap();
             }
         }
         let t = marks[31];
@@ -854,9 +853,7 @@ mod tests {
         t.write(&hlc, 1, &[put(1, "old")]).unwrap();
         let snap_t = hlc.now();
         t.write(&hlc, 1, &[put(1, "new"), put(9, "late")]).unwrap();
-        let s = t
-            .snapshot(&hlc, "s1", snap_t)
-            .unwrap();
+        let s = t.snapshot(&hlc, "s1", snap_t).unwrap();
         assert!(s.files > 0);
 
         // Copy the checkpoint to a staging dir and import it as another tablet.

@@ -201,6 +201,10 @@ pub(crate) fn storage_options() -> rocksdb::Options {
     // RocksDB preallocates 4 MiB for each MANIFEST: 4 MiB of disk per empty tablet (and
     // per restore staging copy). A tablet's manifest holds a few hundred bytes.
     opts.set_manifest_preallocation_size(64 << 10);
+    // The WAL is preallocated in blocks of 1.1 × the memtable size (8.8 MiB) capped by
+    // this: with thousands of tablets each taking a write, 8.8 MiB each filled the disk
+    // (3,000 tablets: > 18 GiB). Memory is bounded by the shared budget above, not by it.
+    opts.set_db_write_buffer_size(256 << 10);
     opts.set_max_open_files(64);
     opts.set_keep_log_file_num(2);
     opts.set_log_level(rocksdb::LogLevel::Warn);

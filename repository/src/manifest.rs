@@ -401,26 +401,32 @@ impl Repository {
     /// runs read and parse its ROOT (which lists every page of every tablet) once, not
     /// once each — that made a restore's cost grow with the square of its tablets.
     pub async fn read_root_shared(&self, id: &BackupId) -> Result<Arc<Root>> {
-        if let Some(r) = self
-            .roots
-            .lock()
-            .expect("roots lock")
-            .iter()
-            .find(|r| &r.backup_id == id)
-        {
-            return Ok(r.clone());
+        let repo_id = self.config().repo_id.clone();
+        let cached = |roots: &VecDeque<(String, Arc<Root>)>| {
+            roots
+                .iter()
+                .find(|(r, root)| *r == repo_id && &root.backup_id == id)
+                .map(|(_, root)| root.clone())
+        };
+        if let Some(r) = cached(&SHARED_ROOTS.lock().expect("roots lock")) {
+            return Ok(r);
         }
         let root = Arc::new(self.read_root(id).await?);
-        let mut roots = self.roots.lock().expect("roots lock");
-        if !roots.iter().any(|r| &r.backup_id == id) {
+        let mut roots = SHARED_ROOTS.lock().expect("roots lock");
+        if cached(&roots).is_none() {
             if roots.len() >= ROOTS_CACHED {
                 roots.pop_front();
             }
-            roots.push_back(root.clone());
+            roots.push_back((repo_id, root.clone()));
         }
         Ok(root)
     }
 }
+
+/// The ROOTs [`Repository::read_root_shared`] keeps, by repository id, newest last
+/// (process-wide: a committed ROOT never changes).
+static SHARED_ROOTS: std::sync::Mutex<VecDeque<(String, Arc<Root>)>> =
+    std::sync::Mutex::new(VecDeque::new());
 
 /// ROOTs kept by [`Repository::read_root_shared`].
 pub const ROOTS_CACHED: usize = 4;

@@ -43,9 +43,6 @@ pub struct Repository {
     /// Re-reads an object whose body failed mid-transfer (the retry layer covers requests).
     body_retry: RetryConfig,
     body_retries: AtomicU64,
-    /// The last few ROOTs read through [`read_root_shared`](Self::read_root_shared),
-    /// newest last. A committed ROOT never changes.
-    pub(crate) roots: std::sync::Mutex<std::collections::VecDeque<Arc<crate::manifest::Root>>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -215,7 +212,6 @@ impl Repository {
             writer_leases: std::sync::atomic::AtomicUsize::new(0),
             body_retry: RetryConfig::default(),
             body_retries: AtomicU64::new(0),
-            roots: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
     }
 

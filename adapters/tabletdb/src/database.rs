@@ -8,7 +8,7 @@
 
 use crate::convert::{self, error, status};
 use crate::staging;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use snapfleet_adapter::{
     Activation, AdapterError, CloneReport, Database, DatabaseInfo, HybridTime,
     InPlaceRestoreReport, NodeInfo, PreparedRestore, RestoreId, RestorePlacement, RestoreRequest,
@@ -398,8 +398,13 @@ impl Database for TabletdbDatabase {
                 Ok::<(), AdapterError>(())
             })
             .buffer_unordered(IMPORTS_AT_ONCE)
-            .try_collect::<()>()
-            .await?;
+            // Every import under way runs to its end even when another failed: one dropped
+            // half-way would still be moving its staged files in on its node while the
+            // retry of this activation asks for it again.
+            .collect::<Vec<Result<()>>>()
+            .await
+            .into_iter()
+            .collect::<Result<()>>()?;
         self.client
             .master()
             .activate_table(pb::ActivateTableRequest {

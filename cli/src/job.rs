@@ -16,6 +16,12 @@ pub enum JobCmd {
         /// Include finished jobs.
         #[arg(long)]
         all: bool,
+        /// Jobs to show, newest first (the coordinator sends at most 1,000 per page).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only jobs older than this id: the next page (printed when there is one).
+        #[arg(long, default_value_t = 0)]
+        before: u64,
     },
     /// Follow a job until it ends.
     Watch {
@@ -35,21 +41,34 @@ pub enum JobCmd {
 
 pub async fn run_job(cmd: JobCmd, json: bool) -> Result<()> {
     match cmd {
-        JobCmd::List { c, all } => {
+        JobCmd::List {
+            c,
+            all,
+            limit,
+            before,
+        } => {
             let leader = c.leader()?;
-            let jobs = leader
+            let page = leader
                 .call(move |ch| async move {
                     CoordinatorClient::new(ch)
                         .list_jobs(cpb::ListJobsRequest {
                             include_finished: all,
-                            limit: 0,
+                            limit: limit.max(1),
+                            before_id: before,
                         })
                         .await
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .jobs;
+                .into_inner();
+            let jobs = page.jobs;
+            if page.next_before_id != 0 {
+                eprintln!(
+                    "older jobs: snapfleet job list{} --before {}",
+                    if all { " --all" } else { "" },
+                    page.next_before_id
+                );
+            }
             if json {
                 let v: Vec<_> = jobs.iter().map(job_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -350,7 +350,7 @@ async fn run_schedule(cmd: ScheduleCmd, json: bool) -> Result<()> {
                         CoordinatorClient::new(ch)
                             .list_jobs(cpb::ListJobsRequest {
                                 include_finished: false,
-                                limit: 0,
+                                ..Default::default()
                             })
                             .await
                     })

@@ -38,6 +38,10 @@ fn membership(m: Membership) -> pb::MembershipResponse {
 }
 
 /// The longest schedule interval accepted (366 days).
+/// Jobs in one `ListJobs` reply at most (page on with `before_id`).
+pub const LIST_PAGE: usize = 1_000;
+/// How often a `WatchJob` stream looks at its job at most.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const MAX_SCHEDULE_INTERVAL_MS: u64 = 366 * 24 * 3_600_000;
 
 type JobStream = Pin<Box<dyn Stream<Item = Result<pb::JobInfo, Status>> + Send>>;
@@ -149,20 +153,38 @@ impl Coordinator for ClientApi {
         let r = req.into_inner();
         async move {
             self.leader_read().await?;
-            let limit = if r.limit == 0 {
-                usize::MAX
-            } else {
-                r.limit as usize
+            // One page, newest first: at most LIST_PAGE jobs whatever was asked, so that
+            // 10,000 jobs never make one reply (or one read of the state) unbounded.
+            let limit = match r.limit {
+                0 => LIST_PAGE,
+                n => (n as usize).min(LIST_PAGE),
             };
-            let jobs = self.0.raft.read(|sm| {
-                sm.jobs()
+            let before = if r.before_id == 0 {
+                u64::MAX
+            } else {
+                r.before_id
+            };
+            let (jobs, more) = self.0.raft.read(|sm| {
+                let mut page = sm
+                    .jobs()
                     .rev()
-                    .filter(|j| r.include_finished || !j.state.is_terminal())
+                    .filter(|j| j.id.0 < before)
+                    .filter(|j| r.include_finished || !j.state.is_terminal());
+                let jobs: Vec<pb::JobInfo> = page
+                    .by_ref()
                     .take(limit)
                     .map(|j| convert::job_with_tasks(j, sm.tasks_of(j.id)))
-                    .collect()
+                    .collect();
+                (jobs, page.next().is_some())
             });
-            Ok(TResponse::new(pb::ListJobsResponse { jobs }))
+            let next_before_id = match jobs.last() {
+                Some(j) if more => j.id,
+                _ => 0,
+            };
+            Ok(TResponse::new(pb::ListJobsResponse {
+                jobs,
+                next_before_id,
+            }))
         }
         .instrument(info_span!("rpc", method = "ListJobs"))
         .await
@@ -214,6 +236,7 @@ impl Coordinator for ClientApi {
                 let mut status = shared.raft.watch_status();
                 let mut last = None;
                 let mut next = Some(first);
+                let mut looked = tokio::time::Instant::now();
                 loop {
                     if let Some(info) = next.take() {
                         if last.as_ref() != Some(&info) {
@@ -229,6 +252,15 @@ impl Coordinator for ClientApi {
                         _ = tx.closed() => return,
                         r = status.changed() => if r.is_err() { return },
                     }
+                    // Building the per-node view reads every task of the job: at most once
+                    // per WATCH_EVERY, not once per applied entry (a 10,000-task job applies
+                    // tens of thousands of entries while watched).
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep_until(looked + WATCH_EVERY) => {}
+                    }
+                    looked = tokio::time::Instant::now();
                     if let Err(e) = shared.raft.require_leader() {
                         let _ = tx.send(Err(Status::from(e))).await;
                         return;

@@ -260,7 +260,7 @@ async fn leader_killed_mid_job_then_full_restart() {
     assert_eq!(before, after);
     let jobs = on_leader!(lf, Client, |c| c.list_jobs(pb::ListJobsRequest {
         include_finished: true,
-        limit: 0
+        ..Default::default()
     }))
     .unwrap();
     assert_eq!(jobs.jobs.len(), 1);

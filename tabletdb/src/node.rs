@@ -833,10 +833,12 @@ async fn housekeeping_loop(state: Arc<NodeState>) {
 }
 
 /// Runs a node until `shutdown` resolves. Writes the bound address to `<data>/node.addr`.
-/// Raises this process's soft limit on open files to its hard limit: every tablet is a
-/// RocksDB database with its own files (a few per tablet: SSTs, WAL, MANIFEST, LOG), and a
-/// node holding thousands of tablets passes the usual soft limit of 1,024 long before its
-/// memory or disk is a concern. Logs the limit it runs with.
+/// Raises this process's limit on open files as far as it may: to the kernel's ceiling
+/// (`fs.nr_open`) when the process may raise its hard limit (root, CAP_SYS_RESOURCE), else
+/// the soft limit to the hard one. Every tablet is a RocksDB database holding about seven
+/// descriptors (WAL, MANIFEST, LOG, LOCK, directory, SSTs, its change log), so a node
+/// with thousands of tablets passes the usual limits long before memory or disk is a
+/// concern. Logs the limit it runs with. (The systemd units set `LimitNOFILE`.)
 fn raise_open_file_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -847,13 +849,22 @@ fn raise_open_file_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return;
         }
-        if lim.rlim_cur < lim.rlim_max {
+        let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+            .unwrap_or(lim.rlim_max)
+            .min(1 << 20);
+        for want in [ceiling.max(lim.rlim_max), lim.rlim_max] {
+            if lim.rlim_cur >= want {
+                break;
+            }
             let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
+                rlim_cur: want,
+                rlim_max: want.max(lim.rlim_max),
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 lim = raised;
+                break;
             }
         }
     }

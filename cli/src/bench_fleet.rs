@@ -84,7 +84,7 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Result<f64> {
 }
 
 /// Peak resident memory of a process (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
+pub(crate) fn peak_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

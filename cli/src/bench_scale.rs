@@ -7,7 +7,7 @@
 //! consecutive sizes the bench computes the growth exponent of every phase (1.0 = linear in
 //! the tablet count, 2.0 = quadratic). Prints a Markdown report; `--json` the numbers.
 
-use crate::bench_fleet::dir_usage;
+use crate::bench_fleet::{dir_usage, peak_rss};
 use crate::util::{human_bytes, human_duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -53,20 +53,6 @@ struct SizeResult {
     agent_peak_rss_max: u64,
     master_peak_rss: u64,
     node_peak_rss_max: u64,
-}
-
-/// Peak resident memory of a process (VmHWM), in bytes (0 if unknown).
-fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 /// How a phase grew from size `a` to size `b`: t ∝ n^k, so k = ln(tb/ta) / ln(nb/na).

@@ -50,7 +50,9 @@ pub fn error(what: impl Into<String>, e: Error) -> AdapterError {
                     attempts: 1,
                     detail,
                 },
-                _ => match broken_connection(&status) {
+                // A status tabletdb's own `Error::rpc` did not see (made elsewhere) can still
+                // be one the connection broke under.
+                _ => match snapfleet_tabletdb::error::broken_connection(&status) {
                     Some(cause) => AdapterError::Unavailable {
                         what,
                         detail: format!("{detail} (no answer, the connection broke: {cause})"),
@@ -72,26 +74,6 @@ pub fn error(what: impl Into<String>, e: Error) -> AdapterError {
             detail,
         },
     }
-}
-
-/// The cause when `s` was made by this process's client because the connection to the peer
-/// broke before an answer came (the peer was killed mid-call, or the pooled connection was
-/// dead): tonic reports that as `Unknown` "transport error" (or `Cancelled`, "connection was
-/// not ready"), with the transport or I/O error as its source. A status the peer sent has no
-/// source.
-fn broken_connection(s: &tonic::Status) -> Option<String> {
-    let chain: Vec<&(dyn std::error::Error + 'static)> =
-        std::iter::successors(std::error::Error::source(s), |e| e.source()).collect();
-    chain
-        .iter()
-        .any(|e| e.is::<tonic::transport::Error>() || e.is::<std::io::Error>())
-        .then(|| {
-            chain
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(": ")
-        })
 }
 
 /// Maps a gRPC status from `peer` (as tabletdb's own client does, keeping the code).

@@ -273,11 +273,18 @@ impl StateMachine {
         self.recount(id);
     }
 
-    /// Moves one task's share of its job's counters from `was` to `now` in O(1). Every
-    /// task event (lease, progress, completion, failure, expiry) goes through here: a full
-    /// [`recount`](Self::recount) per event made a job of n tasks cost O(n²) to apply.
-    pub(super) fn account(&mut self, job: JobId, was: TaskTally, now: TaskTally) {
-        let p = &mut self.jobs.get_mut(&job).expect("task's job exists").progress;
+    /// Moves task `tid`'s share of its job's counters from `was` (its tally before the
+    /// change) to what it is now, in O(1). Every task event (lease, progress, completion,
+    /// failure, expiry) goes through here: a full [`recount`](Self::recount) per event made
+    /// a job of n tasks cost O(n²) to apply.
+    pub(super) fn account(&mut self, tid: TaskId, was: TaskTally) {
+        let task = &self.tasks[&tid];
+        let now = TaskTally::of(task);
+        let p = &mut self
+            .jobs
+            .get_mut(&task.job)
+            .expect("task's job exists")
+            .progress;
         fn slot(p: &mut JobProgress, s: TaskState) -> &mut u64 {
             match s {
                 TaskState::Pending => &mut p.tasks_pending,

@@ -55,8 +55,7 @@ impl StateMachine {
                 expires_at: now.plus_ms(lease_ms),
                 attempt: task.attempts,
             });
-            let now_tally = TaskTally::of(&self.tasks[&tid]);
-            self.account(job_id, was, now_tally);
+            self.account(tid, was);
             if !effects.contains(&Effect::JobChanged(job_id)) {
                 effects.push(Effect::JobChanged(job_id));
             }
@@ -100,14 +99,13 @@ impl StateMachine {
         let task = self.held_mut(&agent, tid)?;
         let was = TaskTally::of(task);
         task.progress = progress;
-        let now_tally = TaskTally::of(task);
         let lease = task.lease.as_mut().expect("held implies leased");
         if lease_ms > 0 {
             lease.expires_at = lease.expires_at.max(now.plus_ms(lease_ms));
         }
         let expires_at = lease.expires_at;
         let job = task.job;
-        self.account(job, was, now_tally);
+        self.account(tid, was);
         effects.push(Effect::JobChanged(job));
         Ok(Response::LeaseRenewed { expires_at })
     }
@@ -128,9 +126,8 @@ impl StateMachine {
         if task.progress.bytes_total > task.progress.bytes_done {
             task.progress.bytes_done = task.progress.bytes_total;
         }
-        let now_tally = TaskTally::of(task);
         let job = task.job;
-        self.account(job, was, now_tally);
+        self.account(tid, was);
         let j = &self.jobs[&job];
         let p = &j.progress;
         if p.tasks_succeeded == p.tasks_total && !j.driven {
@@ -161,8 +158,7 @@ impl StateMachine {
             let backoff = (BACKOFF_BASE_MS << exp).min(BACKOFF_MAX_MS);
             task.backoff_until = now.plus_ms(backoff);
             effects.push(Effect::TasksRunnable);
-            let now_tally = TaskTally::of(task);
-            self.account(job, was, now_tally);
+            self.account(tid, was);
         } else {
             task.state = TaskState::Failed;
             let attempts = task.attempts;
@@ -176,8 +172,7 @@ impl StateMachine {
                     "{tid} of {job} failed permanently on {agent}: {reason}. Fix the cause and resubmit the job"
                 )
             };
-            let now_tally = TaskTally::of(&self.tasks[&tid]);
-            self.account(job, was, now_tally);
+            self.account(tid, was);
             self.finish_job(job, JobState::Failed, Some(why), now);
         }
         effects.push(Effect::JobChanged(job));
@@ -211,8 +206,7 @@ impl StateMachine {
                 None => format!("lease held by agent {holder_name:?} expired"),
             });
             let job = task.job;
-            let now_tally = TaskTally::of(task);
-            self.account(job, was, now_tally);
+            self.account(*tid, was);
             if !effects.contains(&Effect::JobChanged(job)) {
                 effects.push(Effect::JobChanged(job));
             }
